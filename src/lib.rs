@@ -5,3 +5,8 @@ pub mod emulator;
 pub mod httpserve;
 pub mod model;
 pub mod timefmt;
+pub mod config;
+pub mod convert;
+pub mod export;
+pub mod span;
+pub mod metrics;

@@ -1,0 +1,389 @@
+//! Configuration (SPEC §4): a TOML file, unknown keys rejected, standard `AWS_*` and `OTEL_*`
+//! environment variables applied on top, then validated. Every error names its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), problem: problem.into() }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub state: StateConfig,
+    pub aws: AwsConfig,
+    pub poll: PollConfig,
+    pub traces: TracesConfig,
+    pub metrics: MetricsConfig,
+    pub flows: Vec<FlowConfig>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP endpoint (`/`, `/metrics`, `/-/healthy`, `/-/ready`).
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The embedded SQLite state store; created on first start.
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub role_arn: Option<String>,
+    pub endpoint_url: Option<String>,
+    /// Client-side budget of HTTP attempts per second, per account and region (retries included).
+    pub max_requests_per_second: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    pub interval_secs: u64,
+    /// On an empty state: executions created within this window are collected.
+    pub lookback_secs: u64,
+    /// After an execution ends, its events are read once more after this delay.
+    pub settle_secs: u64,
+    /// How often the execution listing is read to the last page even when the pages seen
+    /// prove a newest-first order (the safety net of the early stop).
+    pub full_scan_secs: u64,
+    /// Executions worked on at the same time.
+    pub concurrency: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureContent {
+    Off,
+    Truncated,
+    Full,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    pub enabled: bool,
+    /// Base URL of the OTLP receiver; for HTTP, `/v1/traces` is appended unless present.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub service_name: String,
+    pub capture_content: CaptureContent,
+    pub max_content_bytes: usize,
+    /// Regexes whose matches are replaced by `[REDACTED]` before export.
+    pub redact: Vec<String>,
+    /// Extra headers (gRPC metadata) sent with every export, e.g. an API key.
+    pub headers: BTreeMap<String, String>,
+    /// Spans per OTLP request.
+    pub batch_size: usize,
+    pub timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Per-node series; turn off for very large flows.
+    pub node_labels: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Flow id or ARN.
+    pub id: String,
+    /// Default: every alias.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Display name: span names and the `flow_name` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "0.0.0.0:9464".into() }
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { path: PathBuf::from("data/state.sqlite") }
+    }
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig { region: None, profile: None, role_arn: None, endpoint_url: None, max_requests_per_second: 5.0 }
+    }
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig { interval_secs: 15, lookback_secs: 86_400, settle_secs: 60, full_scan_secs: 300, concurrency: 8 }
+    }
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        TracesConfig {
+            enabled: true,
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol: Protocol::Grpc,
+            service_name: "bedrock-flows".into(),
+            capture_content: CaptureContent::Off,
+            max_content_bytes: 8192,
+            redact: Vec::new(),
+            headers: BTreeMap::new(),
+            batch_size: 512,
+            timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { node_labels: true }
+    }
+}
+
+/// The path used when none is given: `$BEDROCK_FLOW_EXPORTER_CONFIG`, else the default file.
+pub fn default_path() -> PathBuf {
+    std::env::var_os("BEDROCK_FLOW_EXPORTER_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("config/bedrock-flow-exporter.toml"))
+}
+
+impl Config {
+    /// Reads, applies the environment, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
+        config.apply_env(|key| std::env::var(key).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Standard environment variables win over the file where one exists (SPEC §4).
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let non_empty = |key: &str| var(key).filter(|v| !v.is_empty());
+        if let Some(v) = non_empty("AWS_REGION").or_else(|| non_empty("AWS_DEFAULT_REGION")) {
+            self.aws.region = Some(v);
+        }
+        if let Some(v) = non_empty("AWS_PROFILE") {
+            self.aws.profile = Some(v);
+        }
+        if let Some(v) = non_empty("AWS_ENDPOINT_URL") {
+            self.aws.endpoint_url = Some(v);
+        }
+        if let Some(v) = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+            self.traces.endpoint = v;
+        }
+        match non_empty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| non_empty("OTEL_EXPORTER_OTLP_PROTOCOL")).as_deref() {
+            Some("grpc") => self.traces.protocol = Protocol::Grpc,
+            Some("http/protobuf") => self.traces.protocol = Protocol::HttpProtobuf,
+            _ => {}
+        }
+        if let Some(v) = non_empty("OTEL_SERVICE_NAME") {
+            self.traces.service_name = v;
+        }
+        if let Some(v) = non_empty("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| non_empty("OTEL_EXPORTER_OTLP_HEADERS")) {
+            for pair in v.split(',') {
+                if let Some((k, val)) = pair.split_once('=') {
+                    let decode = |s: &str| percent_encoding::percent_decode_str(s.trim()).decode_utf8_lossy().into_owned();
+                    self.traces.headers.insert(decode(k), decode(val));
+                }
+            }
+        }
+        if non_empty("OTEL_TRACES_EXPORTER").as_deref() == Some("none") {
+            self.traces.enabled = false;
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.listen.parse::<SocketAddr>().map_err(|e| invalid("server.listen", format!("{:?} is not an address like 0.0.0.0:9464 ({e})", self.server.listen)))?;
+        if self.state.path.as_os_str().is_empty() {
+            return Err(invalid("state.path", "must not be empty"));
+        }
+        if !(self.aws.max_requests_per_second > 0.0 && self.aws.max_requests_per_second.is_finite()) {
+            return Err(invalid("aws.max_requests_per_second", "must be a positive number"));
+        }
+        check_url("aws.endpoint_url", self.aws.endpoint_url.as_deref())?;
+        check_role("aws.role_arn", self.aws.role_arn.as_deref())?;
+        if self.poll.interval_secs < 1 {
+            return Err(invalid("poll.interval_secs", "must be at least 1"));
+        }
+        if self.poll.lookback_secs < 1 {
+            return Err(invalid("poll.lookback_secs", "must be at least 1"));
+        }
+        if self.poll.concurrency < 1 || self.poll.concurrency > 256 {
+            return Err(invalid("poll.concurrency", "must be between 1 and 256"));
+        }
+        if self.traces.enabled {
+            check_url("traces.endpoint", Some(&self.traces.endpoint))?;
+        }
+        if self.traces.max_content_bytes < 128 {
+            return Err(invalid("traces.max_content_bytes", "must be at least 128"));
+        }
+        if self.traces.batch_size < 1 {
+            return Err(invalid("traces.batch_size", "must be at least 1"));
+        }
+        for (i, pattern) in self.traces.redact.iter().enumerate() {
+            regex::Regex::new(pattern).map_err(|e| invalid(format!("traces.redact[{i}]"), format!("not a valid regex: {e}")))?;
+        }
+        if self.flows.is_empty() {
+            return Err(invalid("flows", "name at least one flow ([[flows]] with id = \"...\")"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, flow) in self.flows.iter().enumerate() {
+            let key = |k: &str| format!("flows[{i}].{k}");
+            let id = bare_flow_id(&flow.id).ok_or_else(|| invalid(key("id"), format!("{:?} is neither a 10-character flow id nor a flow ARN", flow.id)))?;
+            if !seen.insert(id.clone()) {
+                return Err(invalid(key("id"), format!("flow {id} is configured twice")));
+            }
+            for (j, alias) in flow.aliases.iter().enumerate() {
+                if alias.is_empty() || !alias.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(invalid(format!("flows[{i}].aliases[{j}]"), format!("{alias:?} is not an alias id")));
+                }
+            }
+            check_url(&key("endpoint_url"), flow.endpoint_url.as_deref())?;
+            check_role(&key("role_arn"), flow.role_arn.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (what `check-config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn check_url(key: &str, url: Option<&str>) -> Result<(), ConfigError> {
+    match url {
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 => {
+            Err(invalid(key, format!("{u:?} is not an http:// or https:// URL")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_role(key: &str, role: Option<&str>) -> Result<(), ConfigError> {
+    match role {
+        Some(r) if !(r.starts_with("arn:aws") && r.contains(":role/")) => Err(invalid(key, format!("{r:?} is not an IAM role ARN"))),
+        _ => Ok(()),
+    }
+}
+
+/// The bare 10-character id of a flow given by id or ARN.
+pub fn bare_flow_id(identifier: &str) -> Option<String> {
+    let id = match identifier.strip_prefix("arn:aws") {
+        Some(rest) => rest.split_once(":flow/")?.1,
+        None => identifier,
+    };
+    (id.len() == 10 && id.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, String> {
+        let config = Config::parse(text)?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn minimal_config_gets_the_spec_defaults() {
+        let c = check("[[flows]]\nid = \"ABCDEFGHIJ\"\n").unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9464");
+        assert_eq!(c.poll.interval_secs, 15);
+        assert_eq!(c.poll.settle_secs, 60);
+        assert_eq!(c.aws.max_requests_per_second, 5.0);
+        assert_eq!(c.traces.protocol, Protocol::Grpc);
+        assert_eq!(c.traces.capture_content, CaptureContent::Off);
+        assert_eq!(c.traces.max_content_bytes, 8192);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[poll]\nintervall_secs = 3\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "intervall_secs"),
+            ("[poll]\ninterval_secs = 0\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "poll.interval_secs"),
+            ("[[flows]]\nid = \"short\"\n", "flows[0].id"),
+            ("[traces]\nprotocol = \"udp\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "protocol"),
+            ("[traces]\nredact = [\"(\"]\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "traces.redact[0]"),
+            ("[server]\nlisten = \"nowhere\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "server.listen"),
+            ("", "flows"),
+        ];
+        for (text, key) in cases {
+            let error = check(text).unwrap_err();
+            assert!(error.contains(key), "{key} not named in: {error}");
+        }
+    }
+
+    #[test]
+    fn environment_wins() {
+        let mut c = Config::parse("[traces]\nendpoint = \"http://a:4317\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n").unwrap();
+        c.apply_env(|k| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://b:4318".into()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".into()),
+            "OTEL_SERVICE_NAME" => Some("svc".into()),
+            "OTEL_EXPORTER_OTLP_HEADERS" => Some("api-key=abc%3D,x=y".into()),
+            "AWS_REGION" => Some("eu-west-1".into()),
+            _ => None,
+        });
+        assert_eq!(c.traces.endpoint, "http://b:4318");
+        assert_eq!(c.traces.protocol, Protocol::HttpProtobuf);
+        assert_eq!(c.traces.service_name, "svc");
+        assert_eq!(c.traces.headers["api-key"], "abc=");
+        assert_eq!(c.aws.region.as_deref(), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn flow_ids_from_arns() {
+        assert_eq!(bare_flow_id("arn:aws:bedrock:us-east-1:123456789012:flow/ABCDEFGHIJ").as_deref(), Some("ABCDEFGHIJ"));
+        assert_eq!(bare_flow_id("ABCDEFGHIJ").as_deref(), Some("ABCDEFGHIJ"));
+        assert_eq!(bare_flow_id("arn:aws:bedrock:us-east-1:1:flow/x"), None);
+    }
+}
