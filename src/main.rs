@@ -1,52 +1,170 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use bedrock_flow_exporter::app::{self, AppError, RunOptions, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
+use bedrock_flow_exporter::config::{self, Config};
+use bedrock_flow_exporter::emulator::{self, Scenario};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "bedrock-flow-exporter", version, about = "OpenTelemetry traces and Prometheus metrics for Amazon Bedrock Flows executions")]
+#[command(
+    name = "bedrock-flow-exporter",
+    version,
+    about = "OpenTelemetry traces and Prometheus metrics for Amazon Bedrock Flows asynchronous executions"
+)]
 struct Cli {
+    /// Log format on stderr (the level comes from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// The emulator alone.
+    /// The service: discover, page, export spans, serve metrics.
+    Run {
+        /// Default: $BEDROCK_FLOW_EXPORTER_CONFIG, else config/bedrock-flow-exporter.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One pass over the lookback window; exits when every execution found is exported.
+        #[arg(long)]
+        once: bool,
+        /// With --once: give up after this long, exit 75 and name what is unfinished.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+    },
+    /// The emulator with sample flows and the collector on it; no AWS account needed.
+    Demo {
+        /// Address of the status page and /metrics.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: String,
+    },
+    /// The emulator of the flow-execution APIs alone.
     Emulate {
         #[arg(long, default_value = "127.0.0.1:4566")]
         listen: String,
+        /// demo, backlog, steady, or the path of a scenario file (TOML).
         #[arg(long, default_value = "demo")]
         scenario: String,
         #[arg(long)]
         seed: Option<u64>,
+        /// For the backlog and steady scenarios: how many executions.
         #[arg(long, default_value_t = 10_000)]
-        backlog_executions: usize,
+        executions: usize,
+        /// For the backlog scenario: events per execution.
         #[arg(long, default_value_t = 45)]
-        backlog_events: usize,
+        events: usize,
+    },
+    /// Validate a config file and print the effective configuration.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, AppError> {
+    let path = path.unwrap_or_else(config::default_path);
+    Config::load(&path).map_err(|e| AppError::Usage(e.to_string()))
+}
+
+fn exit(result: Result<u8, AppError>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     match cli.command {
-        Command::Emulate { listen, scenario, seed, backlog_executions, backlog_events } => runtime.block_on(async move {
-            let mut scenario = match bedrock_flow_exporter::emulator::Scenario::load(&scenario, backlog_executions, backlog_events) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(64);
-                }
+        Command::CheckConfig { config } => exit(load_config(config).map(|c| {
+            print!("{}", c.to_toml());
+            EXIT_OK
+        })),
+        Command::Run {
+            config,
+            once,
+            wait_secs,
+        } => {
+            let config = match load_config(config) {
+                Ok(c) => c,
+                Err(e) => return exit(Err(e)),
             };
-            if let Some(seed) = seed {
-                scenario.seed = seed;
-            }
-            let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
-            let handle = bedrock_flow_exporter::emulator::start(listener, scenario).await.expect("start");
-            println!("emulator listening on {}", handle.endpoint());
-            let _ = tokio::signal::ctrl_c().await;
-            handle.stop().await;
-            ExitCode::SUCCESS
-        }),
+            init_logging(cli.log_format, "info");
+            exit(runtime.block_on(app::run(
+                config,
+                RunOptions {
+                    once,
+                    wait_secs,
+                    ..RunOptions::default()
+                },
+            )))
+        }
+        Command::Demo { listen } => {
+            init_logging(cli.log_format, "warn");
+            exit(runtime.block_on(bedrock_flow_exporter::demo::run(listen)))
+        }
+        Command::Emulate {
+            listen,
+            scenario,
+            seed,
+            executions,
+            events,
+        } => {
+            init_logging(cli.log_format, "info");
+            exit(runtime.block_on(async move {
+                let mut scenario =
+                    Scenario::load(&scenario, executions, events).map_err(AppError::Usage)?;
+                if let Some(seed) = seed {
+                    scenario.seed = seed;
+                }
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .map_err(|e| AppError::Runtime(format!("cannot listen on {listen}: {e}")))?;
+                let handle = emulator::start(listener, scenario)
+                    .await
+                    .map_err(|e| AppError::Runtime(e.to_string()))?;
+                println!("emulator listening on {}", handle.endpoint());
+                let _ = tokio::signal::ctrl_c().await;
+                handle.stop().await;
+                Ok(EXIT_OK)
+            }))
+        }
     }
 }

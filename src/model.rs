@@ -115,7 +115,11 @@ pub struct NodeOutputField {
 pub struct FlowIoEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_timestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub fields: Vec<FlowField>,
@@ -126,7 +130,11 @@ pub struct FlowIoEvent {
 pub struct NodeInputEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_timestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub fields: Vec<NodeInputField>,
@@ -137,7 +145,11 @@ pub struct NodeInputEvent {
 pub struct NodeOutputEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_timestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub fields: Vec<NodeOutputField>,
@@ -154,7 +166,11 @@ pub struct SatisfiedCondition {
 pub struct ConditionResultEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_timestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub satisfied_conditions: Vec<SatisfiedCondition>,
@@ -165,7 +181,11 @@ pub struct ConditionResultEvent {
 pub struct NodeFailureEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_timestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub error_code: String,
@@ -176,7 +196,11 @@ pub struct NodeFailureEvent {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FlowFailureEvent {
-    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_timestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub error_code: String,
@@ -189,7 +213,11 @@ pub struct FlowFailureEvent {
 pub struct NodeActionEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_timestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub request_id: String,
@@ -216,7 +244,11 @@ pub struct TraceElements {
 pub struct NodeDependencyEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_timestamp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub trace_elements: TraceElements,
@@ -286,14 +318,19 @@ impl Event {
 
     /// Whether the event belongs to the `Flow` stream (WIRE-NOTES §9.4).
     pub fn is_flow_level(&self) -> bool {
-        matches!(self, Event::FlowInput(_) | Event::FlowOutput(_) | Event::FlowFailure(_))
+        matches!(
+            self,
+            Event::FlowInput(_) | Event::FlowOutput(_) | Event::FlowFailure(_)
+        )
     }
 
     /// Reads one wire element. Unknown keys give `Unknown`; a known key whose body does not
     /// fit the shape is an error (the caller counts it and skips the element).
     pub fn from_wire(value: &Value) -> Result<Event, String> {
         let object = value.as_object().ok_or("event is not an object")?;
-        let mut present = object.iter().filter(|(k, v)| !v.is_null() && k.as_str() != "__type");
+        let mut present = object
+            .iter()
+            .filter(|(k, v)| !v.is_null() && k.as_str() != "__type");
         let (key, body) = present.next().ok_or("event object has no member")?;
         if present.next().is_some() {
             return Err("event object has more than one member".into());
@@ -374,7 +411,10 @@ impl ExecutionStatus {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            ExecutionStatus::Succeeded | ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Aborted
+            ExecutionStatus::Succeeded
+                | ExecutionStatus::Failed
+                | ExecutionStatus::TimedOut
+                | ExecutionStatus::Aborted
         )
     }
 }
@@ -474,13 +514,22 @@ pub struct FlowConnection {
 
 impl FlowConnection {
     pub fn source_output(&self) -> Option<&str> {
-        self.configuration.as_ref()?.pointer("/data/sourceOutput")?.as_str()
+        self.configuration
+            .as_ref()?
+            .pointer("/data/sourceOutput")?
+            .as_str()
     }
     pub fn target_input(&self) -> Option<&str> {
-        self.configuration.as_ref()?.pointer("/data/targetInput")?.as_str()
+        self.configuration
+            .as_ref()?
+            .pointer("/data/targetInput")?
+            .as_str()
     }
     pub fn condition(&self) -> Option<&str> {
-        self.configuration.as_ref()?.pointer("/conditional/condition")?.as_str()
+        self.configuration
+            .as_ref()?
+            .pointer("/conditional/condition")?
+            .as_str()
     }
 }
 
@@ -526,12 +575,20 @@ mod tests {
             {"nodeOutputEvent":{"fields":[{"content":{"document":"History book"},"name":"document"}],"nodeName":"FlowInputNode","timestamp":"2025-05-05T18:38:56.637867516Z"}},
             {"nodeInputEvent":{"fields":[{"content":{"document":"History book"},"name":"book"}],"nodeName":"Prompt_1","timestamp":"2025-05-05T18:38:57.434600163Z"}}
         ]);
-        let events: Vec<Event> = page.as_array().unwrap().iter().map(|v| Event::from_wire(v).unwrap()).collect();
+        let events: Vec<Event> = page
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| Event::from_wire(v).unwrap())
+            .collect();
         match &events[1] {
             Event::NodeInput(e) => {
                 assert_eq!(e.node_name, "Prompt_1");
                 assert_eq!(e.timestamp, Some(Timestamp(1_746_470_337_434_600_163)));
-                assert_eq!(e.fields[0].content.as_ref().unwrap().document, json!("History book"));
+                assert_eq!(
+                    e.fields[0].content.as_ref().unwrap().document,
+                    json!("History book")
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -540,11 +597,17 @@ mod tests {
 
     #[test]
     fn unknown_and_malformed_union_members() {
-        assert_eq!(Event::from_wire(&json!({"nodeTeleportEvent": {}})).unwrap(), Event::Unknown("nodeTeleportEvent".into()));
+        assert_eq!(
+            Event::from_wire(&json!({"nodeTeleportEvent": {}})).unwrap(),
+            Event::Unknown("nodeTeleportEvent".into())
+        );
         assert!(Event::from_wire(&json!({})).is_err());
         assert!(Event::from_wire(&json!({"nodeInputEvent": {}, "nodeOutputEvent": {}})).is_err());
         assert!(Event::from_wire(&json!("x")).is_err());
-        let bad_time = Event::from_wire(&json!({"nodeInputEvent": {"nodeName": "A", "timestamp": "soon", "fields": []}})).unwrap();
+        let bad_time = Event::from_wire(
+            &json!({"nodeInputEvent": {"nodeName": "A", "timestamp": "soon", "fields": []}}),
+        )
+        .unwrap();
         assert_eq!(bad_time.timestamp(), None);
     }
 

@@ -36,7 +36,12 @@ pub fn parse_nanos(text: &str) -> Option<i64> {
         return None;
     }
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut pos = 19;
@@ -132,7 +137,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage_without_panicking() {
-        for bad in ["", "yesterday", "2025-13-01T00:00:00Z", "2025-05-05T18:38:56", "2025-05-05T18:38:56.Z", "2025-05-05T18:38:56Zjunk", "2025-05-05T18:38:56.\u{e9}Z"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2025-13-01T00:00:00Z",
+            "2025-05-05T18:38:56",
+            "2025-05-05T18:38:56.Z",
+            "2025-05-05T18:38:56Zjunk",
+            "2025-05-05T18:38:56.\u{e9}Z",
+        ] {
             assert_eq!(parse_nanos(bad), None, "{bad}");
         }
     }

@@ -1,0 +1,187 @@
+//! Wiring: config → state store, exporter, AWS clients, HTTP endpoint, collector; signals and
+//! exit codes. The only place that knows every part.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::collector::{Collector, FinishedHook, Flow, StatusBoard};
+use crate::config::{bare_flow_id, Config};
+use crate::export::Exporter;
+use crate::metrics::Metrics;
+use crate::source::{AwsTarget, Budgets, FlowSource, StaticCredentials};
+use crate::state::StateStore;
+
+/// Exit codes (SPEC §3).
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_USAGE: u8 = 64;
+pub const EXIT_TEMPFAIL: u8 = 75;
+
+#[derive(Default)]
+pub struct RunOptions {
+    pub once: bool,
+    pub wait_secs: u64,
+    /// For the demo against the embedded emulator.
+    pub static_credentials: Option<StaticCredentials>,
+    pub on_finished: Option<FinishedHook>,
+    /// Reports the bound address of the HTTP endpoint (the demo prints it).
+    pub on_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Usage(_) => EXIT_USAGE,
+            AppError::Runtime(_) => EXIT_RUNTIME,
+        }
+    }
+}
+
+/// Resolves once SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The grace period after SIGTERM: the current cycle finishes and checkpoints within it.
+const GRACE: Duration = Duration::from_secs(25);
+
+pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
+    let metrics = Arc::new(Metrics::new(config.metrics.node_labels));
+    let started = std::time::Instant::now();
+    let store = Arc::new(
+        StateStore::open(&config.state.path).map_err(|e| AppError::Runtime(e.to_string()))?,
+    );
+    let exporter = Arc::new(
+        Exporter::new(&config.traces, config.aws.region.as_deref())
+            .map_err(|e| AppError::Usage(format!("config key `traces.endpoint`: {e}")))?,
+    );
+    let budgets = Budgets::default();
+    let mut flows = Vec::new();
+    for flow in &config.flows {
+        let target = AwsTarget {
+            region: flow.region.clone().or_else(|| config.aws.region.clone()),
+            profile: flow.profile.clone().or_else(|| config.aws.profile.clone()),
+            role_arn: flow
+                .role_arn
+                .clone()
+                .or_else(|| config.aws.role_arn.clone()),
+            endpoint_url: flow
+                .endpoint_url
+                .clone()
+                .or_else(|| config.aws.endpoint_url.clone()),
+        };
+        let budget = budgets.get(&target.budget_key(), config.aws.max_requests_per_second);
+        let source = FlowSource::new(
+            &target,
+            budget,
+            options.static_credentials.as_ref(),
+            metrics.clone(),
+        )
+        .await;
+        let id = bare_flow_id(&flow.id).unwrap_or_else(|| flow.id.clone());
+        flows.push(Flow {
+            name: flow.name.clone().unwrap_or_else(|| id.clone()),
+            id,
+            aliases: flow.aliases.clone(),
+            source,
+        });
+    }
+    let board = Arc::new(StatusBoard::new(
+        &flows
+            .iter()
+            .map(|f| (f.id.clone(), f.name.clone()))
+            .collect::<Vec<_>>(),
+    ));
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .map_err(|e| {
+            AppError::Runtime(format!(
+                "cannot listen on {} (server.listen): {e}",
+                config.server.listen
+            ))
+        })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        metrics.clone(),
+        board.clone(),
+        stop_rx.clone(),
+    ));
+    let mut collector = Collector::new(
+        flows,
+        store,
+        exporter.clone(),
+        metrics.clone(),
+        board.clone(),
+        &config,
+        options.on_finished,
+    )
+    .map_err(|e| AppError::Runtime(e.to_string()))?;
+    tracing::info!(listen = %address, tracked = collector.tracked_count(), startup_ms = started.elapsed().as_millis() as u64, traces = %exporter.endpoint, "bedrock-flow-exporter started");
+    if let Some(report) = options.on_listening {
+        report(address);
+    }
+    let signal_board = board.clone();
+    let signals = tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing the current cycle");
+        signal_board.set_shutting_down();
+        let _ = stop_tx.send(true);
+        tokio::select! {
+            _ = tokio::time::sleep(GRACE) => tracing::warn!("grace period over; exiting (the state store is consistent)"),
+            _ = shutdown_signal() => tracing::warn!("second signal; exiting now"),
+        }
+        std::process::exit(EXIT_RUNTIME as i32);
+    });
+    let code = if options.once {
+        let unfinished = collector
+            .run_once(Duration::from_secs(options.wait_secs), stop_rx.clone())
+            .await;
+        if unfinished.is_empty() {
+            EXIT_OK
+        } else {
+            eprintln!("{} execution(s) not finished within --wait-secs {}; the next run resumes from the checkpoints:", unfinished.len(), options.wait_secs);
+            for arn in &unfinished {
+                eprintln!("  {arn}");
+            }
+            EXIT_TEMPFAIL
+        }
+    } else {
+        collector.run(stop_rx.clone()).await;
+        EXIT_OK
+    };
+    board.set_shutting_down();
+    // Dropping the signal task drops the stop sender: the HTTP endpoint drains and stops.
+    signals.abort();
+    let _ = signals.await;
+    let _ = tokio::time::timeout(Duration::from_secs(6), server).await;
+    Ok(code)
+}

@@ -1,0 +1,1088 @@
+//! The collector (SPEC §2, §9, §10): discovers executions, pages incrementally through both
+//! event streams, stores what it read, converts, exports, and only then checkpoints.
+//!
+//! One pass is `cycle`: list the flows (with an early stop when the order is proven), pick the
+//! executions that have work, and process them in chunks: fetch concurrently, persist events,
+//! convert, export the chunk's new spans in batches, mark them exported, update the metrics.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::watch;
+
+use crate::config::{Config, PollConfig};
+use crate::convert::{self, ContentPolicy, ExecutionView};
+use crate::export::Exporter;
+use crate::metrics::{FlowLabels, Metrics};
+use crate::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
+use crate::source::{ApiError, ErrorKind, FlowSource};
+use crate::span::{hex, SpanRecord};
+use crate::state::{Cursor, StateStore, Tracked};
+use crate::timefmt::now_nanos;
+
+const SECOND: i64 = 1_000_000_000;
+
+/// A configured flow with its AWS client.
+pub struct Flow {
+    pub id: String,
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub source: FlowSource,
+}
+
+/// What the landing page and readiness show, updated by the collector.
+#[derive(Default)]
+pub struct StatusBoard {
+    inner: Mutex<BoardInner>,
+}
+
+#[derive(Default)]
+struct BoardInner {
+    ready: bool,
+    shutting_down: bool,
+    flows: Vec<FlowStatus>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FlowStatus {
+    pub flow_id: String,
+    pub flow_name: String,
+    pub last_successful_poll: Option<i64>,
+    pub last_error: Option<String>,
+    pub running: usize,
+    /// (end time, status) of executions finished in the last hour.
+    pub recent: VecDeque<(i64, String)>,
+}
+
+impl StatusBoard {
+    pub fn new(flows: &[(String, String)]) -> StatusBoard {
+        let board = StatusBoard::default();
+        board.lock().flows = flows
+            .iter()
+            .map(|(id, name)| FlowStatus {
+                flow_id: id.clone(),
+                flow_name: name.clone(),
+                ..Default::default()
+            })
+            .collect();
+        board
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, BoardInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn ready(&self) -> bool {
+        let b = self.lock();
+        b.ready && !b.shutting_down
+    }
+    pub fn set_ready(&self) {
+        self.lock().ready = true;
+    }
+    pub fn set_shutting_down(&self) {
+        self.lock().shutting_down = true;
+    }
+    pub fn flows(&self) -> Vec<FlowStatus> {
+        self.lock().flows.clone()
+    }
+    fn update(&self, flow_id: &str, f: impl FnOnce(&mut FlowStatus)) {
+        if let Some(s) = self.lock().flows.iter_mut().find(|s| s.flow_id == flow_id) {
+            f(s);
+        }
+    }
+}
+
+/// One line per finished execution, for the demo's console.
+#[derive(Clone, Debug)]
+pub struct FinishedExecution {
+    pub flow_name: String,
+    pub status: String,
+    pub duration_secs: f64,
+    pub spans: usize,
+    pub trace_id: String,
+    pub arn: String,
+}
+
+pub type FinishedHook = Arc<dyn Fn(&FinishedExecution) + Send + Sync>;
+
+pub struct Collector {
+    flows: Vec<Flow>,
+    store: Arc<StateStore>,
+    exporter: Arc<Exporter>,
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+    policy: ContentPolicy,
+    poll: PollConfig,
+    tracked: HashMap<String, Tracked>,
+    finished: HashSet<String>,
+    snapshots: HashMap<(String, String), Option<Arc<FlowDefinition>>>,
+    export_backoff: Option<(Instant, Duration)>,
+    /// Executions with spans that may still need exporting (all active ones after a start).
+    pending: HashSet<String>,
+    on_finished: Option<FinishedHook>,
+    /// Problems already logged, by reason (each kind is logged once).
+    logged_problems: HashSet<&'static str>,
+}
+
+/// Work on one execution in one cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// Read new events (running, or an unknown status).
+    Fetch,
+    /// The final read of a terminal execution, then finish it.
+    Final,
+    /// Nothing to read: export what is derived and not exported yet.
+    ExportOnly,
+}
+
+/// An execution converted in this pass: its state, the span ids to mark, whether it is done,
+/// its root span (when done) and how many spans it has in all.
+type Mark = (Tracked, Vec<[u8; 8]>, bool, Option<SpanRecord>, usize);
+
+struct Fetched {
+    arn: String,
+    tracked: Tracked,
+    new_node: Vec<Event>,
+    new_flow: Vec<Event>,
+    first_seq: (usize, usize),
+}
+
+impl Collector {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        flows: Vec<Flow>,
+        store: Arc<StateStore>,
+        exporter: Arc<Exporter>,
+        metrics: Arc<Metrics>,
+        board: Arc<StatusBoard>,
+        config: &Config,
+        on_finished: Option<FinishedHook>,
+    ) -> Result<Collector, crate::state::StateError> {
+        let loaded = store.load()?;
+        let policy = ContentPolicy {
+            mode: config.traces.capture_content,
+            max_bytes: config.traces.max_content_bytes,
+            redact: config
+                .traces
+                .redact
+                .iter()
+                .filter_map(|p| regex::Regex::new(p).ok())
+                .collect(),
+        };
+        for flow in &flows {
+            for alias in &flow.aliases {
+                metrics.init_flow(&FlowLabels {
+                    flow_id: flow.id.clone(),
+                    flow_name: flow.name.clone(),
+                    alias: alias.clone(),
+                });
+            }
+        }
+        let pending = loaded.active.iter().map(|t| t.arn.clone()).collect();
+        let tracked: HashMap<String, Tracked> = loaded
+            .active
+            .into_iter()
+            .map(|t| (t.arn.clone(), t))
+            .collect();
+        metrics.executions_tracked.set(tracked.len() as i64);
+        Ok(Collector {
+            flows,
+            store,
+            exporter,
+            metrics,
+            board,
+            policy,
+            poll: config.poll.clone(),
+            tracked,
+            finished: loaded.finished,
+            snapshots: HashMap::new(),
+            export_backoff: None,
+            pending,
+            on_finished,
+            logged_problems: HashSet::new(),
+        })
+    }
+
+    pub fn tracked_count(&self) -> usize {
+        self.tracked.len()
+    }
+
+    fn flow_index(&self, flow_id: &str) -> Option<usize> {
+        self.flows.iter().position(|f| f.id == flow_id)
+    }
+
+    fn labels(&self, t: &Tracked) -> FlowLabels {
+        let name = self
+            .flow_index(&t.flow_id)
+            .map(|i| self.flows[i].name.clone())
+            .unwrap_or_else(|| t.flow_id.clone());
+        FlowLabels {
+            flow_id: t.flow_id.clone(),
+            flow_name: name,
+            alias: t.alias.clone(),
+        }
+    }
+
+    /// Lists one flow's executions: admits new ones (when `admit`), updates the status of known
+    /// ones. Stops early only when the pages seen prove newest-first order and nothing new or
+    /// active can follow; `full` reads every page.
+    async fn discover(
+        &mut self,
+        f: usize,
+        now: i64,
+        full: bool,
+        admit: bool,
+    ) -> Result<(), ApiError> {
+        let (last_poll, _) = self
+            .store
+            .flow_marks(&self.flows[f].id)
+            .unwrap_or((None, None));
+        let lookback = self.poll.lookback_secs as i64 * SECOND;
+        // After downtime, reach back to the last poll too (with an hour of margin).
+        let cutoff = match last_poll {
+            Some(t) => (now - lookback).min(t - 3600 * SECOND),
+            None => now - lookback,
+        };
+        let aliases: Vec<Option<String>> = if self.flows[f].aliases.is_empty() {
+            vec![None]
+        } else {
+            self.flows[f].aliases.iter().cloned().map(Some).collect()
+        };
+        let flow_id = self.flows[f].id.clone();
+        let settle = self.poll.settle_secs as i64 * SECOND;
+        let mut changed: Vec<String> = Vec::new();
+        for alias in aliases {
+            let mut token = None;
+            let mut previous_created = i64::MAX;
+            let mut descending = true;
+            loop {
+                let (items, next) = self.flows[f]
+                    .source
+                    .list_executions(&flow_id, alias.as_deref(), token.take())
+                    .await?;
+                let mut page_has_new = false;
+                let mut page_oldest = i64::MAX;
+                for s in items {
+                    let created = s.created_at.0;
+                    if created > previous_created {
+                        descending = false;
+                    }
+                    previous_created = created;
+                    page_oldest = page_oldest.min(created);
+                    if self.finished.contains(&s.execution_arn) {
+                        continue;
+                    }
+                    if let Some(t) = self.tracked.get_mut(&s.execution_arn) {
+                        let status = s.status.as_str().to_string();
+                        if t.status != status || t.ended_at != s.ended_at.map(|e| e.0) {
+                            if s.status.is_terminal() && t.terminal_seen_at.is_none() {
+                                t.terminal_seen_at = Some(now);
+                            }
+                            t.status = status;
+                            t.ended_at = s.ended_at.map(|e| e.0);
+                            changed.push(t.arn.clone());
+                        }
+                        continue;
+                    }
+                    if !admit || created < cutoff || created == 0 {
+                        continue;
+                    }
+                    page_has_new = true;
+                    let terminal = s.status.is_terminal();
+                    let ended = s.ended_at.map(|e| e.0);
+                    let t = Tracked {
+                        arn: s.execution_arn.clone(),
+                        flow_id: flow_id.clone(),
+                        alias: s.flow_alias_identifier.clone(),
+                        version: s.flow_version.clone(),
+                        created_at: created,
+                        ended_at: ended,
+                        status: s.status.as_str().to_string(),
+                        needs_settle: !terminal || ended.is_none_or(|e| e > now - settle),
+                        terminal_seen_at: terminal.then_some(now),
+                        errors: None,
+                        node_cursor: Cursor::default(),
+                        flow_cursor: Cursor::default(),
+                        node_checked: 0,
+                        flow_checked: 0,
+                        final_read: false,
+                        unknown_status_counted: false,
+                    };
+                    changed.push(t.arn.clone());
+                    self.pending.insert(t.arn.clone());
+                    self.tracked.insert(t.arn.clone(), t);
+                }
+                let Some(next_token) = next else { break };
+                if !full && descending && !page_has_new {
+                    let oldest_active = self
+                        .tracked
+                        .values()
+                        .filter(|t| {
+                            t.flow_id == flow_id && !ExecutionStatus::parse(&t.status).is_terminal()
+                        })
+                        .map(|t| t.created_at)
+                        .min();
+                    if oldest_active.is_none_or(|a| page_oldest <= a) && page_oldest < i64::MAX {
+                        break;
+                    }
+                }
+                token = Some(next_token);
+            }
+        }
+        let items: Vec<&Tracked> = changed.iter().filter_map(|a| self.tracked.get(a)).collect();
+        if let Err(e) = self.store.save_all(&items) {
+            tracing::error!(error = %e, "cannot save the listing to the state store");
+        }
+        Ok(())
+    }
+
+    async fn discover_all(&mut self, full_scan: bool, admit: bool) {
+        let now = now_nanos();
+        for f in 0..self.flows.len() {
+            let flow_id = self.flows[f].id.clone();
+            let (_, last_full) = self.store.flow_marks(&flow_id).unwrap_or((None, None));
+            let full = full_scan
+                || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
+            match self.discover(f, now, full, admit).await {
+                Ok(()) => {
+                    let _ = self
+                        .store
+                        .set_flow_marks(&flow_id, now, full.then_some(now));
+                    self.metrics
+                        .last_successful_poll
+                        .get_or_create(&vec![("flow_id", flow_id.clone())])
+                        .set(now as f64 / 1e9);
+                    self.board.update(&flow_id, |s| {
+                        s.last_successful_poll = Some(now);
+                        s.last_error = None;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(flow_id = %flow_id, error = %e, "listing executions failed; other flows go on");
+                    self.board
+                        .update(&flow_id, |s| s.last_error = Some(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// What each tracked execution needs now.
+    fn plan(&self, now: i64) -> Vec<(String, Work)> {
+        let settle = self.poll.settle_secs as i64 * SECOND;
+        let mut work: Vec<(String, Work)> = self
+            .tracked
+            .values()
+            .filter_map(|t| {
+                let status = ExecutionStatus::parse(&t.status);
+                let w = if !status.is_terminal() {
+                    Work::Fetch
+                } else if !t.final_read {
+                    let settle_at = t.ended_at.or(t.terminal_seen_at).unwrap_or(now) + settle;
+                    if !t.needs_settle || now >= settle_at {
+                        Work::Final
+                    } else if self.pending.contains(&t.arn) {
+                        Work::ExportOnly
+                    } else {
+                        return None;
+                    }
+                } else {
+                    Work::Final
+                };
+                Some((t.arn.clone(), w))
+            })
+            .collect();
+        work.sort_by(|a, b| a.0.cmp(&b.0));
+        work
+    }
+
+    /// One pass: discovery (optional), then every execution that has work.
+    pub async fn cycle(&mut self, discover: bool, admit: bool, stop: &watch::Receiver<bool>) {
+        if discover {
+            self.discover_all(false, admit).await;
+        }
+        let now = now_nanos();
+        self.update_running_gauges();
+        let work = self.plan(now);
+        let chunk_size = (self.poll.concurrency * 8).max(16);
+        for chunk in work.chunks(chunk_size) {
+            if *stop.borrow() {
+                break;
+            }
+            self.process_chunk(chunk).await;
+        }
+        self.metrics
+            .executions_tracked
+            .set(self.tracked.len() as i64);
+        self.update_running_gauges();
+    }
+
+    fn update_running_gauges(&self) {
+        let mut counts: HashMap<(String, String), i64> = HashMap::new();
+        for flow in &self.flows {
+            for alias in &flow.aliases {
+                counts.insert((flow.id.clone(), alias.clone()), 0);
+            }
+        }
+        // Aliases seen before keep their series (set to 0 when nothing runs).
+        for t in self.tracked.values() {
+            let entry = counts
+                .entry((t.flow_id.clone(), t.alias.clone()))
+                .or_insert(0);
+            if t.status == "Running" {
+                *entry += 1;
+            }
+        }
+        let mut per_flow: HashMap<String, usize> = HashMap::new();
+        for ((flow_id, alias), n) in counts {
+            let name = self
+                .flow_index(&flow_id)
+                .map(|i| self.flows[i].name.clone())
+                .unwrap_or_else(|| flow_id.clone());
+            let labels = FlowLabels {
+                flow_id: flow_id.clone(),
+                flow_name: name,
+                alias,
+            };
+            self.metrics
+                .executions_running
+                .get_or_create(&labels.with(&[]))
+                .set(n);
+            *per_flow.entry(flow_id).or_default() += n as usize;
+        }
+        for (flow_id, n) in per_flow {
+            self.board.update(&flow_id, |s| s.running = n);
+        }
+    }
+
+    async fn definition_for(
+        &mut self,
+        t: &Tracked,
+    ) -> Result<Option<Arc<FlowDefinition>>, ApiError> {
+        let key = if t.version == "DRAFT" {
+            format!("DRAFT:{}", t.arn)
+        } else {
+            t.version.clone()
+        };
+        let cache_key = (t.flow_id.clone(), key.clone());
+        if let Some(d) = self.snapshots.get(&cache_key) {
+            return Ok(d.clone());
+        }
+        let stored = self.store.snapshot(&t.flow_id, &key).ok().flatten();
+        let text = match stored {
+            Some(text) => text,
+            None => {
+                let Some(f) = self.flow_index(&t.flow_id) else {
+                    return Ok(None);
+                };
+                match self.flows[f]
+                    .source
+                    .get_snapshot(&t.flow_id, &t.alias, &t.arn)
+                    .await
+                {
+                    Ok((_, definition)) => {
+                        let _ = self.store.put_snapshot(&t.flow_id, &key, &definition);
+                        definition
+                    }
+                    // Without access to the definition, spans still go out with type "unknown".
+                    Err(e)
+                        if matches!(
+                            e.kind,
+                            ErrorKind::AccessDenied | ErrorKind::NotFound | ErrorKind::Validation
+                        ) =>
+                    {
+                        tracing::warn!(flow_id = %t.flow_id, error = %e, "flow snapshot unavailable; node types will be \"unknown\"");
+                        String::new()
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let definition = if text.is_empty() {
+            None
+        } else {
+            match serde_json::from_str::<FlowDefinition>(&text) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    self.count_problem(
+                        "bad_snapshot",
+                        &format!("flow {} version {}: {e}", t.flow_id, t.version),
+                    );
+                    None
+                }
+            }
+        };
+        self.snapshots.insert(cache_key, definition.clone());
+        Ok(definition)
+    }
+
+    fn count_problem(&mut self, reason: &'static str, detail: &str) {
+        self.metrics
+            .invalid_events
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+        if self.logged_problems.insert(reason) {
+            tracing::warn!(
+                reason,
+                detail,
+                "bad data from the API: counted and skipped (logged once per kind)"
+            );
+        }
+    }
+
+    async fn process_chunk(&mut self, chunk: &[(String, Work)]) {
+        let now = now_nanos();
+        // Snapshots first, one call per (flow, version), before the concurrent reads.
+        let mut definitions: HashMap<String, Option<Arc<FlowDefinition>>> = HashMap::new();
+        for (arn, _) in chunk {
+            let Some(t) = self.tracked.get(arn).cloned() else {
+                continue;
+            };
+            match self.definition_for(&t).await {
+                Ok(d) => {
+                    definitions.insert(arn.clone(), d);
+                }
+                Err(e) => tracing::debug!(arn = %arn, error = %e, "snapshot not read this cycle"),
+            }
+        }
+        // Concurrent reads of the executions whose snapshot is known.
+        let jobs: Vec<(Tracked, Work, FlowSource)> = chunk
+            .iter()
+            .filter(|(arn, _)| definitions.contains_key(arn))
+            .filter_map(|(arn, w)| {
+                let t = self.tracked.get(arn)?.clone();
+                let f = self.flow_index(&t.flow_id)?;
+                Some((t, *w, self.flows[f].source.clone()))
+            })
+            .collect();
+        let results: Vec<Result<Fetched, (String, ApiError)>> = stream::iter(jobs)
+            .map(|(t, w, source)| async move { fetch(source, t, w).await })
+            .buffer_unordered(self.poll.concurrency)
+            .collect()
+            .await;
+        let mut fetched = Vec::new();
+        for result in results {
+            match result {
+                Ok(f) => fetched.push(f),
+                Err((arn, e)) => {
+                    tracing::debug!(arn = %arn, error = %e, "reading events failed; retried next cycle");
+                    if let Some(t) = self.tracked.get(&arn) {
+                        let flow_id = t.flow_id.clone();
+                        if matches!(e.kind, ErrorKind::AccessDenied) {
+                            self.board
+                                .update(&flow_id, |s| s.last_error = Some(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        // Persist what was read (before exporting: the events are the durable backlog).
+        for f in &fetched {
+            for event in f.new_node.iter().chain(&f.new_flow) {
+                self.metrics
+                    .events_received
+                    .get_or_create(&vec![("event_type", event.kind_label().to_string())])
+                    .inc();
+                if let Some(ts) = event.timestamp() {
+                    self.metrics
+                        .event_lag
+                        .observe(((now - ts.0) as f64 / 1e9).max(0.0));
+                }
+            }
+            if let Err(e) = self
+                .store
+                .save(&f.tracked, &f.new_node, &f.new_flow, f.first_seq)
+            {
+                tracing::error!(error = %e, "cannot save events to the state store; retried next cycle");
+                continue;
+            }
+            self.tracked.insert(f.arn.clone(), f.tracked.clone());
+            self.pending.insert(f.arn.clone());
+        }
+        self.export_pending(
+            chunk
+                .iter()
+                .map(|(a, _)| a.clone())
+                .filter(|a| definitions.contains_key(a))
+                .collect(),
+            &definitions,
+        )
+        .await;
+    }
+
+    /// Converts the given executions, exports their spans not exported yet, and records them.
+    async fn export_pending(
+        &mut self,
+        arns: Vec<String>,
+        definitions: &HashMap<String, Option<Arc<FlowDefinition>>>,
+    ) {
+        if let Some((until, _)) = self.export_backoff {
+            if Instant::now() < until {
+                return;
+            }
+        }
+        let mut to_export: Vec<SpanRecord> = Vec::new();
+        let mut marks: Vec<Mark> = Vec::new();
+        for arn in arns {
+            if !self.pending.contains(&arn) {
+                continue;
+            }
+            let Some(t) = self.tracked.get(&arn).cloned() else {
+                continue;
+            };
+            let (node_events, flow_events) = match self.store.events(&arn) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read events from the state store");
+                    continue;
+                }
+            };
+            let exported = self.store.exported(&arn).unwrap_or_default();
+            let status = ExecutionStatus::parse(&t.status);
+            let finished = status.is_terminal() && t.final_read;
+            let labels = self.labels(&t);
+            let definition = definitions.get(&arn).cloned().flatten();
+            let view = ExecutionView {
+                arn: &t.arn,
+                flow_id: &t.flow_id,
+                flow_name: &labels.flow_name,
+                alias: &t.alias,
+                version: &t.version,
+                status: &status,
+                created_at: Timestamp(t.created_at),
+                ended_at: t.ended_at.map(Timestamp),
+                finished,
+                definition: definition.as_deref(),
+                errors: t.errors.as_deref().unwrap_or(&[]),
+                node_events: &node_events,
+                flow_events: &flow_events,
+            };
+            let conversion = convert::convert(&view, &self.policy);
+            // Count the problems of events not checked before, once.
+            let mut t = t;
+            for p in &conversion.problems {
+                let new = match p.event {
+                    Some((false, i)) => i >= t.node_checked,
+                    Some((true, i)) => i >= t.flow_checked,
+                    None => true,
+                };
+                if new {
+                    self.count_problem(p.reason, &p.detail);
+                }
+            }
+            t.node_checked = node_events.len();
+            t.flow_checked = flow_events.len();
+            if let ExecutionStatus::Unknown(s) = &status {
+                if !t.unknown_status_counted {
+                    self.count_problem("unknown_status", s);
+                    t.unknown_status_counted = true;
+                }
+            }
+            let total = conversion.spans.len();
+            let mut ids = Vec::new();
+            let mut root = None;
+            for span in conversion.spans {
+                if span.parent_span_id.is_none() {
+                    root = Some(span.clone());
+                }
+                if !exported.contains(&span.span_id) {
+                    ids.push(span.span_id);
+                    to_export.push(span);
+                }
+            }
+            marks.push((t, ids, finished, root, total));
+        }
+        if marks.is_empty() {
+            return;
+        }
+        if !to_export.is_empty() {
+            if let Err(e) = self.exporter.export(&to_export).await {
+                self.metrics.span_export_errors.inc();
+                let delay = self
+                    .export_backoff
+                    .map(|(_, d)| (d * 2).min(Duration::from_secs(60)))
+                    .unwrap_or(Duration::from_secs(1));
+                self.export_backoff = Some((Instant::now() + delay, delay));
+                tracing::warn!(error = %e, retry_in = ?delay, spans = to_export.len(), "span export failed; nothing is checkpointed, retried later");
+                return;
+            }
+        }
+        self.export_backoff = None;
+        let batch: Vec<(&Tracked, Vec<[u8; 8]>, bool)> = marks
+            .iter()
+            .map(|(t, ids, done, _, _)| (t, ids.clone(), *done))
+            .collect();
+        if let Err(e) = self.store.mark_exported(&batch) {
+            tracing::error!(error = %e, "cannot checkpoint exported spans; they will be exported again");
+            return;
+        }
+        self.metrics.spans_exported.inc_by(to_export.len() as u64);
+        let exported_now: HashSet<[u8; 8]> = to_export.iter().map(|s| s.span_id).collect();
+        for span in to_export
+            .iter()
+            .filter(|s| s.parent_span_id.is_some() && exported_now.contains(&s.span_id))
+        {
+            let arn = match span.attribute("aws.bedrock.flow.execution.arn") {
+                Some(crate::span::AttrValue::Str(a)) => a.clone(),
+                _ => continue,
+            };
+            if let Some((t, ..)) = marks.iter().find(|m| m.0.arn == arn) {
+                self.observe_node(&self.labels(t), span);
+            }
+        }
+        for (t, _, done, root, total) in marks {
+            if done {
+                if let Some(root) = root {
+                    self.observe_finished(&t, &root, total);
+                }
+                self.tracked.remove(&t.arn);
+                self.pending.remove(&t.arn);
+                self.finished.insert(t.arn.clone());
+            } else {
+                self.pending.remove(&t.arn);
+                self.tracked.insert(t.arn.clone(), t);
+            }
+        }
+    }
+
+    fn observe_node(&self, labels: &FlowLabels, span: &SpanRecord) {
+        let facts = &span.facts;
+        let Some(node) = facts.node.as_deref() else {
+            return;
+        };
+        let node = self.metrics.node(node);
+        let node_type = if self.metrics.node_labels {
+            facts.node_type.as_str()
+        } else {
+            ""
+        };
+        if !facts.incomplete {
+            let status = if facts.failure_code.is_some() {
+                "failed"
+            } else {
+                "ok"
+            };
+            self.metrics
+                .node_duration
+                .get_or_create(&labels.with(&[
+                    ("node", node),
+                    ("node_type", node_type),
+                    ("status", status),
+                ]))
+                .observe((span.end - span.start) as f64 / 1e9);
+        }
+        if let Some(code) = &facts.failure_code {
+            self.metrics
+                .node_failures
+                .get_or_create(&labels.with(&[("node", node), ("error_code", code)]))
+                .inc();
+        }
+        for condition in &facts.satisfied_conditions {
+            self.metrics
+                .condition_results
+                .get_or_create(&labels.with(&[("node", node), ("condition", condition)]))
+                .inc();
+        }
+        if facts.input_tokens > 0 {
+            self.metrics
+                .node_tokens
+                .get_or_create(&labels.with(&[("node", node), ("token_type", "input")]))
+                .inc_by(facts.input_tokens as u64);
+        }
+        if facts.output_tokens > 0 {
+            self.metrics
+                .node_tokens
+                .get_or_create(&labels.with(&[("node", node), ("token_type", "output")]))
+                .inc_by(facts.output_tokens as u64);
+        }
+    }
+
+    fn observe_finished(&self, t: &Tracked, root: &SpanRecord, spans: usize) {
+        let labels = self.labels(t);
+        let status = t.status.as_str();
+        let with_status = labels.with(&[("status", status)]);
+        let duration = (root.end - root.start) as f64 / 1e9;
+        let trace_id = hex(&root.trace_id);
+        self.metrics
+            .executions_total
+            .get_or_create(&with_status)
+            .inc();
+        self.metrics
+            .execution_duration
+            .get_or_create(&with_status)
+            .observe(duration, Some(vec![("trace_id", trace_id.clone())]), None);
+        self.metrics
+            .last_execution_end
+            .get_or_create(&with_status)
+            .set(root.end as f64 / 1e9);
+        let failure_code = match status {
+            "TimedOut" => Some("ExecutionTimedOut".to_string()),
+            "Failed" => Some(match root.attribute("error.type") {
+                Some(crate::span::AttrValue::Str(code)) => code.clone(),
+                _ => "Failed".to_string(),
+            }),
+            _ => None,
+        };
+        if let Some(code) = failure_code {
+            self.metrics
+                .flow_failures
+                .get_or_create(&labels.with(&[("error_code", &code)]))
+                .inc();
+        }
+        let end = root.end;
+        self.board.update(&t.flow_id, |s| {
+            s.recent.push_back((end, status.to_string()));
+            let hour_ago = now_nanos() - 3600 * SECOND;
+            while s.recent.front().is_some_and(|(e, _)| *e < hour_ago) {
+                s.recent.pop_front();
+            }
+        });
+        tracing::info!(flow = %labels.flow_name, status, duration_secs = duration, spans, trace_id = %trace_id, arn = %t.arn, "execution exported");
+        if let Some(hook) = &self.on_finished {
+            hook(&FinishedExecution {
+                flow_name: labels.flow_name.clone(),
+                status: status.to_string(),
+                duration_secs: duration,
+                spans,
+                trace_id,
+                arn: t.arn.clone(),
+            });
+        }
+    }
+
+    /// Forgets finished executions older than twice the lookback window.
+    pub fn prune(&mut self) {
+        let before = now_nanos() - 2 * self.poll.lookback_secs as i64 * SECOND;
+        if let Ok(arns) = self.store.finished_arns_before(before) {
+            for arn in arns {
+                self.finished.remove(&arn);
+            }
+        }
+        let _ = self.store.prune(before);
+    }
+
+    /// The service loop: a cycle every `interval_secs` until `stop`.
+    pub async fn run(&mut self, mut stop: watch::Receiver<bool>) {
+        let interval = Duration::from_secs(self.poll.interval_secs);
+        let mut cycles: u64 = 0;
+        loop {
+            let started = Instant::now();
+            self.cycle(true, true, &stop).await;
+            self.board.set_ready();
+            cycles += 1;
+            if cycles % 100 == 0 {
+                self.prune();
+            }
+            if *stop.borrow() {
+                break;
+            }
+            let wait = interval.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+    }
+
+    /// `run --once`: list each flow once, then work until every execution found is finished
+    /// and exported. Returns the ARNs still unfinished when `wait` ran out (empty: all done).
+    pub async fn run_once(&mut self, wait: Duration, stop: watch::Receiver<bool>) -> Vec<String> {
+        let started = Instant::now();
+        self.discover_all(true, true).await;
+        self.board.set_ready();
+        let targets: HashSet<String> = self.tracked.keys().cloned().collect();
+        let total = targets.len();
+        let show_progress = std::io::stderr().is_terminal();
+        loop {
+            // Re-list (without admitting new executions) only while some target still runs.
+            let any_running = targets.iter().any(|a| {
+                self.tracked
+                    .get(a)
+                    .is_some_and(|t| !ExecutionStatus::parse(&t.status).is_terminal())
+            });
+            self.cycle(any_running, false, &stop).await;
+            let left: Vec<String> = targets
+                .iter()
+                .filter(|a| self.tracked.contains_key(*a))
+                .cloned()
+                .collect();
+            if show_progress {
+                eprint!("\r{} of {} executions exported", total - left.len(), total);
+            }
+            if left.is_empty() || *stop.borrow() || started.elapsed() >= wait {
+                if show_progress {
+                    eprintln!();
+                }
+                let mut left = left;
+                left.sort();
+                return left;
+            }
+            // Wait a little when only settling executions remain, else go straight on.
+            let pause = if self
+                .plan(now_nanos())
+                .iter()
+                .any(|(_, w)| *w != Work::ExportOnly)
+                && self.export_backoff.is_none()
+            {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_millis(500).min(Duration::from_secs(self.poll.interval_secs))
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Reads one execution's new events (and errors at the end) without touching shared state.
+async fn fetch(
+    source: FlowSource,
+    mut t: Tracked,
+    work: Work,
+) -> Result<Fetched, (String, ApiError)> {
+    let arn = t.arn.clone();
+    let first_seq = (t.node_cursor.total, t.flow_cursor.total);
+    let mut new_node = Vec::new();
+    let mut new_flow = Vec::new();
+    if work != Work::ExportOnly && !(work == Work::Final && t.final_read) {
+        let mut vanished = false;
+        for flow_stream in [false, true] {
+            let cursor = if flow_stream {
+                t.flow_cursor.clone()
+            } else {
+                t.node_cursor.clone()
+            };
+            match read_stream(&source, &t, flow_stream, cursor).await {
+                Ok((events, cursor)) => {
+                    if flow_stream {
+                        new_flow = events;
+                        t.flow_cursor = cursor;
+                    } else {
+                        new_node = events;
+                        t.node_cursor = cursor;
+                    }
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => vanished = true,
+                Err(e) => return Err((arn, e)),
+            }
+        }
+        let status = ExecutionStatus::parse(&t.status);
+        if vanished {
+            // An execution whose events answer 404 is finished with what was read.
+            if !status.is_terminal() {
+                t.status = "Aborted".into();
+                t.ended_at = t.ended_at.or(Some(now_nanos()));
+            }
+            t.final_read = true;
+        } else if work == Work::Final {
+            if matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut)
+                && t.errors.is_none()
+            {
+                match source.get_execution(&t.flow_id, &t.alias, &t.arn).await {
+                    Ok((_, ended, errors)) => {
+                        t.errors = Some(errors);
+                        t.ended_at = t.ended_at.or(ended.map(|e| e.0));
+                    }
+                    Err(e) if e.kind == ErrorKind::NotFound => t.errors = Some(Vec::new()),
+                    Err(e) => return Err((arn, e)),
+                }
+            }
+            t.final_read = true;
+        }
+    }
+    Ok(Fetched {
+        arn,
+        tracked: t,
+        new_node,
+        new_flow,
+        first_seq,
+    })
+}
+
+/// Pages one stream from its cursor: re-requests the tail page and keeps only what is new;
+/// falls back to a full re-read (skipping what was read) when the token is rejected.
+async fn read_stream(
+    source: &FlowSource,
+    t: &Tracked,
+    flow_stream: bool,
+    mut cursor: Cursor,
+) -> Result<(Vec<Event>, Cursor), ApiError> {
+    let mut new = Vec::new();
+    let mut token = cursor.token.clone();
+    let mut skip = cursor.consumed;
+    loop {
+        match source
+            .list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone())
+            .await
+        {
+            Ok((items, next)) => {
+                if items.len() < skip {
+                    // The page shrank: the token no longer means what it did.
+                    return reread_all(source, t, flow_stream, cursor.total).await;
+                }
+                let page_len = items.len();
+                new.extend(items.into_iter().skip(skip));
+                match next {
+                    Some(n) => {
+                        token = Some(n);
+                        skip = 0;
+                    }
+                    None => {
+                        cursor.token = token;
+                        cursor.consumed = page_len;
+                        cursor.total += new.len();
+                        return Ok((new, cursor));
+                    }
+                }
+            }
+            Err(e) if e.kind == ErrorKind::Validation && token.is_some() => {
+                tracing::debug!(arn = %t.arn, "page token rejected; re-reading the stream from the start");
+                let (mut all_new, cursor) =
+                    reread_all(source, t, flow_stream, cursor.total).await?;
+                // Events read on earlier pages of this pass are part of the re-read too.
+                all_new.drain(..new.len().min(all_new.len()));
+                new.extend(all_new);
+                return Ok((new, cursor));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn reread_all(
+    source: &FlowSource,
+    t: &Tracked,
+    flow_stream: bool,
+    already: usize,
+) -> Result<(Vec<Event>, Cursor), ApiError> {
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let (items, next) = source
+            .list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone())
+            .await?;
+        let page_len = items.len();
+        all.extend(items);
+        match next {
+            Some(n) => token = Some(n),
+            None => {
+                let total = all.len();
+                let new = if total > already {
+                    all.split_off(already)
+                } else {
+                    Vec::new()
+                };
+                return Ok((
+                    new,
+                    Cursor {
+                        token,
+                        consumed: page_len,
+                        total: total.max(already),
+                    },
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The exporter's one port (SPEC §7): `/`, `/metrics`, `/-/healthy`, `/-/ready`. A plain match
+//! on the path; nothing here calls AWS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::Request;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::collector::StatusBoard;
+use crate::httpserve::{self, HttpResponse};
+use crate::metrics::Metrics;
+use crate::timefmt::{format_nanos, now_nanos};
+
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+    stop: watch::Receiver<bool>,
+) {
+    let handler: httpserve::Handler = Arc::new(move |request| {
+        let metrics = metrics.clone();
+        let board = board.clone();
+        Box::pin(async move { handle(&metrics, &board, request) })
+    });
+    httpserve::serve(listener, handler, stop, Duration::from_secs(5)).await;
+}
+
+fn wants_openmetrics(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"))
+}
+
+fn handle(metrics: &Metrics, board: &StatusBoard, request: Request<Incoming>) -> HttpResponse {
+    match request.uri().path() {
+        "/metrics" => {
+            let (content_type, body) = metrics.render(wants_openmetrics(&request));
+            httpserve::respond(200, content_type, body)
+        }
+        "/-/healthy" => httpserve::respond(200, "text/plain; charset=utf-8", "OK\n"),
+        "/-/ready" => {
+            if board.ready() {
+                httpserve::respond(200, "text/plain; charset=utf-8", "OK\n")
+            } else {
+                httpserve::respond(503, "text/plain; charset=utf-8", "not ready: the state is loading, a first poll is pending, or the process is shutting down\n")
+            }
+        }
+        "/" => httpserve::respond(200, "text/html; charset=utf-8", landing_page(board)),
+        _ => httpserve::respond(404, "text/plain; charset=utf-8", "not found\n"),
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn landing_page(board: &StatusBoard) -> String {
+    let now = now_nanos();
+    let mut rows = String::new();
+    for flow in board.flows() {
+        let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (end, status) in &flow.recent {
+            if *end >= now - 3_600_000_000_000 {
+                *by_status.entry(status.as_str()).or_default() += 1;
+            }
+        }
+        let recent = if by_status.is_empty() {
+            "none".to_string()
+        } else {
+            by_status
+                .iter()
+                .map(|(s, n)| format!("{s}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let last_poll = flow
+            .last_successful_poll
+            .map(|t| format!("{} ({}s ago)", format_nanos(t), (now - t) / 1_000_000_000))
+            .unwrap_or_else(|| "never".into());
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&flow.flow_name),
+            escape(&flow.flow_id),
+            escape(&last_poll),
+            flow.running,
+            escape(&recent),
+            escape(flow.last_error.as_deref().unwrap_or("")),
+        ));
+    }
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>bedrock-flow-exporter</title>\
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>\n\
+<body><h1>bedrock-flow-exporter {}</h1>\n<p><a href=\"/metrics\">Metrics</a> · <a href=\"/-/healthy\">Health</a> · <a href=\"/-/ready\">Readiness</a> ({})</p>\n\
+<table><tr><th>Flow</th><th>Id</th><th>Last successful poll</th><th>Running now</th><th>Finished in the last hour</th><th>Last error</th></tr>\n{}</table>\n</body></html>\n",
+        env!("CARGO_PKG_VERSION"),
+        if board.ready() { "ready" } else { "not ready" },
+        rows
+    )
+}

@@ -1,0 +1,679 @@
+//! The AWS side (the one module that knows the AWS SDK): clients per account and region with
+//! a shared request budget, the four read operations, and the mapping of SDK types to the wire
+//! model and of SDK errors to the `error_kind` label.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_bedrockagentruntime as bar;
+use aws_sdk_bedrockagentruntime::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::Document;
+use serde_json::{json, Value};
+
+use crate::metrics::Metrics;
+use crate::model::*;
+
+/// At most `limit` HTTP attempts started in any window of `window` (SPEC §10: the budget is
+/// per account and region, SDK retries included).
+#[derive(Debug)]
+pub struct RequestBudget {
+    limit: usize,
+    window: Duration,
+    starts: Mutex<VecDeque<Instant>>,
+}
+
+impl RequestBudget {
+    pub fn per_second(rate: f64) -> RequestBudget {
+        let limit = (rate.floor() as usize).max(1);
+        let window = Duration::from_secs_f64((limit as f64 / rate).max(1.0));
+        RequestBudget {
+            limit,
+            window,
+            starts: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                while starts
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= self.window)
+                {
+                    starts.pop_front();
+                }
+                if starts.len() < self.limit {
+                    starts.push_back(now);
+                    return;
+                }
+                self.window - now.duration_since(starts[0])
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Wraps the SDK's HTTP client so that every attempt, retries included, waits for the budget.
+#[derive(Debug)]
+struct BudgetedClient {
+    inner: SharedHttpClient,
+    budget: Arc<RequestBudget>,
+}
+
+#[derive(Debug)]
+struct BudgetedConnector {
+    inner: SharedHttpConnector,
+    budget: Arc<RequestBudget>,
+}
+
+impl HttpClient for BudgetedClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(BudgetedConnector {
+            inner: self.inner.http_connector(settings, components),
+            budget: self.budget.clone(),
+        })
+    }
+}
+
+impl HttpConnector for BudgetedConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let inner = self.inner.clone();
+        let budget = self.budget.clone();
+        HttpConnectorFuture::new(async move {
+            budget.acquire().await;
+            inner.call(request).await
+        })
+    }
+}
+
+/// Where and as whom to call AWS.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AwsTarget {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub role_arn: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsTarget {
+    /// Flows sharing this key share one request budget: same credentials source, same region.
+    pub fn budget_key(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.region.as_deref().unwrap_or(""),
+            self.profile.as_deref().unwrap_or(""),
+            self.role_arn.as_deref().unwrap_or(""),
+            self.endpoint_url.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// Static credentials, for the demo against the embedded emulator (no AWS account needed).
+#[derive(Clone, Debug)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    Throttled,
+    AccessDenied,
+    NotFound,
+    Validation,
+    Server,
+    Timeout,
+    Other,
+}
+
+impl ErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Validation => "validation",
+            ErrorKind::Server => "server",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{operation} failed ({}): {message}", kind.label())]
+pub struct ApiError {
+    pub operation: &'static str,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    operation: &'static str,
+    error: SdkError<E, R>,
+) -> ApiError {
+    let (kind, message) = match &error {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let kind = match e.code() {
+                Some("ThrottlingException" | "TooManyRequestsException" | "ThrottledException") => {
+                    ErrorKind::Throttled
+                }
+                Some(
+                    "AccessDeniedException"
+                    | "UnrecognizedClientException"
+                    | "ExpiredTokenException",
+                ) => ErrorKind::AccessDenied,
+                Some("ResourceNotFoundException") => ErrorKind::NotFound,
+                Some("ValidationException") => ErrorKind::Validation,
+                Some("InternalServerException" | "ServiceUnavailableException") => {
+                    ErrorKind::Server
+                }
+                _ => ErrorKind::Other,
+            };
+            (
+                kind,
+                format!(
+                    "{}: {}",
+                    e.code().unwrap_or("unknown error"),
+                    e.message().unwrap_or("")
+                ),
+            )
+        }
+        SdkError::TimeoutError(_) => (ErrorKind::Timeout, "request timed out".to_string()),
+        SdkError::DispatchFailure(d) if d.is_timeout() => (ErrorKind::Timeout, format!("{d:?}")),
+        other => (
+            ErrorKind::Other,
+            aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
+        ),
+    };
+    ApiError {
+        operation,
+        kind,
+        message,
+    }
+}
+
+/// One client per target; calls are counted and timed in the metrics.
+#[derive(Clone)]
+pub struct FlowSource {
+    client: bar::Client,
+    metrics: Arc<Metrics>,
+}
+
+/// Budgets shared by every client of the same account and region.
+#[derive(Default)]
+pub struct Budgets(Mutex<HashMap<String, Arc<RequestBudget>>>);
+
+impl Budgets {
+    pub fn get(&self, key: &str, rate: f64) -> Arc<RequestBudget> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.to_string())
+            .or_insert_with(|| Arc::new(RequestBudget::per_second(rate)))
+            .clone()
+    }
+}
+
+impl FlowSource {
+    pub async fn new(
+        target: &AwsTarget,
+        budget: Arc<RequestBudget>,
+        credentials: Option<&StaticCredentials>,
+        metrics: Arc<Metrics>,
+    ) -> FlowSource {
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(BudgetedClient {
+                inner: https,
+                budget,
+            })
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(4)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(10)),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(20))
+                    .build(),
+            );
+        if let Some(region) = &target.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(profile) = &target.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &target.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                &c.access_key_id,
+                &c.secret_access_key,
+                None,
+                None,
+                "static",
+            ));
+        }
+        let mut sdk_config = loader.load().await;
+        if let Some(role) = &target.role_arn {
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role)
+                .session_name("bedrock-flow-exporter")
+                .configure(&sdk_config)
+                .build()
+                .await;
+            sdk_config = sdk_config
+                .into_builder()
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+                )
+                .build();
+        }
+        FlowSource {
+            client: bar::Client::new(&sdk_config),
+            metrics,
+        }
+    }
+
+    fn record<T>(&self, operation: &'static str, started: Instant, result: &Result<T, ApiError>) {
+        let labels = vec![("operation", operation.to_string())];
+        self.metrics.api_requests.get_or_create(&labels).inc();
+        self.metrics
+            .api_request_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            self.metrics
+                .api_request_errors
+                .get_or_create(&vec![
+                    ("operation", operation.to_string()),
+                    ("error_kind", e.kind.label().to_string()),
+                ])
+                .inc();
+        }
+    }
+
+    /// One page of ListFlowExecutions.
+    pub async fn list_executions(
+        &self,
+        flow_id: &str,
+        alias: Option<&str>,
+        token: Option<String>,
+    ) -> Result<(Vec<ExecutionSummary>, Option<String>), ApiError> {
+        const OP: &str = "ListFlowExecutions";
+        let started = Instant::now();
+        let result = self
+            .client
+            .list_flow_executions()
+            .flow_identifier(flow_id)
+            .set_flow_alias_identifier(alias.map(str::to_string))
+            .max_results(10)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))
+            .map(|out| {
+                let items = out
+                    .flow_execution_summaries()
+                    .iter()
+                    .map(|s| ExecutionSummary {
+                        execution_arn: s.execution_arn().to_string(),
+                        flow_alias_identifier: s.flow_alias_identifier().to_string(),
+                        flow_identifier: s.flow_identifier().to_string(),
+                        flow_version: s.flow_version().to_string(),
+                        status: ExecutionStatus::parse(s.status().as_str()),
+                        created_at: Timestamp(nanos(s.created_at()).unwrap_or(0)),
+                        ended_at: s.ended_at().and_then(nanos).map(Timestamp),
+                    })
+                    .collect();
+                (
+                    items,
+                    out.next_token()
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_string),
+                )
+            });
+        self.record(OP, started, &result);
+        result
+    }
+
+    /// One page of ListFlowExecutionEvents for one stream (`Flow` or `Node`).
+    pub async fn list_events(
+        &self,
+        flow_id: &str,
+        alias: &str,
+        execution_arn: &str,
+        flow_stream: bool,
+        token: Option<String>,
+    ) -> Result<(Vec<Event>, Option<String>), ApiError> {
+        const OP: &str = "ListFlowExecutionEvents";
+        let started = Instant::now();
+        let event_type = if flow_stream {
+            bar::types::FlowExecutionEventType::Flow
+        } else {
+            bar::types::FlowExecutionEventType::Node
+        };
+        let result = self
+            .client
+            .list_flow_execution_events()
+            .flow_identifier(flow_id)
+            .flow_alias_identifier(alias)
+            .execution_identifier(execution_arn)
+            .event_type(event_type)
+            .max_results(10)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))
+            .map(|out| {
+                (
+                    out.flow_execution_events()
+                        .iter()
+                        .map(event_from_sdk)
+                        .collect(),
+                    out.next_token()
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_string),
+                )
+            });
+        self.record(OP, started, &result);
+        result
+    }
+
+    /// GetFlowExecution: the final status and the errors of an execution.
+    pub async fn get_execution(
+        &self,
+        flow_id: &str,
+        alias: &str,
+        execution_arn: &str,
+    ) -> Result<(ExecutionStatus, Option<Timestamp>, Vec<ExecutionError>), ApiError> {
+        const OP: &str = "GetFlowExecution";
+        let started = Instant::now();
+        let result = self
+            .client
+            .get_flow_execution()
+            .flow_identifier(flow_id)
+            .flow_alias_identifier(alias)
+            .execution_identifier(execution_arn)
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))
+            .map(|out| {
+                let errors = out
+                    .errors()
+                    .iter()
+                    .map(|e| ExecutionError {
+                        error: e.error().map(|x| x.as_str().to_string()),
+                        message: e.message().map(str::to_string),
+                        node_name: e.node_name().map(str::to_string),
+                    })
+                    .collect();
+                (
+                    ExecutionStatus::parse(out.status().as_str()),
+                    out.ended_at().and_then(nanos).map(Timestamp),
+                    errors,
+                )
+            });
+        self.record(OP, started, &result);
+        result
+    }
+
+    /// GetExecutionFlowSnapshot: (flow version, definition JSON text).
+    pub async fn get_snapshot(
+        &self,
+        flow_id: &str,
+        alias: &str,
+        execution_arn: &str,
+    ) -> Result<(String, String), ApiError> {
+        const OP: &str = "GetExecutionFlowSnapshot";
+        let started = Instant::now();
+        let result = self
+            .client
+            .get_execution_flow_snapshot()
+            .flow_identifier(flow_id)
+            .flow_alias_identifier(alias)
+            .execution_identifier(execution_arn)
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))
+            .map(|out| (out.flow_version().to_string(), out.definition().to_string()));
+        self.record(OP, started, &result);
+        result
+    }
+}
+
+/// The SDK fills missing required timestamps with the epoch: treat that as absent.
+fn nanos(t: &aws_smithy_types::DateTime) -> Option<i64> {
+    let n = t
+        .secs()
+        .checked_mul(1_000_000_000)?
+        .checked_add(t.subsec_nanos() as i64)?;
+    (n != 0).then_some(n)
+}
+
+fn ts(t: &aws_smithy_types::DateTime) -> Option<Timestamp> {
+    nanos(t).map(Timestamp)
+}
+
+pub fn document_to_json(d: &Document) -> Value {
+    match d {
+        Document::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), document_to_json(v)))
+                .collect(),
+        ),
+        Document::Array(items) => Value::Array(items.iter().map(document_to_json).collect()),
+        Document::Number(aws_smithy_types::Number::PosInt(u)) => json!(u),
+        Document::Number(aws_smithy_types::Number::NegInt(i)) => json!(i),
+        Document::Number(aws_smithy_types::Number::Float(f)) => json!(f),
+        Document::String(s) => Value::String(s.clone()),
+        Document::Bool(b) => Value::Bool(*b),
+        Document::Null => Value::Null,
+    }
+}
+
+fn content_of(d: Option<&Document>) -> Option<Content> {
+    d.map(|d| Content {
+        document: document_to_json(d),
+    })
+}
+
+fn agent_trace_json(part: &bar::types::TracePart) -> Value {
+    use bar::types::{OrchestrationTrace, PostProcessingTrace, PreProcessingTrace, Trace};
+    let usage = |m: Option<&bar::types::Metadata>| {
+        m.and_then(|m| m.usage()).map(|u| json!({"metadata": {"usage": {"inputTokens": u.input_tokens(), "outputTokens": u.output_tokens()}}}))
+    };
+    let trace = match part.trace() {
+        Some(Trace::OrchestrationTrace(OrchestrationTrace::ModelInvocationOutput(o))) => {
+            usage(o.metadata()).map(|u| json!({"orchestrationTrace": {"modelInvocationOutput": u}}))
+        }
+        Some(Trace::PreProcessingTrace(PreProcessingTrace::ModelInvocationOutput(o))) => {
+            usage(o.metadata()).map(|u| json!({"preProcessingTrace": {"modelInvocationOutput": u}}))
+        }
+        Some(Trace::PostProcessingTrace(PostProcessingTrace::ModelInvocationOutput(o))) => {
+            usage(o.metadata())
+                .map(|u| json!({"postProcessingTrace": {"modelInvocationOutput": u}}))
+        }
+        _ => None,
+    };
+    let mut out = json!({});
+    if let Some(id) = part.agent_id() {
+        out["agentId"] = json!(id);
+    }
+    if let Some(id) = part.agent_alias_id() {
+        out["agentAliasId"] = json!(id);
+    }
+    if let Some(id) = part.session_id() {
+        out["sessionId"] = json!(id);
+    }
+    if let Some(t) = trace {
+        out["trace"] = t;
+    }
+    out
+}
+
+/// An SDK event as the wire model. Unknown union members keep their kind for the report.
+pub fn event_from_sdk(event: &bar::types::FlowExecutionEvent) -> Event {
+    use bar::types::FlowExecutionEvent as E;
+    match event {
+        E::FlowInputEvent(e) => Event::FlowInput(FlowIoEvent {
+            node_name: e.node_name().to_string(),
+            timestamp: ts(e.timestamp()),
+            fields: e
+                .fields()
+                .iter()
+                .map(|f| FlowField {
+                    name: f.name().to_string(),
+                    content: content_of(f.content().and_then(|c| c.as_document().ok())),
+                })
+                .collect(),
+        }),
+        E::FlowOutputEvent(e) => Event::FlowOutput(FlowIoEvent {
+            node_name: e.node_name().to_string(),
+            timestamp: ts(e.timestamp()),
+            fields: e
+                .fields()
+                .iter()
+                .map(|f| FlowField {
+                    name: f.name().to_string(),
+                    content: content_of(f.content().and_then(|c| c.as_document().ok())),
+                })
+                .collect(),
+        }),
+        E::FlowFailureEvent(e) => Event::FlowFailure(FlowFailureEvent {
+            timestamp: ts(e.timestamp()),
+            error_code: e.error_code().as_str().to_string(),
+            error_message: e.error_message().to_string(),
+        }),
+        E::NodeInputEvent(e) => Event::NodeInput(NodeInputEvent {
+            node_name: e.node_name().to_string(),
+            timestamp: ts(e.timestamp()),
+            fields: e
+                .fields()
+                .iter()
+                .map(|f| NodeInputField {
+                    name: f.name().to_string(),
+                    content: content_of(f.content().and_then(|c| c.as_document().ok())),
+                    kind: f.r#type().map(|t| t.as_str().to_string()),
+                    category: f.category().map(|c| c.as_str().to_string()),
+                    source: f.source().map(|s| NodeInputSource {
+                        node_name: s.node_name().to_string(),
+                        output_field_name: s.output_field_name().to_string(),
+                        expression: s.expression().to_string(),
+                    }),
+                    execution_chain: f
+                        .execution_chain()
+                        .iter()
+                        .map(|c| ExecutionChainItem {
+                            node_name: c.node_name().to_string(),
+                            kind: c.r#type().as_str().to_string(),
+                            index: c.index(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }),
+        E::NodeOutputEvent(e) => Event::NodeOutput(NodeOutputEvent {
+            node_name: e.node_name().to_string(),
+            timestamp: ts(e.timestamp()),
+            fields: e
+                .fields()
+                .iter()
+                .map(|f| NodeOutputField {
+                    name: f.name().to_string(),
+                    content: content_of(f.content().and_then(|c| c.as_document().ok())),
+                    kind: f.r#type().map(|t| t.as_str().to_string()),
+                    next: f
+                        .next()
+                        .iter()
+                        .map(|n| NodeOutputNext {
+                            node_name: n.node_name().to_string(),
+                            input_field_name: n.input_field_name().to_string(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }),
+        E::NodeFailureEvent(e) => Event::NodeFailure(NodeFailureEvent {
+            node_name: e.node_name().to_string(),
+            timestamp: ts(e.timestamp()),
+            error_code: e.error_code().as_str().to_string(),
+            error_message: e.error_message().to_string(),
+        }),
+        E::ConditionResultEvent(e) => Event::ConditionResult(ConditionResultEvent {
+            node_name: e.node_name().to_string(),
+            timestamp: ts(e.timestamp()),
+            satisfied_conditions: e
+                .satisfied_conditions()
+                .iter()
+                .map(|c| SatisfiedCondition {
+                    condition_name: c.condition_name().to_string(),
+                })
+                .collect(),
+        }),
+        E::NodeActionEvent(e) => Event::NodeAction(NodeActionEvent {
+            node_name: e.node_name().to_string(),
+            timestamp: ts(e.timestamp()),
+            request_id: e.request_id().to_string(),
+            service_name: e.service_name().to_string(),
+            operation_name: e.operation_name().to_string(),
+            operation_request: e.operation_request().map(document_to_json),
+            operation_response: e.operation_response().map(document_to_json),
+        }),
+        E::NodeDependencyEvent(e) => Event::NodeDependency(NodeDependencyEvent {
+            node_name: e.node_name().to_string(),
+            timestamp: ts(e.timestamp()),
+            trace_elements: TraceElements {
+                agent_traces: e
+                    .trace_elements()
+                    .and_then(|t| t.as_agent_traces().ok())
+                    .map(|parts| parts.iter().map(agent_trace_json).collect())
+                    .unwrap_or_default(),
+            },
+        }),
+        _ => Event::Unknown("unknown".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_never_starts_more_than_the_limit_in_a_second() {
+        let budget = RequestBudget::per_second(5.0);
+        let start = tokio::time::Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..12 {
+            budget.acquire().await;
+            times.push(start.elapsed());
+        }
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count();
+            assert!(in_window <= 5, "window at {i}: {in_window}");
+        }
+        assert!(times[11] >= Duration::from_secs(2));
+    }
+}
