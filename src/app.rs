@@ -165,6 +165,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
         let unfinished = collector
             .run_once(Duration::from_secs(options.wait_secs), stop_rx.clone())
             .await;
+        println!("run --once: {}", collector.summary());
         if unfinished.is_empty() {
             EXIT_OK
         } else {

@@ -123,6 +123,9 @@ pub struct Collector {
     on_finished: Option<FinishedHook>,
     /// Problems already logged, by reason (each kind is logged once).
     logged_problems: HashSet<&'static str>,
+    /// Executions this process finished, by status, and spans it exported.
+    finished_here: std::collections::BTreeMap<String, usize>,
+    spans_here: u64,
 }
 
 /// Work on one execution in one cycle.
@@ -201,7 +204,24 @@ impl Collector {
             pending,
             on_finished,
             logged_problems: HashSet::new(),
+            finished_here: Default::default(),
+            spans_here: 0,
         })
+    }
+
+    /// "N executions exported (Succeeded: a, ...), M spans": what this process did.
+    pub fn summary(&self) -> String {
+        let total: usize = self.finished_here.values().sum();
+        let by_status: Vec<String> = self
+            .finished_here
+            .iter()
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
+        format!(
+            "{total} executions exported ({}), {} spans",
+            by_status.join(", "),
+            self.spans_here
+        )
     }
 
     pub fn tracked_count(&self) -> usize {
@@ -717,6 +737,7 @@ impl Collector {
             return;
         }
         self.metrics.spans_exported.inc_by(to_export.len() as u64);
+        self.spans_here += to_export.len() as u64;
         let exported_now: HashSet<[u8; 8]> = to_export.iter().map(|s| s.span_id).collect();
         for span in to_export
             .iter()
@@ -735,6 +756,7 @@ impl Collector {
                 if let Some(root) = root {
                     self.observe_finished(&t, &root, total);
                 }
+                *self.finished_here.entry(t.status.clone()).or_default() += 1;
                 self.tracked.remove(&t.arn);
                 self.pending.remove(&t.arn);
                 self.finished.insert(t.arn.clone());

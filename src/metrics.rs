@@ -126,9 +126,7 @@ impl Metrics {
             execution_duration: Family::new_with_constructor(|| {
                 HistogramWithExemplars::new(EXECUTION_BUCKETS.into_iter())
             }),
-            node_duration: Family::new_with_constructor(|| {
-                Histogram::new(NODE_BUCKETS)
-            }),
+            node_duration: Family::new_with_constructor(|| Histogram::new(NODE_BUCKETS)),
             node_failures: Family::default(),
             flow_failures: Family::default(),
             condition_results: Family::default(),
@@ -137,9 +135,7 @@ impl Metrics {
             build_info: Family::default(),
             api_requests: Family::default(),
             api_request_errors: Family::default(),
-            api_request_duration: Family::new_with_constructor(|| {
-                Histogram::new(API_BUCKETS)
-            }),
+            api_request_duration: Family::new_with_constructor(|| Histogram::new(API_BUCKETS)),
             last_successful_poll: Family::default(),
             executions_tracked: Gauge::default(),
             events_received: Family::default(),

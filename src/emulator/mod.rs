@@ -9,4 +9,4 @@ mod server;
 pub mod world;
 
 pub use scenario::Scenario;
-pub use server::{start, EmulatorHandle};
+pub use server::{start, EmulatorHandle, ExecutionFacts};

@@ -69,6 +69,8 @@ pub struct Faults {
     pub token_ttl_secs: u64,
     /// Share of executions carrying one kind of malformed data.
     pub malformed_ratio: f64,
+    /// Flows whose every request is answered with AccessDeniedException (403).
+    pub access_denied_flows: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -153,6 +155,7 @@ impl Default for Faults {
             latency_ms: 0,
             token_ttl_secs: 0,
             malformed_ratio: 0.0,
+            access_denied_flows: Vec::new(),
         }
     }
 }
@@ -203,6 +206,11 @@ impl Scenario {
     pub fn backlog(executions: usize, events: usize) -> Scenario {
         let mut backlog = flow("BACKLOG001", "backlog", "backlog");
         backlog.events_per_execution = events;
+        // One alias on a numbered version: one snapshot serves every execution.
+        backlog.aliases = vec![AliasSpec {
+            id: "BACKLOGLIV".into(),
+            version: "1".into(),
+        }];
         Scenario {
             seed: 11,
             time_scale: 50.0,

@@ -24,6 +24,20 @@ use crate::timefmt::now_nanos;
 
 const PAGE_CAP: usize = 10;
 
+/// What the emulator has served of one execution (see `EmulatorHandle::executions`).
+#[derive(Clone, Debug)]
+pub struct ExecutionFacts {
+    pub arn: String,
+    pub flow_id: String,
+    pub alias: String,
+    pub version: String,
+    pub status: String,
+    pub created_at: i64,
+    pub ended_at: Option<i64>,
+    pub node_events: Vec<Value>,
+    pub flow_events: Vec<Value>,
+}
+
 /// A running emulator. Dropping the handle does not stop it: call `stop`.
 pub struct EmulatorHandle {
     pub addr: SocketAddr,
@@ -40,6 +54,31 @@ impl EmulatorHandle {
     /// The stats document `/_emulator/stats` serves.
     pub fn stats(&self) -> Value {
         lock(&self.world).stats_json()
+    }
+
+    /// Every execution with its final status, as (ARN, status, node events, flow events) at
+    /// `now`: what a client can read of it. For tests and benchmarks.
+    pub fn executions(&self, now: i64) -> Vec<ExecutionFacts> {
+        let w = lock(&self.world);
+        w.executions
+            .iter()
+            .filter(|e| e.created_at <= now)
+            .map(|e| {
+                let horizon = e.horizon(now);
+                let (status, ended_at) = e.status_at(now);
+                ExecutionFacts {
+                    arn: e.arn.clone(),
+                    flow_id: w.flows[e.flow].id.clone(),
+                    status: status.as_str().to_string(),
+                    created_at: e.created_at,
+                    ended_at,
+                    node_events: e.node_stream.events[..e.node_stream.visible(horizon)].to_vec(),
+                    flow_events: e.flow_stream.events[..e.flow_stream.visible(horizon)].to_vec(),
+                    version: e.version.clone(),
+                    alias: e.alias.clone(),
+                }
+            })
+            .collect()
     }
 
     pub async fn stop(self) {
@@ -438,6 +477,13 @@ fn answer(
     let ttl = w.scenario.faults.token_ttl_secs;
     let find_flow = |w: &World, identifier: &str| -> Result<usize, ApiError> {
         let id = flow_id(identifier)?;
+        if w.scenario.faults.access_denied_flows.contains(&id) {
+            return Err(api_error(
+                403,
+                "AccessDeniedException",
+                format!("User is not authorized to access flow {id}"),
+            ));
+        }
         w.flows
             .iter()
             .position(|f| f.id == id)

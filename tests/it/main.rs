@@ -1,0 +1,5 @@
+//! The integration tests: one crate (rust-analyzer's habit), modules by capability.
+
+mod collector;
+mod emulator_sdk;
+mod support;

@@ -1,0 +1,485 @@
+//! Shared test parts: an in-process OTLP receiver (gRPC and HTTP/protobuf), the emulator on
+//! port 0, the real binary with a generated config, and a tiny HTTP client for loopback.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bedrock_flow_exporter::emulator::{self, EmulatorHandle, Scenario};
+use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
+
+/// A span as the receiver got it, with ids in hex and attributes as strings.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub name: String,
+    pub start: u64,
+    pub end: u64,
+    pub kind: i32,
+    /// 0 unset, 1 ok, 2 error
+    pub status_code: i32,
+    pub status_message: String,
+    pub attributes: BTreeMap<String, String>,
+    pub events: Vec<(String, BTreeMap<String, String>)>,
+    pub links: Vec<String>,
+    pub resource: BTreeMap<String, String>,
+}
+
+impl Received {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+fn any_to_string(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(AnyValue::BoolValue(b)) => b.to_string(),
+        Some(AnyValue::DoubleValue(d)) => d.to_string(),
+        Some(AnyValue::ArrayValue(a)) => format!(
+            "[{}]",
+            a.values
+                .iter()
+                .map(|v| any_to_string(&Some(v.clone())))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        _ => String::new(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub spans: Arc<Mutex<Vec<Received>>>,
+    /// While set, every export is refused (UNAVAILABLE / 503).
+    pub refuse: Arc<AtomicBool>,
+    pub refused: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    fn accept(&self, request: ExportTraceServiceRequest) -> bool {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.refuse.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return false;
+        }
+        let mut out = self.spans.lock().unwrap();
+        for rs in request.resource_spans {
+            let resource: BTreeMap<String, String> = rs
+                .resource
+                .map(|r| {
+                    r.attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), any_to_string(&kv.value)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    out.push(Received {
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent_span_id: hex(&s.parent_span_id),
+                        name: s.name,
+                        start: s.start_time_unix_nano,
+                        end: s.end_time_unix_nano,
+                        kind: s.kind,
+                        status_code: s.status.as_ref().map(|st| st.code).unwrap_or(0),
+                        status_message: s
+                            .status
+                            .as_ref()
+                            .map(|st| st.message.clone())
+                            .unwrap_or_default(),
+                        attributes: s
+                            .attributes
+                            .iter()
+                            .map(|kv| (kv.key.clone(), any_to_string(&kv.value)))
+                            .collect(),
+                        events: s
+                            .events
+                            .iter()
+                            .map(|e| {
+                                (
+                                    e.name.clone(),
+                                    e.attributes
+                                        .iter()
+                                        .map(|kv| (kv.key.clone(), any_to_string(&kv.value)))
+                                        .collect(),
+                                )
+                            })
+                            .collect(),
+                        links: s.links.iter().map(|l| hex(&l.span_id)).collect(),
+                        resource: resource.clone(),
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    pub fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Distinct spans by span id (a re-export after a crash may deliver one twice).
+    pub fn unique(&self) -> BTreeMap<String, Received> {
+        self.spans()
+            .into_iter()
+            .map(|s| (s.span_id.clone(), s))
+            .collect()
+    }
+
+    pub fn roots(&self) -> Vec<Received> {
+        self.unique()
+            .into_values()
+            .filter(|s| s.parent_span_id.is_empty() || s.parent_span_id == "0000000000000000")
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if self.accept(request.into_inner()) {
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        } else {
+            Err(tonic::Status::unavailable("receiver refuses for the test"))
+        }
+    }
+}
+
+pub struct OtlpServer {
+    pub receiver: Receiver,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl OtlpServer {
+    pub async fn start() -> OtlpServer {
+        let receiver = Receiver::default();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = grpc_listener.local_addr().unwrap();
+        let service =
+            TraceServiceServer::new(receiver.clone()).max_decoding_message_size(256 << 20);
+        let mut grpc_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream_listener(grpc_listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = grpc_stop.changed().await;
+                })
+                .await;
+        });
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let http_receiver = receiver.clone();
+        let handler: bedrock_flow_exporter::httpserve::Handler =
+            Arc::new(move |request: hyper::Request<hyper::body::Incoming>| {
+                let receiver = http_receiver.clone();
+                Box::pin(async move {
+                    if request.uri().path() != "/v1/traces" {
+                        return bedrock_flow_exporter::httpserve::respond(404, "text/plain", "no");
+                    }
+                    let body = request
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    match ExportTraceServiceRequest::decode(body).map(|req| receiver.accept(req)) {
+                        Ok(true) => bedrock_flow_exporter::httpserve::respond(
+                            200,
+                            "application/x-protobuf",
+                            ExportTraceServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec(),
+                        ),
+                        Ok(false) => {
+                            bedrock_flow_exporter::httpserve::respond(503, "text/plain", "refusing")
+                        }
+                        Err(_) => bedrock_flow_exporter::httpserve::respond(
+                            400,
+                            "text/plain",
+                            "bad protobuf",
+                        ),
+                    }
+                })
+            });
+        tokio::spawn(bedrock_flow_exporter::httpserve::serve(
+            http_listener,
+            handler,
+            stop_rx,
+            Duration::from_secs(1),
+        ));
+        OtlpServer {
+            receiver,
+            grpc,
+            http,
+            stop,
+        }
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| s);
+        Some((accepted, listener))
+    })
+}
+
+pub async fn emulator(scenario: Scenario) -> EmulatorHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    emulator::start(listener, scenario).await.unwrap()
+}
+
+/// Requests served per operation, from the emulator's stats.
+pub fn requests(stats: &serde_json::Value, operation: &str) -> u64 {
+    stats["requests"][operation].as_u64().unwrap_or(0)
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bedrock-flow-exporter"))
+}
+
+/// A config file for the binary against `emulator_url`.
+pub struct TestConfig {
+    pub flows: Vec<(String, String)>,
+    pub emulator_url: String,
+    pub otlp: String,
+    pub protocol: &'static str,
+    pub state: PathBuf,
+    pub listen: String,
+    pub interval_secs: u64,
+    pub settle_secs: u64,
+    pub rate: f64,
+    pub concurrency: usize,
+    pub extra: String,
+}
+
+impl TestConfig {
+    pub fn new(dir: &Path, emulator_url: &str, otlp: &str, flows: &[(&str, &str)]) -> TestConfig {
+        TestConfig {
+            flows: flows
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            emulator_url: emulator_url.into(),
+            otlp: otlp.into(),
+            protocol: "grpc",
+            state: dir.join("state.sqlite"),
+            listen: "127.0.0.1:0".into(),
+            interval_secs: 1,
+            settle_secs: 1,
+            rate: 1000.0,
+            concurrency: 8,
+            extra: String::new(),
+        }
+    }
+
+    pub fn write(&self, path: &Path) {
+        let mut text = format!(
+            "[server]\nlisten = \"{}\"\n[state]\npath = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nmax_requests_per_second = {}\n\
+             [poll]\ninterval_secs = {}\nsettle_secs = {}\nlookback_secs = 86400\nconcurrency = {}\n\
+             [traces]\nendpoint = \"{}\"\nprotocol = \"{}\"\n{}\n",
+            self.listen,
+            self.state.display(),
+            self.emulator_url,
+            self.rate,
+            self.interval_secs,
+            self.settle_secs,
+            self.concurrency,
+            self.otlp,
+            self.protocol,
+            self.extra
+        );
+        for (id, name) in &self.flows {
+            text.push_str(&format!("[[flows]]\nid = \"{id}\"\nname = \"{name}\"\n"));
+        }
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+/// The binary with a clean environment: test credentials, no instance metadata, no OTEL_*.
+pub fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(binary());
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("OTEL_") || k == "BEDROCK_FLOW_EXPORTER_CONFIG" {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// A child process that is killed when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn(args: &[&str], log: &Path) -> Running {
+    let file = std::fs::File::create(log).unwrap();
+    let child = command(args)
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Running(child)
+}
+
+/// Waits for the binary's log to name its listening address.
+pub fn wait_for_listen(log: &Path, timeout: Duration) -> SocketAddr {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(pos) = text.find("listen=") {
+            let rest = &text[pos + 7..];
+            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            if let Ok(a) = addr.trim_matches('"').parse() {
+                return a;
+            }
+        }
+        assert!(Instant::now() < deadline, "binary did not start: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GET over HTTP/1.0 on loopback: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample in a Prometheus text exposition (labels in any order), or None.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels.iter().all(|(k, v)| {
+                label_text
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            });
+            if all {
+                value.parse().ok()
+            } else {
+                None
+            }
+        })
+}
+
+/// Sum of all samples of a metric whose labels include `labels`.
+pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (metric == name
+                && labels.iter().all(|(k, v)| {
+                    label_text
+                        .split(',')
+                        .any(|pair| pair == format!("{k}=\"{v}\""))
+                }))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Waits until `f` is true or the timeout passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f()
+}
+
+/// sha256 prefixes as the SPEC defines the ids.
+pub fn expected_root_id(arn: &str) -> String {
+    hex(&bedrock_flow_exporter::span::root_span_id(arn))
+}
+
+pub fn expected_trace_id(arn: &str) -> String {
+    hex(&bedrock_flow_exporter::span::trace_id(arn))
+}
