@@ -51,11 +51,10 @@ impl AppError {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -73,78 +72,32 @@ const GRACE: Duration = Duration::from_secs(25);
 pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
     let metrics = Arc::new(Metrics::new(config.metrics.node_labels));
     let started = std::time::Instant::now();
-    let store = Arc::new(
-        StateStore::open(&config.state.path).map_err(|e| AppError::Runtime(e.to_string()))?,
-    );
-    let exporter = Arc::new(
-        Exporter::new(&config.traces, config.aws.region.as_deref())
-            .map_err(|e| AppError::Usage(format!("config key `traces.endpoint`: {e}")))?,
-    );
+    let store = Arc::new(StateStore::open(&config.state.path).map_err(|e| AppError::Runtime(e.to_string()))?);
+    let exporter =
+        Arc::new(Exporter::new(&config.traces, config.aws.region.as_deref()).map_err(|e| AppError::Usage(format!("config key `traces.endpoint`: {e}")))?);
     let budgets = Budgets::default();
     let mut flows = Vec::new();
     for flow in &config.flows {
         let target = AwsTarget {
             region: flow.region.clone().or_else(|| config.aws.region.clone()),
             profile: flow.profile.clone().or_else(|| config.aws.profile.clone()),
-            role_arn: flow
-                .role_arn
-                .clone()
-                .or_else(|| config.aws.role_arn.clone()),
-            endpoint_url: flow
-                .endpoint_url
-                .clone()
-                .or_else(|| config.aws.endpoint_url.clone()),
+            role_arn: flow.role_arn.clone().or_else(|| config.aws.role_arn.clone()),
+            endpoint_url: flow.endpoint_url.clone().or_else(|| config.aws.endpoint_url.clone()),
         };
         let budget = budgets.get(&target.budget_key(), config.aws.max_requests_per_second);
-        let source = FlowSource::new(
-            &target,
-            budget,
-            options.static_credentials.as_ref(),
-            metrics.clone(),
-        )
-        .await;
+        let source = FlowSource::new(&target, budget, options.static_credentials.as_ref(), metrics.clone()).await;
         let id = bare_flow_id(&flow.id).unwrap_or_else(|| flow.id.clone());
-        flows.push(Flow {
-            name: flow.name.clone().unwrap_or_else(|| id.clone()),
-            id,
-            aliases: flow.aliases.clone(),
-            source,
-        });
+        flows.push(Flow { name: flow.name.clone().unwrap_or_else(|| id.clone()), id, aliases: flow.aliases.clone(), source });
     }
-    let board = Arc::new(StatusBoard::new(
-        &flows
-            .iter()
-            .map(|f| (f.id.clone(), f.name.clone()))
-            .collect::<Vec<_>>(),
-    ));
+    let board = Arc::new(StatusBoard::new(&flows.iter().map(|f| (f.id.clone(), f.name.clone())).collect::<Vec<_>>()));
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
-        .map_err(|e| {
-            AppError::Runtime(format!(
-                "cannot listen on {} (server.listen): {e}",
-                config.server.listen
-            ))
-        })?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| AppError::Runtime(e.to_string()))?;
+        .map_err(|e| AppError::Runtime(format!("cannot listen on {} (server.listen): {e}", config.server.listen)))?;
+    let address = listener.local_addr().map_err(|e| AppError::Runtime(e.to_string()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(crate::http::serve(
-        listener,
-        metrics.clone(),
-        board.clone(),
-        stop_rx.clone(),
-    ));
-    let mut collector = Collector::new(
-        flows,
-        store,
-        exporter.clone(),
-        metrics.clone(),
-        board.clone(),
-        &config,
-        options.on_finished,
-    )
-    .map_err(|e| AppError::Runtime(e.to_string()))?;
+    let server = tokio::spawn(crate::http::serve(listener, metrics.clone(), board.clone(), stop_rx.clone()));
+    let mut collector = Collector::new(flows, store, exporter.clone(), metrics.clone(), board.clone(), &config, options.on_finished)
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
     tracing::info!(listen = %address, tracked = collector.tracked_count(), startup_ms = started.elapsed().as_millis() as u64, traces = %exporter.endpoint, "bedrock-flow-exporter started");
     if let Some(report) = options.on_listening {
         report(address);
@@ -162,9 +115,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
         std::process::exit(EXIT_RUNTIME as i32);
     });
     let code = if options.once {
-        let unfinished = collector
-            .run_once(Duration::from_secs(options.wait_secs), stop_rx.clone())
-            .await;
+        let unfinished = collector.run_once(Duration::from_secs(options.wait_secs), stop_rx.clone()).await;
         println!("run --once: {}", collector.summary());
         if unfinished.is_empty() {
             EXIT_OK

@@ -60,14 +60,7 @@ pub struct FlowStatus {
 impl StatusBoard {
     pub fn new(flows: &[(String, String)]) -> StatusBoard {
         let board = StatusBoard::default();
-        board.lock().flows = flows
-            .iter()
-            .map(|(id, name)| FlowStatus {
-                flow_id: id.clone(),
-                flow_name: name.clone(),
-                ..Default::default()
-            })
-            .collect();
+        board.lock().flows = flows.iter().map(|(id, name)| FlowStatus { flow_id: id.clone(), flow_name: name.clone(), ..Default::default() }).collect();
         board
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, BoardInner> {
@@ -126,6 +119,8 @@ pub struct Collector {
     /// Executions this process finished, by status, and spans it exported.
     finished_here: std::collections::BTreeMap<String, usize>,
     spans_here: u64,
+    /// (flow, alias) pairs seen: their gauges stay (at 0) when nothing runs.
+    seen_aliases: HashSet<(String, String)>,
 }
 
 /// Work on one execution in one cycle.
@@ -166,28 +161,15 @@ impl Collector {
         let policy = ContentPolicy {
             mode: config.traces.capture_content,
             max_bytes: config.traces.max_content_bytes,
-            redact: config
-                .traces
-                .redact
-                .iter()
-                .filter_map(|p| regex::Regex::new(p).ok())
-                .collect(),
+            redact: config.traces.redact.iter().filter_map(|p| regex::Regex::new(p).ok()).collect(),
         };
         for flow in &flows {
             for alias in &flow.aliases {
-                metrics.init_flow(&FlowLabels {
-                    flow_id: flow.id.clone(),
-                    flow_name: flow.name.clone(),
-                    alias: alias.clone(),
-                });
+                metrics.init_flow(&FlowLabels { flow_id: flow.id.clone(), flow_name: flow.name.clone(), alias: alias.clone() });
             }
         }
         let pending = loaded.active.iter().map(|t| t.arn.clone()).collect();
-        let tracked: HashMap<String, Tracked> = loaded
-            .active
-            .into_iter()
-            .map(|t| (t.arn.clone(), t))
-            .collect();
+        let tracked: HashMap<String, Tracked> = loaded.active.into_iter().map(|t| (t.arn.clone(), t)).collect();
         metrics.executions_tracked.set(tracked.len() as i64);
         Ok(Collector {
             flows,
@@ -206,22 +188,15 @@ impl Collector {
             logged_problems: HashSet::new(),
             finished_here: Default::default(),
             spans_here: 0,
+            seen_aliases: HashSet::new(),
         })
     }
 
     /// "N executions exported (Succeeded: a, ...), M spans": what this process did.
     pub fn summary(&self) -> String {
         let total: usize = self.finished_here.values().sum();
-        let by_status: Vec<String> = self
-            .finished_here
-            .iter()
-            .map(|(s, n)| format!("{s}: {n}"))
-            .collect();
-        format!(
-            "{total} executions exported ({}), {} spans",
-            by_status.join(", "),
-            self.spans_here
-        )
+        let by_status: Vec<String> = self.finished_here.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        format!("{total} executions exported ({}), {} spans", by_status.join(", "), self.spans_here)
     }
 
     pub fn tracked_count(&self) -> usize {
@@ -233,42 +208,23 @@ impl Collector {
     }
 
     fn labels(&self, t: &Tracked) -> FlowLabels {
-        let name = self
-            .flow_index(&t.flow_id)
-            .map(|i| self.flows[i].name.clone())
-            .unwrap_or_else(|| t.flow_id.clone());
-        FlowLabels {
-            flow_id: t.flow_id.clone(),
-            flow_name: name,
-            alias: t.alias.clone(),
-        }
+        let name = self.flow_index(&t.flow_id).map(|i| self.flows[i].name.clone()).unwrap_or_else(|| t.flow_id.clone());
+        FlowLabels { flow_id: t.flow_id.clone(), flow_name: name, alias: t.alias.clone() }
     }
 
     /// Lists one flow's executions: admits new ones (when `admit`), updates the status of known
     /// ones. Stops early only when the pages seen prove newest-first order and nothing new or
     /// active can follow; `full` reads every page.
-    async fn discover(
-        &mut self,
-        f: usize,
-        now: i64,
-        full: bool,
-        admit: bool,
-    ) -> Result<(), ApiError> {
-        let (last_poll, _) = self
-            .store
-            .flow_marks(&self.flows[f].id)
-            .unwrap_or((None, None));
+    async fn discover(&mut self, f: usize, now: i64, full: bool, admit: bool) -> Result<(), ApiError> {
+        let (last_poll, _) = self.store.flow_marks(&self.flows[f].id).unwrap_or((None, None));
         let lookback = self.poll.lookback_secs as i64 * SECOND;
         // After downtime, reach back to the last poll too (with an hour of margin).
         let cutoff = match last_poll {
             Some(t) => (now - lookback).min(t - 3600 * SECOND),
             None => now - lookback,
         };
-        let aliases: Vec<Option<String>> = if self.flows[f].aliases.is_empty() {
-            vec![None]
-        } else {
-            self.flows[f].aliases.iter().cloned().map(Some).collect()
-        };
+        let aliases: Vec<Option<String>> =
+            if self.flows[f].aliases.is_empty() { vec![None] } else { self.flows[f].aliases.iter().cloned().map(Some).collect() };
         let flow_id = self.flows[f].id.clone();
         let settle = self.poll.settle_secs as i64 * SECOND;
         let mut changed: Vec<String> = Vec::new();
@@ -277,10 +233,7 @@ impl Collector {
             let mut previous_created = i64::MAX;
             let mut descending = true;
             loop {
-                let (items, next) = self.flows[f]
-                    .source
-                    .list_executions(&flow_id, alias.as_deref(), token.take())
-                    .await?;
+                let (items, next) = self.flows[f].source.list_executions(&flow_id, alias.as_deref(), token.take()).await?;
                 let mut page_has_new = false;
                 let mut page_oldest = i64::MAX;
                 for s in items {
@@ -330,19 +283,16 @@ impl Collector {
                         unknown_status_counted: false,
                     };
                     changed.push(t.arn.clone());
+                    if self.seen_aliases.insert((flow_id.clone(), t.alias.clone())) {
+                        self.metrics.init_flow(&FlowLabels { flow_id: flow_id.clone(), flow_name: self.flows[f].name.clone(), alias: t.alias.clone() });
+                    }
                     self.pending.insert(t.arn.clone());
                     self.tracked.insert(t.arn.clone(), t);
                 }
                 let Some(next_token) = next else { break };
                 if !full && descending && !page_has_new {
-                    let oldest_active = self
-                        .tracked
-                        .values()
-                        .filter(|t| {
-                            t.flow_id == flow_id && !ExecutionStatus::parse(&t.status).is_terminal()
-                        })
-                        .map(|t| t.created_at)
-                        .min();
+                    let oldest_active =
+                        self.tracked.values().filter(|t| t.flow_id == flow_id && !ExecutionStatus::parse(&t.status).is_terminal()).map(|t| t.created_at).min();
                     if oldest_active.is_none_or(|a| page_oldest <= a) && page_oldest < i64::MAX {
                         break;
                     }
@@ -362,17 +312,11 @@ impl Collector {
         for f in 0..self.flows.len() {
             let flow_id = self.flows[f].id.clone();
             let (_, last_full) = self.store.flow_marks(&flow_id).unwrap_or((None, None));
-            let full = full_scan
-                || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
+            let full = full_scan || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
             match self.discover(f, now, full, admit).await {
                 Ok(()) => {
-                    let _ = self
-                        .store
-                        .set_flow_marks(&flow_id, now, full.then_some(now));
-                    self.metrics
-                        .last_successful_poll
-                        .get_or_create(&vec![("flow_id", flow_id.clone())])
-                        .set(now as f64 / 1e9);
+                    let _ = self.store.set_flow_marks(&flow_id, now, full.then_some(now));
+                    self.metrics.last_successful_poll.get_or_create(&vec![("flow_id", flow_id.clone())]).set(now as f64 / 1e9);
                     self.board.update(&flow_id, |s| {
                         s.last_successful_poll = Some(now);
                         s.last_error = None;
@@ -380,8 +324,7 @@ impl Collector {
                 }
                 Err(e) => {
                     tracing::warn!(flow_id = %flow_id, error = %e, "listing executions failed; other flows go on");
-                    self.board
-                        .update(&flow_id, |s| s.last_error = Some(e.to_string()));
+                    self.board.update(&flow_id, |s| s.last_error = Some(e.to_string()));
                 }
             }
         }
@@ -431,43 +374,35 @@ impl Collector {
             }
             self.process_chunk(chunk).await;
         }
-        self.metrics
-            .executions_tracked
-            .set(self.tracked.len() as i64);
+        self.metrics.executions_tracked.set(self.tracked.len() as i64);
         self.update_running_gauges();
     }
 
     fn update_running_gauges(&self) {
-        let mut counts: HashMap<(String, String), i64> = HashMap::new();
+        // (running count, oldest running creation time) per flow and alias; aliases seen
+        // before keep their series (at 0) when nothing runs.
+        let mut counts: HashMap<(String, String), (i64, Option<i64>)> = HashMap::new();
         for flow in &self.flows {
             for alias in &flow.aliases {
-                counts.insert((flow.id.clone(), alias.clone()), 0);
+                counts.insert((flow.id.clone(), alias.clone()), (0, None));
             }
         }
-        // Aliases seen before keep their series (set to 0 when nothing runs).
+        for (flow_id, alias) in &self.seen_aliases {
+            counts.entry((flow_id.clone(), alias.clone())).or_insert((0, None));
+        }
         for t in self.tracked.values() {
-            let entry = counts
-                .entry((t.flow_id.clone(), t.alias.clone()))
-                .or_insert(0);
+            let entry = counts.entry((t.flow_id.clone(), t.alias.clone())).or_insert((0, None));
             if t.status == "Running" {
-                *entry += 1;
+                entry.0 += 1;
+                entry.1 = Some(entry.1.map_or(t.created_at, |o| o.min(t.created_at)));
             }
         }
         let mut per_flow: HashMap<String, usize> = HashMap::new();
-        for ((flow_id, alias), n) in counts {
-            let name = self
-                .flow_index(&flow_id)
-                .map(|i| self.flows[i].name.clone())
-                .unwrap_or_else(|| flow_id.clone());
-            let labels = FlowLabels {
-                flow_id: flow_id.clone(),
-                flow_name: name,
-                alias,
-            };
-            self.metrics
-                .executions_running
-                .get_or_create(&labels.with(&[]))
-                .set(n);
+        for ((flow_id, alias), (n, oldest)) in counts {
+            let name = self.flow_index(&flow_id).map(|i| self.flows[i].name.clone()).unwrap_or_else(|| flow_id.clone());
+            let labels = FlowLabels { flow_id: flow_id.clone(), flow_name: name, alias };
+            self.metrics.executions_running.get_or_create(&labels.with(&[])).set(n);
+            self.metrics.oldest_running_start.get_or_create(&labels.with(&[])).set(oldest.map_or(0.0, |t| t as f64 / 1e9));
             *per_flow.entry(flow_id).or_default() += n as usize;
         }
         for (flow_id, n) in per_flow {
@@ -475,15 +410,8 @@ impl Collector {
         }
     }
 
-    async fn definition_for(
-        &mut self,
-        t: &Tracked,
-    ) -> Result<Option<Arc<FlowDefinition>>, ApiError> {
-        let key = if t.version == "DRAFT" {
-            format!("DRAFT:{}", t.arn)
-        } else {
-            t.version.clone()
-        };
+    async fn definition_for(&mut self, t: &Tracked) -> Result<Option<Arc<FlowDefinition>>, ApiError> {
+        let key = if t.version == "DRAFT" { format!("DRAFT:{}", t.arn) } else { t.version.clone() };
         let cache_key = (t.flow_id.clone(), key.clone());
         if let Some(d) = self.snapshots.get(&cache_key) {
             return Ok(d.clone());
@@ -495,22 +423,13 @@ impl Collector {
                 let Some(f) = self.flow_index(&t.flow_id) else {
                     return Ok(None);
                 };
-                match self.flows[f]
-                    .source
-                    .get_snapshot(&t.flow_id, &t.alias, &t.arn)
-                    .await
-                {
+                match self.flows[f].source.get_snapshot(&t.flow_id, &t.alias, &t.arn).await {
                     Ok((_, definition)) => {
                         let _ = self.store.put_snapshot(&t.flow_id, &key, &definition);
                         definition
                     }
                     // Without access to the definition, spans still go out with type "unknown".
-                    Err(e)
-                        if matches!(
-                            e.kind,
-                            ErrorKind::AccessDenied | ErrorKind::NotFound | ErrorKind::Validation
-                        ) =>
-                    {
+                    Err(e) if matches!(e.kind, ErrorKind::AccessDenied | ErrorKind::NotFound | ErrorKind::Validation) => {
                         tracing::warn!(flow_id = %t.flow_id, error = %e, "flow snapshot unavailable; node types will be \"unknown\"");
                         String::new()
                     }
@@ -524,10 +443,7 @@ impl Collector {
             match serde_json::from_str::<FlowDefinition>(&text) {
                 Ok(d) => Some(Arc::new(d)),
                 Err(e) => {
-                    self.count_problem(
-                        "bad_snapshot",
-                        &format!("flow {} version {}: {e}", t.flow_id, t.version),
-                    );
+                    self.count_problem("bad_snapshot", &format!("flow {} version {}: {e}", t.flow_id, t.version));
                     None
                 }
             }
@@ -537,16 +453,9 @@ impl Collector {
     }
 
     fn count_problem(&mut self, reason: &'static str, detail: &str) {
-        self.metrics
-            .invalid_events
-            .get_or_create(&vec![("reason", reason.to_string())])
-            .inc();
+        self.metrics.invalid_events.get_or_create(&vec![("reason", reason.to_string())]).inc();
         if self.logged_problems.insert(reason) {
-            tracing::warn!(
-                reason,
-                detail,
-                "bad data from the API: counted and skipped (logged once per kind)"
-            );
+            tracing::warn!(reason, detail, "bad data from the API: counted and skipped (logged once per kind)");
         }
     }
 
@@ -575,11 +484,8 @@ impl Collector {
                 Some((t, *w, self.flows[f].source.clone()))
             })
             .collect();
-        let results: Vec<Result<Fetched, (String, ApiError)>> = stream::iter(jobs)
-            .map(|(t, w, source)| async move { fetch(source, t, w).await })
-            .buffer_unordered(self.poll.concurrency)
-            .collect()
-            .await;
+        let results: Vec<Result<Fetched, (String, ApiError)>> =
+            stream::iter(jobs).map(|(t, w, source)| async move { fetch(source, t, w).await }).buffer_unordered(self.poll.concurrency).collect().await;
         let mut fetched = Vec::new();
         for result in results {
             match result {
@@ -589,8 +495,7 @@ impl Collector {
                     if let Some(t) = self.tracked.get(&arn) {
                         let flow_id = t.flow_id.clone();
                         if matches!(e.kind, ErrorKind::AccessDenied) {
-                            self.board
-                                .update(&flow_id, |s| s.last_error = Some(e.to_string()));
+                            self.board.update(&flow_id, |s| s.last_error = Some(e.to_string()));
                         }
                     }
                 }
@@ -599,43 +504,23 @@ impl Collector {
         // Persist what was read (before exporting: the events are the durable backlog).
         for f in &fetched {
             for event in f.new_node.iter().chain(&f.new_flow) {
-                self.metrics
-                    .events_received
-                    .get_or_create(&vec![("event_type", event.kind_label().to_string())])
-                    .inc();
+                self.metrics.events_received.get_or_create(&vec![("event_type", event.kind_label().to_string())]).inc();
                 if let Some(ts) = event.timestamp() {
-                    self.metrics
-                        .event_lag
-                        .observe(((now - ts.0) as f64 / 1e9).max(0.0));
+                    self.metrics.event_lag.observe(((now - ts.0) as f64 / 1e9).max(0.0));
                 }
             }
-            if let Err(e) = self
-                .store
-                .save(&f.tracked, &f.new_node, &f.new_flow, f.first_seq)
-            {
+            if let Err(e) = self.store.save(&f.tracked, &f.new_node, &f.new_flow, f.first_seq) {
                 tracing::error!(error = %e, "cannot save events to the state store; retried next cycle");
                 continue;
             }
             self.tracked.insert(f.arn.clone(), f.tracked.clone());
             self.pending.insert(f.arn.clone());
         }
-        self.export_pending(
-            chunk
-                .iter()
-                .map(|(a, _)| a.clone())
-                .filter(|a| definitions.contains_key(a))
-                .collect(),
-            &definitions,
-        )
-        .await;
+        self.export_pending(chunk.iter().map(|(a, _)| a.clone()).filter(|a| definitions.contains_key(a)).collect(), &definitions).await;
     }
 
     /// Converts the given executions, exports their spans not exported yet, and records them.
-    async fn export_pending(
-        &mut self,
-        arns: Vec<String>,
-        definitions: &HashMap<String, Option<Arc<FlowDefinition>>>,
-    ) {
+    async fn export_pending(&mut self, arns: Vec<String>, definitions: &HashMap<String, Option<Arc<FlowDefinition>>>) {
         if let Some((until, _)) = self.export_backoff {
             if Instant::now() < until {
                 return;
@@ -718,20 +603,14 @@ impl Collector {
         if !to_export.is_empty() {
             if let Err(e) = self.exporter.export(&to_export).await {
                 self.metrics.span_export_errors.inc();
-                let delay = self
-                    .export_backoff
-                    .map(|(_, d)| (d * 2).min(Duration::from_secs(60)))
-                    .unwrap_or(Duration::from_secs(1));
+                let delay = self.export_backoff.map(|(_, d)| (d * 2).min(Duration::from_secs(60))).unwrap_or(Duration::from_secs(1));
                 self.export_backoff = Some((Instant::now() + delay, delay));
                 tracing::warn!(error = %e, retry_in = ?delay, spans = to_export.len(), "span export failed; nothing is checkpointed, retried later");
                 return;
             }
         }
         self.export_backoff = None;
-        let batch: Vec<(&Tracked, Vec<[u8; 8]>, bool)> = marks
-            .iter()
-            .map(|(t, ids, done, _, _)| (t, ids.clone(), *done))
-            .collect();
+        let batch: Vec<(&Tracked, Vec<[u8; 8]>, bool)> = marks.iter().map(|(t, ids, done, _, _)| (t, ids.clone(), *done)).collect();
         if let Err(e) = self.store.mark_exported(&batch) {
             tracing::error!(error = %e, "cannot checkpoint exported spans; they will be exported again");
             return;
@@ -739,10 +618,7 @@ impl Collector {
         self.metrics.spans_exported.inc_by(to_export.len() as u64);
         self.spans_here += to_export.len() as u64;
         let exported_now: HashSet<[u8; 8]> = to_export.iter().map(|s| s.span_id).collect();
-        for span in to_export
-            .iter()
-            .filter(|s| s.parent_span_id.is_some() && exported_now.contains(&s.span_id))
-        {
+        for span in to_export.iter().filter(|s| s.parent_span_id.is_some() && exported_now.contains(&s.span_id)) {
             let arn = match span.attribute("aws.bedrock.flow.execution.arn") {
                 Some(crate::span::AttrValue::Str(a)) => a.clone(),
                 _ => continue,
@@ -773,49 +649,25 @@ impl Collector {
             return;
         };
         let node = self.metrics.node(node);
-        let node_type = if self.metrics.node_labels {
-            facts.node_type.as_str()
-        } else {
-            ""
-        };
+        let node_type = if self.metrics.node_labels { facts.node_type.as_str() } else { "" };
         if !facts.incomplete {
-            let status = if facts.failure_code.is_some() {
-                "failed"
-            } else {
-                "ok"
-            };
+            let status = if facts.failure_code.is_some() { "failed" } else { "ok" };
             self.metrics
                 .node_duration
-                .get_or_create(&labels.with(&[
-                    ("node", node),
-                    ("node_type", node_type),
-                    ("status", status),
-                ]))
+                .get_or_create(&labels.with(&[("node", node), ("node_type", node_type), ("status", status)]))
                 .observe((span.end - span.start) as f64 / 1e9);
         }
         if let Some(code) = &facts.failure_code {
-            self.metrics
-                .node_failures
-                .get_or_create(&labels.with(&[("node", node), ("error_code", code)]))
-                .inc();
+            self.metrics.node_failures.get_or_create(&labels.with(&[("node", node), ("error_code", code)])).inc();
         }
         for condition in &facts.satisfied_conditions {
-            self.metrics
-                .condition_results
-                .get_or_create(&labels.with(&[("node", node), ("condition", condition)]))
-                .inc();
+            self.metrics.condition_results.get_or_create(&labels.with(&[("node", node), ("condition", condition)])).inc();
         }
         if facts.input_tokens > 0 {
-            self.metrics
-                .node_tokens
-                .get_or_create(&labels.with(&[("node", node), ("token_type", "input")]))
-                .inc_by(facts.input_tokens as u64);
+            self.metrics.node_tokens.get_or_create(&labels.with(&[("node", node), ("token_type", "input")])).inc_by(facts.input_tokens as u64);
         }
         if facts.output_tokens > 0 {
-            self.metrics
-                .node_tokens
-                .get_or_create(&labels.with(&[("node", node), ("token_type", "output")]))
-                .inc_by(facts.output_tokens as u64);
+            self.metrics.node_tokens.get_or_create(&labels.with(&[("node", node), ("token_type", "output")])).inc_by(facts.output_tokens as u64);
         }
     }
 
@@ -825,18 +677,9 @@ impl Collector {
         let with_status = labels.with(&[("status", status)]);
         let duration = (root.end - root.start) as f64 / 1e9;
         let trace_id = hex(&root.trace_id);
-        self.metrics
-            .executions_total
-            .get_or_create(&with_status)
-            .inc();
-        self.metrics
-            .execution_duration
-            .get_or_create(&with_status)
-            .observe(duration, Some(vec![("trace_id", trace_id.clone())]), None);
-        self.metrics
-            .last_execution_end
-            .get_or_create(&with_status)
-            .set(root.end as f64 / 1e9);
+        self.metrics.executions_total.get_or_create(&with_status).inc();
+        self.metrics.execution_duration.get_or_create(&with_status).observe(duration, Some(vec![("trace_id", trace_id.clone())]), None);
+        self.metrics.last_execution_end.get_or_create(&with_status).set(root.end as f64 / 1e9);
         let failure_code = match status {
             "TimedOut" => Some("ExecutionTimedOut".to_string()),
             "Failed" => Some(match root.attribute("error.type") {
@@ -846,10 +689,7 @@ impl Collector {
             _ => None,
         };
         if let Some(code) = failure_code {
-            self.metrics
-                .flow_failures
-                .get_or_create(&labels.with(&[("error_code", &code)]))
-                .inc();
+            self.metrics.flow_failures.get_or_create(&labels.with(&[("error_code", &code)])).inc();
         }
         let end = root.end;
         self.board.update(&t.flow_id, |s| {
@@ -920,17 +760,9 @@ impl Collector {
         let show_progress = std::io::stderr().is_terminal();
         loop {
             // Re-list (without admitting new executions) only while some target still runs.
-            let any_running = targets.iter().any(|a| {
-                self.tracked
-                    .get(a)
-                    .is_some_and(|t| !ExecutionStatus::parse(&t.status).is_terminal())
-            });
+            let any_running = targets.iter().any(|a| self.tracked.get(a).is_some_and(|t| !ExecutionStatus::parse(&t.status).is_terminal()));
             self.cycle(any_running, false, &stop).await;
-            let left: Vec<String> = targets
-                .iter()
-                .filter(|a| self.tracked.contains_key(*a))
-                .cloned()
-                .collect();
+            let left: Vec<String> = targets.iter().filter(|a| self.tracked.contains_key(*a)).cloned().collect();
             if show_progress {
                 eprint!("\r{} of {} executions exported", total - left.len(), total);
             }
@@ -943,12 +775,7 @@ impl Collector {
                 return left;
             }
             // Wait a little when only settling executions remain, else go straight on.
-            let pause = if self
-                .plan(now_nanos())
-                .iter()
-                .any(|(_, w)| *w != Work::ExportOnly)
-                && self.export_backoff.is_none()
-            {
+            let pause = if self.plan(now_nanos()).iter().any(|(_, w)| *w != Work::ExportOnly) && self.export_backoff.is_none() {
                 Duration::from_millis(50)
             } else {
                 Duration::from_millis(500).min(Duration::from_secs(self.poll.interval_secs))
@@ -959,11 +786,7 @@ impl Collector {
 }
 
 /// Reads one execution's new events (and errors at the end) without touching shared state.
-async fn fetch(
-    source: FlowSource,
-    mut t: Tracked,
-    work: Work,
-) -> Result<Fetched, (String, ApiError)> {
+async fn fetch(source: FlowSource, mut t: Tracked, work: Work) -> Result<Fetched, (String, ApiError)> {
     let arn = t.arn.clone();
     let first_seq = (t.node_cursor.total, t.flow_cursor.total);
     let mut new_node = Vec::new();
@@ -971,11 +794,7 @@ async fn fetch(
     if work != Work::ExportOnly && !(work == Work::Final && t.final_read) {
         let mut vanished = false;
         for flow_stream in [false, true] {
-            let cursor = if flow_stream {
-                t.flow_cursor.clone()
-            } else {
-                t.node_cursor.clone()
-            };
+            let cursor = if flow_stream { t.flow_cursor.clone() } else { t.node_cursor.clone() };
             match read_stream(&source, &t, flow_stream, cursor).await {
                 Ok((events, cursor)) => {
                     if flow_stream {
@@ -999,9 +818,7 @@ async fn fetch(
             }
             t.final_read = true;
         } else if work == Work::Final {
-            if matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut)
-                && t.errors.is_none()
-            {
+            if matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) && t.errors.is_none() {
                 match source.get_execution(&t.flow_id, &t.alias, &t.arn).await {
                     Ok((_, ended, errors)) => {
                         t.errors = Some(errors);
@@ -1014,31 +831,17 @@ async fn fetch(
             t.final_read = true;
         }
     }
-    Ok(Fetched {
-        arn,
-        tracked: t,
-        new_node,
-        new_flow,
-        first_seq,
-    })
+    Ok(Fetched { arn, tracked: t, new_node, new_flow, first_seq })
 }
 
 /// Pages one stream from its cursor: re-requests the tail page and keeps only what is new;
 /// falls back to a full re-read (skipping what was read) when the token is rejected.
-async fn read_stream(
-    source: &FlowSource,
-    t: &Tracked,
-    flow_stream: bool,
-    mut cursor: Cursor,
-) -> Result<(Vec<Event>, Cursor), ApiError> {
+async fn read_stream(source: &FlowSource, t: &Tracked, flow_stream: bool, mut cursor: Cursor) -> Result<(Vec<Event>, Cursor), ApiError> {
     let mut new = Vec::new();
     let mut token = cursor.token.clone();
     let mut skip = cursor.consumed;
     loop {
-        match source
-            .list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone())
-            .await
-        {
+        match source.list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone()).await {
             Ok((items, next)) => {
                 if items.len() < skip {
                     // The page shrank: the token no longer means what it did.
@@ -1061,8 +864,7 @@ async fn read_stream(
             }
             Err(e) if e.kind == ErrorKind::Validation && token.is_some() => {
                 tracing::debug!(arn = %t.arn, "page token rejected; re-reading the stream from the start");
-                let (mut all_new, cursor) =
-                    reread_all(source, t, flow_stream, cursor.total).await?;
+                let (mut all_new, cursor) = reread_all(source, t, flow_stream, cursor.total).await?;
                 // Events read on earlier pages of this pass are part of the re-read too.
                 all_new.drain(..new.len().min(all_new.len()));
                 new.extend(all_new);
@@ -1073,37 +875,19 @@ async fn read_stream(
     }
 }
 
-async fn reread_all(
-    source: &FlowSource,
-    t: &Tracked,
-    flow_stream: bool,
-    already: usize,
-) -> Result<(Vec<Event>, Cursor), ApiError> {
+async fn reread_all(source: &FlowSource, t: &Tracked, flow_stream: bool, already: usize) -> Result<(Vec<Event>, Cursor), ApiError> {
     let mut all = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let (items, next) = source
-            .list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone())
-            .await?;
+        let (items, next) = source.list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone()).await?;
         let page_len = items.len();
         all.extend(items);
         match next {
             Some(n) => token = Some(n),
             None => {
                 let total = all.len();
-                let new = if total > already {
-                    all.split_off(already)
-                } else {
-                    Vec::new()
-                };
-                return Ok((
-                    new,
-                    Cursor {
-                        token,
-                        consumed: page_len,
-                        total: total.max(already),
-                    },
-                ));
+                let new = if total > already { all.split_off(already) } else { Vec::new() };
+                return Ok((new, Cursor { token, consumed: page_len, total: total.max(already) }));
             }
         }
     }

@@ -10,10 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {problem}")]
@@ -21,10 +18,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-    }
+    ConfigError::Invalid { key: key.into(), problem: problem.into() }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -144,41 +138,25 @@ pub struct FlowConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            listen: "0.0.0.0:9464".into(),
-        }
+        ServerConfig { listen: "0.0.0.0:9464".into() }
     }
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig {
-            path: PathBuf::from("data/state.sqlite"),
-        }
+        StateConfig { path: PathBuf::from("data/state.sqlite") }
     }
 }
 
 impl Default for AwsConfig {
     fn default() -> Self {
-        AwsConfig {
-            region: None,
-            profile: None,
-            role_arn: None,
-            endpoint_url: None,
-            max_requests_per_second: 5.0,
-        }
+        AwsConfig { region: None, profile: None, role_arn: None, endpoint_url: None, max_requests_per_second: 5.0 }
     }
 }
 
 impl Default for PollConfig {
     fn default() -> Self {
-        PollConfig {
-            interval_secs: 15,
-            lookback_secs: 86_400,
-            settle_secs: 60,
-            full_scan_secs: 300,
-            concurrency: 8,
-        }
+        PollConfig { interval_secs: 15, lookback_secs: 86_400, settle_secs: 60, full_scan_secs: 300, concurrency: 8 }
     }
 }
 
@@ -207,22 +185,14 @@ impl Default for MetricsConfig {
 
 /// The path used when none is given: `$BEDROCK_FLOW_EXPORTER_CONFIG`, else the default file.
 pub fn default_path() -> PathBuf {
-    std::env::var_os("BEDROCK_FLOW_EXPORTER_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("config/bedrock-flow-exporter.toml"))
+    std::env::var_os("BEDROCK_FLOW_EXPORTER_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("config/bedrock-flow-exporter.toml"))
 }
 
 impl Config {
     /// Reads, applies the environment, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.into(),
-            message,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
         config.apply_env(|key| std::env::var(key).ok());
         config.validate()?;
         Ok(config)
@@ -244,15 +214,10 @@ impl Config {
         if let Some(v) = non_empty("AWS_ENDPOINT_URL") {
             self.aws.endpoint_url = Some(v);
         }
-        if let Some(v) = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        {
+        if let Some(v) = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT")) {
             self.traces.endpoint = v;
         }
-        match non_empty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|| non_empty("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .as_deref()
-        {
+        match non_empty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| non_empty("OTEL_EXPORTER_OTLP_PROTOCOL")).as_deref() {
             Some("grpc") => self.traces.protocol = Protocol::Grpc,
             Some("http/protobuf") => self.traces.protocol = Protocol::HttpProtobuf,
             _ => {}
@@ -260,16 +225,10 @@ impl Config {
         if let Some(v) = non_empty("OTEL_SERVICE_NAME") {
             self.traces.service_name = v;
         }
-        if let Some(v) = non_empty("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-            .or_else(|| non_empty("OTEL_EXPORTER_OTLP_HEADERS"))
-        {
+        if let Some(v) = non_empty("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| non_empty("OTEL_EXPORTER_OTLP_HEADERS")) {
             for pair in v.split(',') {
                 if let Some((k, val)) = pair.split_once('=') {
-                    let decode = |s: &str| {
-                        percent_encoding::percent_decode_str(s.trim())
-                            .decode_utf8_lossy()
-                            .into_owned()
-                    };
+                    let decode = |s: &str| percent_encoding::percent_decode_str(s.trim()).decode_utf8_lossy().into_owned();
                     self.traces.headers.insert(decode(k), decode(val));
                 }
             }
@@ -280,24 +239,15 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.server.listen.parse::<SocketAddr>().map_err(|e| {
-            invalid(
-                "server.listen",
-                format!(
-                    "{:?} is not an address like 0.0.0.0:9464 ({e})",
-                    self.server.listen
-                ),
-            )
-        })?;
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("server.listen", format!("{:?} is not an address like 0.0.0.0:9464 ({e})", self.server.listen)))?;
         if self.state.path.as_os_str().is_empty() {
             return Err(invalid("state.path", "must not be empty"));
         }
-        if !(self.aws.max_requests_per_second > 0.0 && self.aws.max_requests_per_second.is_finite())
-        {
-            return Err(invalid(
-                "aws.max_requests_per_second",
-                "must be a positive number",
-            ));
+        if !(self.aws.max_requests_per_second > 0.0 && self.aws.max_requests_per_second.is_finite()) {
+            return Err(invalid("aws.max_requests_per_second", "must be a positive number"));
         }
         check_url("aws.endpoint_url", self.aws.endpoint_url.as_deref())?;
         check_role("aws.role_arn", self.aws.role_arn.as_deref())?;
@@ -320,40 +270,21 @@ impl Config {
             return Err(invalid("traces.batch_size", "must be at least 1"));
         }
         for (i, pattern) in self.traces.redact.iter().enumerate() {
-            regex::Regex::new(pattern).map_err(|e| {
-                invalid(
-                    format!("traces.redact[{i}]"),
-                    format!("not a valid regex: {e}"),
-                )
-            })?;
+            regex::Regex::new(pattern).map_err(|e| invalid(format!("traces.redact[{i}]"), format!("not a valid regex: {e}")))?;
         }
         if self.flows.is_empty() {
-            return Err(invalid(
-                "flows",
-                "name at least one flow ([[flows]] with id = \"...\")",
-            ));
+            return Err(invalid("flows", "name at least one flow ([[flows]] with id = \"...\")"));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, flow) in self.flows.iter().enumerate() {
             let key = |k: &str| format!("flows[{i}].{k}");
-            let id = bare_flow_id(&flow.id).ok_or_else(|| {
-                invalid(
-                    key("id"),
-                    format!(
-                        "{:?} is neither a 10-character flow id nor a flow ARN",
-                        flow.id
-                    ),
-                )
-            })?;
+            let id = bare_flow_id(&flow.id).ok_or_else(|| invalid(key("id"), format!("{:?} is neither a 10-character flow id nor a flow ARN", flow.id)))?;
             if !seen.insert(id.clone()) {
                 return Err(invalid(key("id"), format!("flow {id} is configured twice")));
             }
             for (j, alias) in flow.aliases.iter().enumerate() {
                 if alias.is_empty() || !alias.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                    return Err(invalid(
-                        format!("flows[{i}].aliases[{j}]"),
-                        format!("{alias:?} is not an alias id"),
-                    ));
+                    return Err(invalid(format!("flows[{i}].aliases[{j}]"), format!("{alias:?} is not an alias id")));
                 }
             }
             check_url(&key("endpoint_url"), flow.endpoint_url.as_deref())?;
@@ -370,18 +301,16 @@ impl Config {
 
 fn check_url(key: &str, url: Option<&str>) -> Result<(), ConfigError> {
     match url {
-        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 => Err(
-            invalid(key, format!("{u:?} is not an http:// or https:// URL")),
-        ),
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 => {
+            Err(invalid(key, format!("{u:?} is not an http:// or https:// URL")))
+        }
         _ => Ok(()),
     }
 }
 
 fn check_role(key: &str, role: Option<&str>) -> Result<(), ConfigError> {
     match role {
-        Some(r) if !(r.starts_with("arn:aws") && r.contains(":role/")) => {
-            Err(invalid(key, format!("{r:?} is not an IAM role ARN")))
-        }
+        Some(r) if !(r.starts_with("arn:aws") && r.contains(":role/")) => Err(invalid(key, format!("{r:?} is not an IAM role ARN"))),
         _ => Ok(()),
     }
 }
@@ -420,27 +349,12 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            (
-                "[poll]\nintervall_secs = 3\n[[flows]]\nid = \"ABCDEFGHIJ\"\n",
-                "intervall_secs",
-            ),
-            (
-                "[poll]\ninterval_secs = 0\n[[flows]]\nid = \"ABCDEFGHIJ\"\n",
-                "poll.interval_secs",
-            ),
+            ("[poll]\nintervall_secs = 3\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "intervall_secs"),
+            ("[poll]\ninterval_secs = 0\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "poll.interval_secs"),
             ("[[flows]]\nid = \"short\"\n", "flows[0].id"),
-            (
-                "[traces]\nprotocol = \"udp\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n",
-                "protocol",
-            ),
-            (
-                "[traces]\nredact = [\"(\"]\n[[flows]]\nid = \"ABCDEFGHIJ\"\n",
-                "traces.redact[0]",
-            ),
-            (
-                "[server]\nlisten = \"nowhere\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n",
-                "server.listen",
-            ),
+            ("[traces]\nprotocol = \"udp\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "protocol"),
+            ("[traces]\nredact = [\"(\"]\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "traces.redact[0]"),
+            ("[server]\nlisten = \"nowhere\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "server.listen"),
             ("", "flows"),
         ];
         for (text, key) in cases {
@@ -451,10 +365,7 @@ mod tests {
 
     #[test]
     fn environment_wins() {
-        let mut c = Config::parse(
-            "[traces]\nendpoint = \"http://a:4317\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n",
-        )
-        .unwrap();
+        let mut c = Config::parse("[traces]\nendpoint = \"http://a:4317\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n").unwrap();
         c.apply_env(|k| match k {
             "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://b:4318".into()),
             "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".into()),
@@ -472,10 +383,7 @@ mod tests {
 
     #[test]
     fn flow_ids_from_arns() {
-        assert_eq!(
-            bare_flow_id("arn:aws:bedrock:us-east-1:123456789012:flow/ABCDEFGHIJ").as_deref(),
-            Some("ABCDEFGHIJ")
-        );
+        assert_eq!(bare_flow_id("arn:aws:bedrock:us-east-1:123456789012:flow/ABCDEFGHIJ").as_deref(), Some("ABCDEFGHIJ"));
         assert_eq!(bare_flow_id("ABCDEFGHIJ").as_deref(), Some("ABCDEFGHIJ"));
         assert_eq!(bare_flow_id("arn:aws:bedrock:us-east-1:1:flow/x"), None);
     }

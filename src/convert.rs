@@ -22,11 +22,7 @@ pub struct ContentPolicy {
 
 impl Default for ContentPolicy {
     fn default() -> Self {
-        ContentPolicy {
-            mode: crate::config::CaptureContent::Off,
-            max_bytes: 8192,
-            redact: Vec::new(),
-        }
+        ContentPolicy { mode: crate::config::CaptureContent::Off, max_bytes: 8192, redact: Vec::new() }
     }
 }
 
@@ -174,11 +170,7 @@ pub fn convert(view: &ExecutionView<'_>, policy: &ContentPolicy) -> Conversion {
             let at = Some((is_flow_stream, index));
             let fingerprint = event.to_wire().to_string();
             if !matches!(event, Event::Unknown(_)) && !seen.insert(fingerprint) {
-                c.problem(
-                    "duplicate_event",
-                    format!("{} repeated", event.wire_key()),
-                    at,
-                );
+                c.problem("duplicate_event", format!("{} repeated", event.wire_key()), at);
                 continue;
             }
             c.event(event, at);
@@ -189,49 +181,24 @@ pub fn convert(view: &ExecutionView<'_>, policy: &ContentPolicy) -> Conversion {
 
 impl Converter<'_> {
     fn problem(&mut self, reason: &'static str, detail: String, event: Option<(bool, usize)>) {
-        self.problems.push(Problem {
-            reason,
-            detail,
-            event,
-        });
+        self.problems.push(Problem { reason, detail, event });
     }
 
     fn node_type(&self, node: &str) -> String {
-        self.types
-            .get(node)
-            .map(|t| t.0.clone())
-            .unwrap_or_else(|| "unknown".into())
+        self.types.get(node).map(|t| t.0.clone()).unwrap_or_else(|| "unknown".into())
     }
 
-    fn content_event(
-        &self,
-        name: &str,
-        time: i64,
-        fields: Vec<(&str, Option<&Content>)>,
-    ) -> SpanEventRecord {
+    fn content_event(&self, name: &str, time: i64, fields: Vec<(&str, Option<&Content>)>) -> SpanEventRecord {
         let names: Vec<String> = fields.iter().map(|(n, _)| n.to_string()).collect();
-        let mut attributes: Attributes =
-            vec![("aws.bedrock.flow.fields".into(), AttrValue::StrArray(names))];
+        let mut attributes: Attributes = vec![("aws.bedrock.flow.fields".into(), AttrValue::StrArray(names))];
         let rendered: Vec<String> = fields
             .iter()
-            .filter_map(|(n, c)| {
-                c.and_then(|c| self.policy.render(&c.document)).map(|text| {
-                    if fields.len() == 1 {
-                        text
-                    } else {
-                        format!("{n}: {text}")
-                    }
-                })
-            })
+            .filter_map(|(n, c)| c.and_then(|c| self.policy.render(&c.document)).map(|text| if fields.len() == 1 { text } else { format!("{n}: {text}") }))
             .collect();
         if !rendered.is_empty() && self.policy.mode != crate::config::CaptureContent::Off {
             attributes.push(("content".into(), AttrValue::Str(rendered.join("\n"))));
         }
-        SpanEventRecord {
-            name: name.into(),
-            time,
-            attributes,
-        }
+        SpanEventRecord { name: name.into(), time, attributes }
     }
 
     fn event(&mut self, event: &Event, at: Option<(bool, usize)>) {
@@ -240,31 +207,16 @@ impl Converter<'_> {
             return;
         }
         let Some(Timestamp(ts)) = event.timestamp().filter(|t| t.0 > 0) else {
-            self.problem(
-                "missing_timestamp",
-                format!("{} without a timestamp", event.wire_key()),
-                at,
-            );
+            self.problem("missing_timestamp", format!("{} without a timestamp", event.wire_key()), at);
             return;
         };
         match event {
             Event::FlowInput(e) | Event::FlowOutput(e) => {
-                let name = if matches!(event, Event::FlowInput(_)) {
-                    "gen_ai.workflow.input"
-                } else {
-                    "gen_ai.workflow.output"
-                };
-                let fields = e
-                    .fields
-                    .iter()
-                    .map(|f| (f.name.as_str(), f.content.as_ref()))
-                    .collect();
+                let name = if matches!(event, Event::FlowInput(_)) { "gen_ai.workflow.input" } else { "gen_ai.workflow.output" };
+                let fields = e.fields.iter().map(|f| (f.name.as_str(), f.content.as_ref())).collect();
                 let mut record = self.content_event(name, ts, fields);
                 if !e.node_name.is_empty() {
-                    record.attributes.push((
-                        "aws.bedrock.flow.node.name".into(),
-                        e.node_name.clone().into(),
-                    ));
+                    record.attributes.push(("aws.bedrock.flow.node.name".into(), e.node_name.clone().into()));
                 }
                 self.root_events.push(record);
             }
@@ -272,21 +224,14 @@ impl Converter<'_> {
                 self.root_events.push(SpanEventRecord {
                     name: "exception".into(),
                     time: ts,
-                    attributes: vec![
-                        ("exception.type".into(), e.error_code.clone().into()),
-                        ("exception.message".into(), e.error_message.clone().into()),
-                    ],
+                    attributes: vec![("exception.type".into(), e.error_code.clone().into()), ("exception.message".into(), e.error_message.clone().into())],
                 });
             }
             Event::NodeInput(e) => self.node_input(e, ts, at),
             Event::NodeOutput(e) => self.node_output(e, ts, at),
             Event::NodeFailure(e) => {
                 if e.node_name.is_empty() {
-                    return self.problem(
-                        "missing_field",
-                        "nodeFailureEvent without nodeName".into(),
-                        at,
-                    );
+                    return self.problem("missing_field", "nodeFailureEvent without nodeName".into(), at);
                 }
                 self.last_node_failure = Some(e.error_code.clone());
                 let run = match self.first_open(&e.node_name) {
@@ -299,38 +244,24 @@ impl Converter<'_> {
                 self.runs[run].events.push(SpanEventRecord {
                     name: "exception".into(),
                     time: ts,
-                    attributes: vec![
-                        ("exception.type".into(), e.error_code.clone().into()),
-                        ("exception.message".into(), e.error_message.clone().into()),
-                    ],
+                    attributes: vec![("exception.type".into(), e.error_code.clone().into()), ("exception.message".into(), e.error_message.clone().into())],
                 });
                 self.runs[run].failure = Some((e.error_code.clone(), e.error_message.clone()));
                 self.close(run, ts);
             }
             Event::ConditionResult(e) => {
                 if e.node_name.is_empty() {
-                    return self.problem(
-                        "missing_field",
-                        "conditionResultEvent without nodeName".into(),
-                        at,
-                    );
+                    return self.problem("missing_field", "conditionResultEvent without nodeName".into(), at);
                 }
                 let run = match self.first_open(&e.node_name) {
                     Some(r) => r,
                     None => self.open_run(&e.node_name, Vec::new(), ts, Vec::new()),
                 };
-                let satisfied: Vec<String> = e
-                    .satisfied_conditions
-                    .iter()
-                    .map(|c| c.condition_name.clone())
-                    .collect();
+                let satisfied: Vec<String> = e.satisfied_conditions.iter().map(|c| c.condition_name.clone()).collect();
                 self.runs[run].events.push(SpanEventRecord {
                     name: "aws.bedrock.flow.condition_result".into(),
                     time: ts,
-                    attributes: vec![(
-                        "aws.bedrock.flow.condition.satisfied".into(),
-                        AttrValue::StrArray(satisfied.clone()),
-                    )],
+                    attributes: vec![("aws.bedrock.flow.condition.satisfied".into(), AttrValue::StrArray(satisfied.clone()))],
                 });
                 self.runs[run].conditions.extend(satisfied);
                 self.close(run, ts);
@@ -342,35 +273,15 @@ impl Converter<'_> {
                     ("rpc.method".into(), e.operation_name.clone().into()),
                     ("aws.request_id".into(), e.request_id.clone().into()),
                 ];
-                if let Some(text) = e
-                    .operation_request
-                    .as_ref()
-                    .and_then(|d| self.policy.render(d))
-                {
+                if let Some(text) = e.operation_request.as_ref().and_then(|d| self.policy.render(d)) {
                     attributes.push(("content".into(), text.into()));
                 }
-                if let Some(text) = e
-                    .operation_response
-                    .as_ref()
-                    .and_then(|d| self.policy.render(d))
-                {
+                if let Some(text) = e.operation_response.as_ref().and_then(|d| self.policy.render(d)) {
                     attributes.push(("aws.bedrock.flow.action.response".into(), text.into()));
                 }
                 let usage = e.operation_response.as_ref().and_then(|r| r.get("usage"));
-                let tokens = usage
-                    .map(|u| (token(u, "inputTokens"), token(u, "outputTokens")))
-                    .unwrap_or((0, 0));
-                self.attach(
-                    &e.node_name,
-                    ts,
-                    SpanEventRecord {
-                        name: "aws.bedrock.flow.node_action".into(),
-                        time: ts,
-                        attributes,
-                    },
-                    tokens,
-                    at,
-                );
+                let tokens = usage.map(|u| (token(u, "inputTokens"), token(u, "outputTokens"))).unwrap_or((0, 0));
+                self.attach(&e.node_name, ts, SpanEventRecord { name: "aws.bedrock.flow.node_action".into(), time: ts, attributes }, tokens, at);
             }
             Event::NodeDependency(e) => {
                 let mut tokens = (0, 0);
@@ -384,24 +295,11 @@ impl Converter<'_> {
                         attributes.push(("gen_ai.agent.id".into(), agent.to_string().into()));
                     }
                 }
-                if let Some(text) = self
-                    .policy
-                    .render(&Value::Array(e.trace_elements.agent_traces.clone()))
-                {
+                if let Some(text) = self.policy.render(&Value::Array(e.trace_elements.agent_traces.clone())) {
                     attributes.push(("content".into(), text.into()));
                 }
                 attributes.dedup();
-                self.attach(
-                    &e.node_name,
-                    ts,
-                    SpanEventRecord {
-                        name: "aws.bedrock.flow.node_dependency".into(),
-                        time: ts,
-                        attributes,
-                    },
-                    tokens,
-                    at,
-                );
+                self.attach(&e.node_name, ts, SpanEventRecord { name: "aws.bedrock.flow.node_dependency".into(), time: ts, attributes }, tokens, at);
             }
             Event::Unknown(_) => {}
         }
@@ -409,14 +307,7 @@ impl Converter<'_> {
 
     /// Adds an action or dependency event to the node's open run (else its latest run, else
     /// the root) and sums its token usage.
-    fn attach(
-        &mut self,
-        node: &str,
-        ts: i64,
-        record: SpanEventRecord,
-        tokens: (i64, i64),
-        at: Option<(bool, usize)>,
-    ) {
+    fn attach(&mut self, node: &str, ts: i64, record: SpanEventRecord, tokens: (i64, i64), at: Option<(bool, usize)>) {
         let target = self.open.get(node).and_then(|q| q.back().copied());
         match target {
             Some(run) => {
@@ -427,15 +318,9 @@ impl Converter<'_> {
                 r.last = r.last.max(ts);
             }
             None => {
-                self.problem(
-                    "event_outside_run",
-                    format!("{} for {node:?} with no open run", record.name),
-                    at,
-                );
+                self.problem("event_outside_run", format!("{} for {node:?} with no open run", record.name), at);
                 let mut record = record;
-                record
-                    .attributes
-                    .push(("aws.bedrock.flow.node.name".into(), node.to_string().into()));
+                record.attributes.push(("aws.bedrock.flow.node.name".into(), node.to_string().into()));
                 self.root_events.push(record);
             }
         }
@@ -445,27 +330,14 @@ impl Converter<'_> {
         self.open.get(node).and_then(|q| q.front().copied())
     }
 
-    fn open_run(
-        &mut self,
-        node: &str,
-        chain: Vec<ExecutionChainItem>,
-        ts: i64,
-        sources: Vec<String>,
-    ) -> usize {
+    fn open_run(&mut self, node: &str, chain: Vec<ExecutionChainItem>, ts: i64, sources: Vec<String>) -> usize {
         let kind = self.node_type(node);
         let counter = self.runs_per_node.entry(node.to_string()).or_insert(0);
         let k = *counter;
         *counter += 1;
         let index = self.runs.len();
         // The parent: the enclosing Iterator or Loop's latest run that started before this input.
-        let parent = chain.last().and_then(|item| {
-            self.runs
-                .iter()
-                .enumerate()
-                .rev()
-                .find(|(_, r)| r.node == item.node_name && r.start <= ts)
-                .map(|(i, _)| i)
-        });
+        let parent = chain.last().and_then(|item| self.runs.iter().enumerate().rev().find(|(_, r)| r.node == item.node_name && r.start <= ts).map(|(i, _)| i));
         self.runs.push(Run {
             node: node.to_string(),
             k,
@@ -486,10 +358,7 @@ impl Converter<'_> {
             expected_outputs: None,
             outputs_seen: 0,
         });
-        self.open
-            .entry(node.to_string())
-            .or_default()
-            .push_back(index);
+        self.open.entry(node.to_string()).or_default().push_back(index);
         index
     }
 
@@ -512,10 +381,7 @@ impl Converter<'_> {
                 .values()
                 .flatten()
                 .copied()
-                .filter(|i| {
-                    self.runs[*i].parent == Some(run)
-                        && matches!(self.runs[*i].kind.as_str(), "LoopInput" | "LoopController")
-                })
+                .filter(|i| self.runs[*i].parent == Some(run) && matches!(self.runs[*i].kind.as_str(), "LoopInput" | "LoopController"))
                 .collect();
             for child in children {
                 let last = self.runs[child].last;
@@ -527,63 +393,30 @@ impl Converter<'_> {
     /// Open run of a node that aggregates several events (Collector, LoopInput, LoopController)
     /// within the same enclosing run.
     fn aggregating_run(&self, node: &str, parent_chain: &[ExecutionChainItem]) -> Option<usize> {
-        self.open
-            .get(node)?
-            .iter()
-            .copied()
-            .find(|i| self.runs[*i].chain == parent_chain)
+        self.open.get(node)?.iter().copied().find(|i| self.runs[*i].chain == parent_chain)
     }
 
     fn node_input(&mut self, e: &NodeInputEvent, ts: i64, at: Option<(bool, usize)>) {
         if e.node_name.is_empty() {
-            return self.problem(
-                "missing_field",
-                "nodeInputEvent without nodeName".into(),
-                at,
-            );
+            return self.problem("missing_field", "nodeInputEvent without nodeName".into(), at);
         }
-        let chain: Vec<ExecutionChainItem> = e
-            .fields
-            .iter()
-            .find(|f| !f.execution_chain.is_empty())
-            .map(|f| f.execution_chain.clone())
-            .unwrap_or_default();
-        let sources: Vec<String> = e
-            .fields
-            .iter()
-            .filter_map(|f| f.source.as_ref())
-            .map(|s| s.node_name.clone())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let chain: Vec<ExecutionChainItem> = e.fields.iter().find(|f| !f.execution_chain.is_empty()).map(|f| f.execution_chain.clone()).unwrap_or_default();
+        let sources: Vec<String> = e.fields.iter().filter_map(|f| f.source.as_ref()).map(|s| s.node_name.clone()).filter(|s| !s.is_empty()).collect();
         let kind = self.node_type(&e.node_name);
-        let record = self.content_event(
-            "aws.bedrock.flow.node.input",
-            ts,
-            e.fields
-                .iter()
-                .map(|f| (f.name.as_str(), f.content.as_ref()))
-                .collect(),
-        );
+        let record = self.content_event("aws.bedrock.flow.node.input", ts, e.fields.iter().map(|f| (f.name.as_str(), f.content.as_ref())).collect());
         match kind.as_str() {
             "Collector" | "LoopController" => {
                 // One run per pass through the enclosing Iterator/Loop: its element of the chain
                 // is dropped, so every iteration's input lands on the same run.
                 let mut outer = chain.clone();
-                if outer.last().is_some_and(|c| {
-                    (kind == "Collector" && c.kind == "Iterator")
-                        || (kind == "LoopController" && c.kind == "Loop")
-                }) {
+                if outer.last().is_some_and(|c| (kind == "Collector" && c.kind == "Iterator") || (kind == "LoopController" && c.kind == "Loop")) {
                     outer.pop();
                 }
                 let mut run_chain = outer.clone();
                 if kind == "LoopController" {
                     // Keep the Loop as parent, without the iteration index.
                     if let Some(item) = chain.last().filter(|c| c.kind == "Loop") {
-                        run_chain.push(ExecutionChainItem {
-                            node_name: item.node_name.clone(),
-                            kind: item.kind.clone(),
-                            index: None,
-                        });
+                        run_chain.push(ExecutionChainItem { node_name: item.node_name.clone(), kind: item.kind.clone(), index: None });
                     }
                 }
                 let run = match self.aggregating_run(&e.node_name, &run_chain) {
@@ -613,21 +446,10 @@ impl Converter<'_> {
 
     fn node_output(&mut self, e: &NodeOutputEvent, ts: i64, at: Option<(bool, usize)>) {
         if e.node_name.is_empty() {
-            return self.problem(
-                "missing_field",
-                "nodeOutputEvent without nodeName".into(),
-                at,
-            );
+            return self.problem("missing_field", "nodeOutputEvent without nodeName".into(), at);
         }
         let kind = self.node_type(&e.node_name);
-        let record = self.content_event(
-            "aws.bedrock.flow.node.output",
-            ts,
-            e.fields
-                .iter()
-                .map(|f| (f.name.as_str(), f.content.as_ref()))
-                .collect(),
-        );
+        let record = self.content_event("aws.bedrock.flow.node.output", ts, e.fields.iter().map(|f| (f.name.as_str(), f.content.as_ref())).collect());
         match kind.as_str() {
             "Iterator" => {
                 let Some(run) = self.first_open(&e.node_name) else {
@@ -636,12 +458,7 @@ impl Converter<'_> {
                     self.runs[run].events.push(record);
                     return self.close(run, ts);
                 };
-                let size = e
-                    .fields
-                    .iter()
-                    .find(|f| f.name == "arraySize")
-                    .and_then(|f| f.content.as_ref())
-                    .and_then(|c| c.document.as_u64());
+                let size = e.fields.iter().find(|f| f.name == "arraySize").and_then(|f| f.content.as_ref()).and_then(|c| c.document.as_u64());
                 let r = &mut self.runs[run];
                 r.events.push(record);
                 r.outputs_seen += 1;
@@ -660,13 +477,7 @@ impl Converter<'_> {
                     .iter()
                     .rev()
                     .find(|r| r.kind == "Loop" && r.end.is_none())
-                    .map(|r| {
-                        vec![ExecutionChainItem {
-                            node_name: r.node.clone(),
-                            kind: "Loop".into(),
-                            index: None,
-                        }]
-                    })
+                    .map(|r| vec![ExecutionChainItem { node_name: r.node.clone(), kind: "Loop".into(), index: None }])
                     .unwrap_or_default();
                 let run = match self.aggregating_run(&e.node_name, &parent_chain) {
                     Some(r) => r,
@@ -698,15 +509,11 @@ impl Converter<'_> {
         let view = self.view;
         let end_of_execution = view.ended_at.map(|t| t.0);
         if view.finished {
-            let still_open: Vec<usize> = (0..self.runs.len())
-                .filter(|i| self.runs[*i].end.is_none())
-                .collect();
+            let still_open: Vec<usize> = (0..self.runs.len()).filter(|i| self.runs[*i].end.is_none()).collect();
             for run in still_open {
                 let r = &mut self.runs[run];
-                if matches!(
-                    r.kind.as_str(),
-                    "Iterator" | "Collector" | "LoopInput" | "LoopController"
-                ) && r.events.len() > 1
+                if matches!(r.kind.as_str(), "Iterator" | "Collector" | "LoopInput" | "LoopController")
+                    && r.events.len() > 1
                     && view.status == &ExecutionStatus::Succeeded
                 {
                     r.end = Some(r.last);
@@ -722,18 +529,11 @@ impl Converter<'_> {
             let r = &self.runs[index];
             let Some(end) = r.end else { continue };
             let id = node_span_id(view.arn, &r.node, r.k);
-            let parent = r
-                .parent
-                .map(|p| node_span_id(view.arn, &self.runs[p].node, self.runs[p].k))
-                .unwrap_or(root_id);
+            let parent = r.parent.map(|p| node_span_id(view.arn, &self.runs[p].node, self.runs[p].k)).unwrap_or(root_id);
             // Links: the latest run of each source node that ended before this run started.
             let mut links = Vec::new();
             for source in &r.sources {
-                if let Some(s) = self.runs[..index]
-                    .iter()
-                    .rev()
-                    .find(|s| &s.node == source && s.end.is_some_and(|e| e <= r.start))
-                {
+                if let Some(s) = self.runs[..index].iter().rev().find(|s| &s.node == source && s.end.is_some_and(|e| e <= r.start)) {
                     let link = node_span_id(view.arn, &s.node, s.k);
                     if !links.contains(&link) {
                         links.push(link);
@@ -760,10 +560,7 @@ impl Converter<'_> {
                         None => c.node_name.clone(),
                     })
                     .collect();
-                attributes.push((
-                    "aws.bedrock.flow.node.execution_chain".into(),
-                    AttrValue::StrArray(chain),
-                ));
+                attributes.push(("aws.bedrock.flow.node.execution_chain".into(), AttrValue::StrArray(chain)));
             }
             if let Some(model) = self.types.get(&r.node).and_then(|t| t.1.clone()) {
                 attributes.push(("gen_ai.request.model".into(), model.into()));
@@ -773,10 +570,7 @@ impl Converter<'_> {
                 attributes.push(("gen_ai.usage.output_tokens".into(), r.output_tokens.into()));
             }
             if !r.conditions.is_empty() {
-                attributes.push((
-                    "aws.bedrock.flow.condition.satisfied".into(),
-                    AttrValue::StrArray(r.conditions.clone()),
-                ));
+                attributes.push(("aws.bedrock.flow.condition.satisfied".into(), AttrValue::StrArray(r.conditions.clone())));
             }
             if r.skew {
                 attributes.push(("aws.bedrock.flow.clock_skew".into(), true.into()));
@@ -787,25 +581,9 @@ impl Converter<'_> {
             let status = if let Some((code, message)) = &r.failure {
                 attributes.push(("error.type".into(), code.clone().into()));
                 SpanStatus::Error(message.clone())
-            } else if r.incomplete
-                && matches!(
-                    view.status,
-                    ExecutionStatus::Failed | ExecutionStatus::TimedOut
-                )
-            {
-                attributes.push((
-                    "error.type".into(),
-                    if view.status == &ExecutionStatus::TimedOut {
-                        "timeout".into()
-                    } else {
-                        "incomplete".into()
-                    },
-                ));
-                SpanStatus::Error(format!(
-                    "{} did not finish before the execution ended {}",
-                    r.node,
-                    view.status.as_str()
-                ))
+            } else if r.incomplete && matches!(view.status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) {
+                attributes.push(("error.type".into(), if view.status == &ExecutionStatus::TimedOut { "timeout".into() } else { "incomplete".into() }));
+                SpanStatus::Error(format!("{} did not finish before the execution ended {}", r.node, view.status.as_str()))
             } else {
                 SpanStatus::Unset
             };
@@ -834,10 +612,7 @@ impl Converter<'_> {
         if view.finished {
             spans.push(self.root_span());
         }
-        Conversion {
-            spans,
-            problems: self.problems,
-        }
+        Conversion { spans, problems: self.problems }
     }
 
     fn root_span(&mut self) -> SpanRecord {
@@ -852,43 +627,25 @@ impl Converter<'_> {
             ("aws.bedrock.flow.alias.id".into(), view.alias.into()),
             ("aws.bedrock.flow.version".into(), view.version.into()),
             ("aws.bedrock.flow.execution.arn".into(), view.arn.into()),
-            (
-                "aws.bedrock.flow.execution.name".into(),
-                execution_name.into(),
-            ),
-            (
-                "aws.bedrock.flow.execution.status".into(),
-                view.status.as_str().into(),
-            ),
+            ("aws.bedrock.flow.execution.name".into(), execution_name.into()),
+            ("aws.bedrock.flow.execution.status".into(), view.status.as_str().into()),
             ("openinference.span.kind".into(), "CHAIN".into()),
             ("cloud.provider".into(), "aws".into()),
             ("cloud.region".into(), region.into()),
             ("cloud.account.id".into(), account.into()),
         ];
-        let flow_failure = self
-            .view
-            .flow_events
-            .iter()
-            .chain(self.view.node_events)
-            .find_map(|e| match e {
-                Event::FlowFailure(f) => Some(f.clone()),
-                _ => None,
-            });
+        let flow_failure = self.view.flow_events.iter().chain(self.view.node_events).find_map(|e| match e {
+            Event::FlowFailure(f) => Some(f.clone()),
+            _ => None,
+        });
         let status = match view.status {
             ExecutionStatus::Succeeded => SpanStatus::Ok,
             ExecutionStatus::Failed => {
                 let (code, message) = match &flow_failure {
                     Some(f) => (f.error_code.clone(), f.error_message.clone()),
                     None => {
-                        let code = self
-                            .last_node_failure
-                            .clone()
-                            .unwrap_or_else(|| "Failed".into());
-                        let message = view
-                            .errors
-                            .iter()
-                            .find_map(|e| e.message.clone())
-                            .unwrap_or_else(|| "execution failed".into());
+                        let code = self.last_node_failure.clone().unwrap_or_else(|| "Failed".into());
+                        let message = view.errors.iter().find_map(|e| e.message.clone()).unwrap_or_else(|| "execution failed".into());
                         (code, message)
                     }
                 };
@@ -897,12 +654,7 @@ impl Converter<'_> {
             }
             ExecutionStatus::TimedOut => {
                 attributes.push(("error.type".into(), "timeout".into()));
-                SpanStatus::Error(
-                    view.errors
-                        .iter()
-                        .find_map(|e| e.message.clone())
-                        .unwrap_or_else(|| "execution timed out".into()),
-                )
+                SpanStatus::Error(view.errors.iter().find_map(|e| e.message.clone()).unwrap_or_else(|| "execution timed out".into()))
             }
             _ => SpanStatus::Unset,
         };
@@ -921,22 +673,13 @@ impl Converter<'_> {
             events,
             links: Vec::new(),
             status,
-            facts: SpanFacts {
-                node: None,
-                node_type: String::new(),
-                failure_code: flow_failure.map(|f| f.error_code),
-                ..Default::default()
-            },
+            facts: SpanFacts { node: None, node_type: String::new(), failure_code: flow_failure.map(|f| f.error_code), ..Default::default() },
         }
     }
 }
 
 fn token(usage: &Value, key: &str) -> i64 {
-    usage
-        .get(key)
-        .and_then(Value::as_i64)
-        .filter(|n| *n >= 0)
-        .unwrap_or(0)
+    usage.get(key).and_then(Value::as_i64).filter(|n| *n >= 0).unwrap_or(0)
 }
 
 /// Every `metadata.usage` of a model invocation inside an agent trace part.
@@ -955,10 +698,7 @@ fn find_usages(part: &Value) -> Vec<&Value> {
 /// (region, account) from `arn:aws:bedrock:REGION:ACCOUNT:...`.
 pub fn arn_region_account(arn: &str) -> (String, String) {
     let parts: Vec<&str> = arn.split(':').collect();
-    (
-        parts.get(3).unwrap_or(&"").to_string(),
-        parts.get(4).unwrap_or(&"").to_string(),
-    )
+    (parts.get(3).unwrap_or(&"").to_string(), parts.get(4).unwrap_or(&"").to_string())
 }
 
 #[cfg(test)]

@@ -6,9 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
@@ -44,12 +42,7 @@ pub fn http_traces_url(endpoint: &str) -> String {
 
 impl Exporter {
     pub fn disabled() -> Exporter {
-        Exporter {
-            inner: None,
-            scope: scope(),
-            batch_size: usize::MAX,
-            endpoint: String::new(),
-        }
+        Exporter { inner: None, scope: scope(), batch_size: usize::MAX, endpoint: String::new() }
     }
 
     /// Builds the exporter. Must run inside a Tokio runtime (tonic's channel needs one).
@@ -59,18 +52,13 @@ impl Exporter {
         }
         let timeout = Duration::from_secs(config.timeout_secs.max(1));
         // One quick retry inside the exporter; longer outages are the collector's backoff.
-        let retry = opentelemetry_otlp::RetryPolicy::default()
-            .with_max_retries(1)
-            .with_initial_delay(Duration::from_millis(100));
+        let retry = opentelemetry_otlp::RetryPolicy::default().with_max_retries(1).with_initial_delay(Duration::from_millis(100));
         let headers: HashMap<String, String> = config.headers.clone().into_iter().collect();
         let (built, endpoint) = match config.protocol {
             Protocol::Grpc => {
                 let mut metadata = tonic::metadata::MetadataMap::new();
                 for (k, v) in &headers {
-                    if let (Ok(key), Ok(value)) = (
-                        k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
-                        v.parse(),
-                    ) {
+                    if let (Ok(key), Ok(value)) = (k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(), v.parse()) {
                         metadata.insert(key, value);
                     }
                 }
@@ -81,9 +69,7 @@ impl Exporter {
                     .with_metadata(metadata)
                     .with_retry_policy(retry);
                 if config.endpoint.starts_with("https://") {
-                    builder = builder.with_tls_config(
-                        tonic::transport::ClientTlsConfig::new().with_native_roots(),
-                    );
+                    builder = builder.with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
                 }
                 (builder.build(), config.endpoint.clone())
             }
@@ -100,28 +86,14 @@ impl Exporter {
                 (built, url)
             }
         };
-        let mut exporter = built.map_err(|e| ExportError::Build {
-            endpoint: endpoint.clone(),
-            message: e.to_string(),
-        })?;
-        let mut attributes = vec![
-            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-            KeyValue::new("cloud.provider", "aws"),
-        ];
+        let mut exporter = built.map_err(|e| ExportError::Build { endpoint: endpoint.clone(), message: e.to_string() })?;
+        let mut attributes = vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION")), KeyValue::new("cloud.provider", "aws")];
         if let Some(region) = region {
             attributes.push(KeyValue::new("cloud.region", region.to_string()));
         }
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(config.service_name.clone())
-            .with_attributes(attributes)
-            .build();
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).with_attributes(attributes).build();
         exporter.set_resource(&resource);
-        Ok(Exporter {
-            inner: Some(tokio::sync::Mutex::new(exporter)),
-            scope: scope(),
-            batch_size: config.batch_size,
-            endpoint,
-        })
+        Ok(Exporter { inner: Some(tokio::sync::Mutex::new(exporter)), scope: scope(), batch_size: config.batch_size, endpoint })
     }
 
     pub fn enabled(&self) -> bool {
@@ -136,19 +108,14 @@ impl Exporter {
         for chunk in spans.chunks(self.batch_size.max(1)) {
             let batch: Vec<SpanData> = chunk.iter().map(|s| to_span_data(s, &self.scope)).collect();
             let exporter = inner.lock().await;
-            exporter
-                .export(batch)
-                .await
-                .map_err(|e| ExportError::Rejected(e.to_string()))?;
+            exporter.export(batch).await.map_err(|e| ExportError::Rejected(e.to_string()))?;
         }
         Ok(())
     }
 }
 
 fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("bedrock-flow-exporter")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
+    InstrumentationScope::builder("bedrock-flow-exporter").with_version(env!("CARGO_PKG_VERSION")).build()
 }
 
 fn time(nanos: i64) -> SystemTime {
@@ -163,9 +130,7 @@ fn key_values(attributes: &[(String, AttrValue)]) -> Vec<KeyValue> {
                 AttrValue::Str(s) => Value::String(s.clone().into()),
                 AttrValue::Int(i) => Value::I64(*i),
                 AttrValue::Bool(b) => Value::Bool(*b),
-                AttrValue::StrArray(items) => Value::Array(Array::String(
-                    items.iter().cloned().map(StringValue::from).collect(),
-                )),
+                AttrValue::StrArray(items) => Value::Array(Array::String(items.iter().cloned().map(StringValue::from).collect())),
             };
             KeyValue::new(k.clone(), value)
         })
@@ -174,47 +139,21 @@ fn key_values(attributes: &[(String, AttrValue)]) -> Vec<KeyValue> {
 
 pub fn to_span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
     let trace_id = TraceId::from_bytes(span.trace_id);
-    let context = SpanContext::new(
-        trace_id,
-        SpanId::from_bytes(span.span_id),
-        TraceFlags::SAMPLED,
-        false,
-        TraceState::default(),
-    );
+    let context = SpanContext::new(trace_id, SpanId::from_bytes(span.span_id), TraceFlags::SAMPLED, false, TraceState::default());
     let mut events = SpanEvents::default();
-    events.events = span
-        .events
-        .iter()
-        .map(|e| {
-            opentelemetry::trace::Event::new(
-                e.name.clone(),
-                time(e.time),
-                key_values(&e.attributes),
-                0,
-            )
-        })
-        .collect();
+    events.events = span.events.iter().map(|e| opentelemetry::trace::Event::new(e.name.clone(), time(e.time), key_values(&e.attributes), 0)).collect();
     let mut links = SpanLinks::default();
     links.links = span
         .links
         .iter()
         .map(|id| {
-            let linked = SpanContext::new(
-                trace_id,
-                SpanId::from_bytes(*id),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            );
+            let linked = SpanContext::new(trace_id, SpanId::from_bytes(*id), TraceFlags::SAMPLED, false, TraceState::default());
             opentelemetry::trace::Link::new(linked, Vec::new(), 0)
         })
         .collect();
     SpanData {
         span_context: context,
-        parent_span_id: span
-            .parent_span_id
-            .map(SpanId::from_bytes)
-            .unwrap_or(SpanId::INVALID),
+        parent_span_id: span.parent_span_id.map(SpanId::from_bytes).unwrap_or(SpanId::INVALID),
         parent_span_is_remote: false,
         span_kind: SpanKind::Internal,
         name: Cow::Owned(span.name.clone()),
@@ -241,9 +180,6 @@ mod tests {
     fn http_endpoint_gets_the_signal_path_once() {
         assert_eq!(http_traces_url("http://h:4318"), "http://h:4318/v1/traces");
         assert_eq!(http_traces_url("http://h:4318/"), "http://h:4318/v1/traces");
-        assert_eq!(
-            http_traces_url("http://h:6006/v1/traces"),
-            "http://h:6006/v1/traces"
-        );
+        assert_eq!(http_traces_url("http://h:6006/v1/traces"), "http://h:6006/v1/traces");
     }
 }

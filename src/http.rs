@@ -14,12 +14,7 @@ use crate::httpserve::{self, HttpResponse};
 use crate::metrics::Metrics;
 use crate::timefmt::{format_nanos, now_nanos};
 
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    board: Arc<StatusBoard>,
-    stop: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, board: Arc<StatusBoard>, stop: watch::Receiver<bool>) {
     let handler: httpserve::Handler = Arc::new(move |request| {
         let metrics = metrics.clone();
         let board = board.clone();
@@ -29,11 +24,7 @@ pub async fn serve(
 }
 
 fn wants_openmetrics(request: &Request<Incoming>) -> bool {
-    request
-        .headers()
-        .get("accept")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("application/openmetrics-text"))
+    request.headers().get("accept").and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("application/openmetrics-text"))
 }
 
 fn handle(metrics: &Metrics, board: &StatusBoard, request: Request<Incoming>) -> HttpResponse {
@@ -47,7 +38,11 @@ fn handle(metrics: &Metrics, board: &StatusBoard, request: Request<Incoming>) ->
             if board.ready() {
                 httpserve::respond(200, "text/plain; charset=utf-8", "OK\n")
             } else {
-                httpserve::respond(503, "text/plain; charset=utf-8", "not ready: the state is loading, a first poll is pending, or the process is shutting down\n")
+                httpserve::respond(
+                    503,
+                    "text/plain; charset=utf-8",
+                    "not ready: the state is loading, a first poll is pending, or the process is shutting down\n",
+                )
             }
         }
         "/" => httpserve::respond(200, "text/html; charset=utf-8", landing_page(board)),
@@ -56,10 +51,7 @@ fn handle(metrics: &Metrics, board: &StatusBoard, request: Request<Incoming>) ->
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn landing_page(board: &StatusBoard) -> String {
@@ -72,19 +64,9 @@ fn landing_page(board: &StatusBoard) -> String {
                 *by_status.entry(status.as_str()).or_default() += 1;
             }
         }
-        let recent = if by_status.is_empty() {
-            "none".to_string()
-        } else {
-            by_status
-                .iter()
-                .map(|(s, n)| format!("{s}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let last_poll = flow
-            .last_successful_poll
-            .map(|t| format!("{} ({}s ago)", format_nanos(t), (now - t) / 1_000_000_000))
-            .unwrap_or_else(|| "never".into());
+        let recent = if by_status.is_empty() { "none".to_string() } else { by_status.iter().map(|(s, n)| format!("{s}: {n}")).collect::<Vec<_>>().join(", ") };
+        let last_poll =
+            flow.last_successful_poll.map(|t| format!("{} ({}s ago)", format_nanos(t), (now - t) / 1_000_000_000)).unwrap_or_else(|| "never".into());
         rows.push_str(&format!(
             "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             escape(&flow.flow_name),

@@ -15,18 +15,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub type HttpResponse = Response<Full<Bytes>>;
-pub type Handler = Arc<
-    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = HttpResponse> + Send>> + Send + Sync,
->;
+pub type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = HttpResponse> + Send>> + Send + Sync>;
 
 /// Serves `handler` on `listener` until `stop` turns true, then waits up to `grace` for open
 /// connections to finish.
-pub async fn serve(
-    listener: TcpListener,
-    handler: Handler,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-) {
+pub async fn serve(listener: TcpListener, handler: Handler, mut stop: watch::Receiver<bool>, grace: Duration) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         tokio::select! {

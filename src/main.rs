@@ -7,11 +7,7 @@ use bedrock_flow_exporter::emulator::{self, Scenario};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(
-    name = "bedrock-flow-exporter",
-    version,
-    about = "OpenTelemetry traces and Prometheus metrics for Amazon Bedrock Flows asynchronous executions"
-)]
+#[command(name = "bedrock-flow-exporter", version, about = "OpenTelemetry traces and Prometheus metrics for Amazon Bedrock Flows asynchronous executions")]
 struct Cli {
     /// Log format on stderr (the level comes from RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -70,11 +66,8 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -117,49 +110,27 @@ fn main() -> ExitCode {
             print!("{}", c.to_toml());
             EXIT_OK
         })),
-        Command::Run {
-            config,
-            once,
-            wait_secs,
-        } => {
+        Command::Run { config, once, wait_secs } => {
             let config = match load_config(config) {
                 Ok(c) => c,
                 Err(e) => return exit(Err(e)),
             };
             init_logging(cli.log_format, "info");
-            exit(runtime.block_on(app::run(
-                config,
-                RunOptions {
-                    once,
-                    wait_secs,
-                    ..RunOptions::default()
-                },
-            )))
+            exit(runtime.block_on(app::run(config, RunOptions { once, wait_secs, ..RunOptions::default() })))
         }
         Command::Demo { listen } => {
             init_logging(cli.log_format, "warn");
             exit(runtime.block_on(bedrock_flow_exporter::demo::run(listen)))
         }
-        Command::Emulate {
-            listen,
-            scenario,
-            seed,
-            executions,
-            events,
-        } => {
+        Command::Emulate { listen, scenario, seed, executions, events } => {
             init_logging(cli.log_format, "info");
             exit(runtime.block_on(async move {
-                let mut scenario =
-                    Scenario::load(&scenario, executions, events).map_err(AppError::Usage)?;
+                let mut scenario = Scenario::load(&scenario, executions, events).map_err(AppError::Usage)?;
                 if let Some(seed) = seed {
                     scenario.seed = seed;
                 }
-                let listener = tokio::net::TcpListener::bind(&listen)
-                    .await
-                    .map_err(|e| AppError::Runtime(format!("cannot listen on {listen}: {e}")))?;
-                let handle = emulator::start(listener, scenario)
-                    .await
-                    .map_err(|e| AppError::Runtime(e.to_string()))?;
+                let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| AppError::Runtime(format!("cannot listen on {listen}: {e}")))?;
+                let handle = emulator::start(listener, scenario).await.map_err(|e| AppError::Runtime(e.to_string()))?;
                 println!("emulator listening on {}", handle.endpoint());
                 let _ = tokio::signal::ctrl_c().await;
                 handle.stop().await;

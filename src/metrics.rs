@@ -20,33 +20,10 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub type TraceExemplar = Vec<(&'static str, String)>;
 
 pub const STATUSES: [&str; 4] = ["Succeeded", "Failed", "TimedOut", "Aborted"];
-pub const READ_OPERATIONS: [&str; 4] = [
-    "ListFlowExecutions",
-    "ListFlowExecutionEvents",
-    "GetFlowExecution",
-    "GetExecutionFlowSnapshot",
-];
-pub const ERROR_KINDS: [&str; 7] = [
-    "throttled",
-    "access_denied",
-    "not_found",
-    "validation",
-    "server",
-    "timeout",
-    "other",
-];
-pub const EVENT_TYPES: [&str; 10] = [
-    "flow_input",
-    "flow_output",
-    "flow_failure",
-    "node_input",
-    "node_output",
-    "node_failure",
-    "condition_result",
-    "node_action",
-    "node_dependency",
-    "unknown",
-];
+pub const READ_OPERATIONS: [&str; 4] = ["ListFlowExecutions", "ListFlowExecutionEvents", "GetFlowExecution", "GetExecutionFlowSnapshot"];
+pub const ERROR_KINDS: [&str; 7] = ["throttled", "access_denied", "not_found", "validation", "server", "timeout", "other"];
+pub const EVENT_TYPES: [&str; 10] =
+    ["flow_input", "flow_output", "flow_failure", "node_input", "node_output", "node_failure", "condition_result", "node_action", "node_dependency", "unknown"];
 pub const INVALID_REASONS: [&str; 10] = [
     "unknown_event_kind",
     "unknown_status",
@@ -60,17 +37,10 @@ pub const INVALID_REASONS: [&str; 10] = [
     "bad_snapshot",
 ];
 
-const EXECUTION_BUCKETS: [f64; 16] = [
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
-    43200.0, 86400.0,
-];
-const NODE_BUCKETS: [f64; 14] = [
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-];
+const EXECUTION_BUCKETS: [f64; 16] = [1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0];
+const NODE_BUCKETS: [f64; 14] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 const API_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
-const LAG_BUCKETS: [f64; 12] = [
-    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0,
-];
+const LAG_BUCKETS: [f64; 12] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -83,6 +53,7 @@ pub struct Metrics {
     pub condition_results: Family<Labels, Counter>,
     pub node_tokens: Family<Labels, Counter>,
     pub last_execution_end: Family<Labels, FloatGauge>,
+    pub oldest_running_start: Family<Labels, FloatGauge>,
     pub build_info: Family<Labels, Gauge>,
     pub api_requests: Family<Labels, Counter>,
     pub api_request_errors: Family<Labels, Counter>,
@@ -107,11 +78,7 @@ pub struct FlowLabels {
 
 impl FlowLabels {
     pub fn with(&self, extra: &[(&'static str, &str)]) -> Labels {
-        let mut labels = vec![
-            ("flow_id", self.flow_id.clone()),
-            ("flow_name", self.flow_name.clone()),
-            ("alias", self.alias.clone()),
-        ];
+        let mut labels = vec![("flow_id", self.flow_id.clone()), ("flow_name", self.flow_name.clone()), ("alias", self.alias.clone())];
         labels.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         labels
     }
@@ -123,15 +90,14 @@ impl Metrics {
         let m = Metrics {
             executions_total: Family::default(),
             executions_running: Family::default(),
-            execution_duration: Family::new_with_constructor(|| {
-                HistogramWithExemplars::new(EXECUTION_BUCKETS.into_iter())
-            }),
+            execution_duration: Family::new_with_constructor(|| HistogramWithExemplars::new(EXECUTION_BUCKETS.into_iter())),
             node_duration: Family::new_with_constructor(|| Histogram::new(NODE_BUCKETS)),
             node_failures: Family::default(),
             flow_failures: Family::default(),
             condition_results: Family::default(),
             node_tokens: Family::default(),
             last_execution_end: Family::default(),
+            oldest_running_start: Family::default(),
             build_info: Family::default(),
             api_requests: Family::default(),
             api_request_errors: Family::default(),
@@ -146,138 +112,65 @@ impl Metrics {
             node_labels,
             registry: Registry::default(),
         };
-        registry.register(
-            "bedrock_flow_executions",
-            "Terminal flow executions, each counted once, by final status.",
-            m.executions_total.clone(),
-        );
-        registry.register(
-            "bedrock_flow_executions_running",
-            "Flow executions currently running.",
-            m.executions_running.clone(),
-        );
+        registry.register("bedrock_flow_executions", "Terminal flow executions, each counted once, by final status.", m.executions_total.clone());
+        registry.register("bedrock_flow_executions_running", "Flow executions currently running.", m.executions_running.clone());
         registry.register(
             "bedrock_flow_execution_duration_seconds",
             "Duration of terminal flow executions, from createdAt to endedAt; exemplars carry the trace id.",
             m.execution_duration.clone(),
         );
-        registry.register(
-            "bedrock_flow_node_duration_seconds",
-            "Duration of completed node runs (input to output or failure).",
-            m.node_duration.clone(),
-        );
-        registry.register(
-            "bedrock_flow_node_failures",
-            "Node failures by error code.",
-            m.node_failures.clone(),
-        );
-        registry.register(
-            "bedrock_flow_failures",
-            "Flow-level failures and time-outs by error code.",
-            m.flow_failures.clone(),
-        );
-        registry.register(
-            "bedrock_flow_condition_results",
-            "Condition node results by satisfied condition.",
-            m.condition_results.clone(),
-        );
-        registry.register(
-            "bedrock_flow_node_tokens",
-            "Model tokens used by nodes, where the usage is known.",
-            m.node_tokens.clone(),
-        );
+        registry.register("bedrock_flow_node_duration_seconds", "Duration of completed node runs (input to output or failure).", m.node_duration.clone());
+        registry.register("bedrock_flow_node_failures", "Node failures by error code.", m.node_failures.clone());
+        registry.register("bedrock_flow_failures", "Flow-level failures and time-outs by error code.", m.flow_failures.clone());
+        registry.register("bedrock_flow_condition_results", "Condition node results by satisfied condition.", m.condition_results.clone());
+        registry.register("bedrock_flow_node_tokens", "Model tokens used by nodes, where the usage is known.", m.node_tokens.clone());
         registry.register(
             "bedrock_flow_last_execution_end_timestamp_seconds",
             "End time of the latest terminal execution, by status.",
             m.last_execution_end.clone(),
         );
         registry.register(
-            "bedrock_flow_exporter_build_info",
-            "Build of the exporter; the value is 1.",
-            m.build_info.clone(),
+            "bedrock_flow_oldest_running_execution_start_timestamp_seconds",
+            "Creation time of the oldest execution still running (0 when none runs); executions time out after 24 hours.",
+            m.oldest_running_start.clone(),
         );
-        registry.register(
-            "bedrock_flow_exporter_api_requests",
-            "AWS API calls made, by operation.",
-            m.api_requests.clone(),
-        );
+        registry.register("bedrock_flow_exporter_build_info", "Build of the exporter; the value is 1.", m.build_info.clone());
+        registry.register("bedrock_flow_exporter_api_requests", "AWS API calls made, by operation.", m.api_requests.clone());
         registry.register(
             "bedrock_flow_exporter_api_request_errors",
             "AWS API calls that failed, by operation and kind of error.",
             m.api_request_errors.clone(),
         );
-        registry.register(
-            "bedrock_flow_exporter_api_request_duration_seconds",
-            "Duration of AWS API calls, retries included.",
-            m.api_request_duration.clone(),
-        );
+        registry.register("bedrock_flow_exporter_api_request_duration_seconds", "Duration of AWS API calls, retries included.", m.api_request_duration.clone());
         registry.register(
             "bedrock_flow_exporter_last_successful_poll_timestamp_seconds",
             "Time of the last poll of a flow whose listing succeeded.",
             m.last_successful_poll.clone(),
         );
-        registry.register(
-            "bedrock_flow_exporter_executions_tracked",
-            "Executions in the state store that are not finished yet.",
-            m.executions_tracked.clone(),
-        );
-        registry.register(
-            "bedrock_flow_exporter_events_received",
-            "Flow execution events read from the API, by kind.",
-            m.events_received.clone(),
-        );
-        registry.register(
-            "bedrock_flow_exporter_invalid_events",
-            "Bad data from the API, counted and skipped, by reason.",
-            m.invalid_events.clone(),
-        );
-        registry.register(
-            "bedrock_flow_exporter_spans_exported",
-            "Spans accepted by the OTLP endpoint.",
-            m.spans_exported.clone(),
-        );
-        registry.register(
-            "bedrock_flow_exporter_span_export_errors",
-            "OTLP export attempts that failed.",
-            m.span_export_errors.clone(),
-        );
-        registry.register(
-            "bedrock_flow_exporter_event_lag_seconds",
-            "Processing time minus event time.",
-            m.event_lag.clone(),
-        );
+        registry.register("bedrock_flow_exporter_executions_tracked", "Executions in the state store that are not finished yet.", m.executions_tracked.clone());
+        registry.register("bedrock_flow_exporter_events_received", "Flow execution events read from the API, by kind.", m.events_received.clone());
+        registry.register("bedrock_flow_exporter_invalid_events", "Bad data from the API, counted and skipped, by reason.", m.invalid_events.clone());
+        registry.register("bedrock_flow_exporter_spans_exported", "Spans accepted by the OTLP endpoint.", m.spans_exported.clone());
+        registry.register("bedrock_flow_exporter_span_export_errors", "OTLP export attempts that failed.", m.span_export_errors.clone());
+        registry.register("bedrock_flow_exporter_event_lag_seconds", "Processing time minus event time.", m.event_lag.clone());
         registry.register_collector(Box::new(ProcessCollector));
         m.build_info
             .get_or_create(&vec![
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
-                (
-                    "revision",
-                    option_env!("BFE_GIT_REVISION")
-                        .unwrap_or("unknown")
-                        .to_string(),
-                ),
+                ("revision", option_env!("BFE_GIT_REVISION").unwrap_or("unknown").to_string()),
             ])
             .set(1);
         for op in READ_OPERATIONS {
-            let _ = m
-                .api_requests
-                .get_or_create(&vec![("operation", op.to_string())]);
+            let _ = m.api_requests.get_or_create(&vec![("operation", op.to_string())]);
             for kind in ERROR_KINDS {
-                let _ = m.api_request_errors.get_or_create(&vec![
-                    ("operation", op.to_string()),
-                    ("error_kind", kind.to_string()),
-                ]);
+                let _ = m.api_request_errors.get_or_create(&vec![("operation", op.to_string()), ("error_kind", kind.to_string())]);
             }
         }
         for t in EVENT_TYPES {
-            let _ = m
-                .events_received
-                .get_or_create(&vec![("event_type", t.to_string())]);
+            let _ = m.events_received.get_or_create(&vec![("event_type", t.to_string())]);
         }
         for r in INVALID_REASONS {
-            let _ = m
-                .invalid_events
-                .get_or_create(&vec![("reason", r.to_string())]);
+            let _ = m.invalid_events.get_or_create(&vec![("reason", r.to_string())]);
         }
         Metrics { registry, ..m }
     }
@@ -285,9 +178,7 @@ impl Metrics {
     /// Creates the series of a flow and alias that are known in advance, at 0.
     pub fn init_flow(&self, flow: &FlowLabels) {
         for status in STATUSES {
-            let _ = self
-                .executions_total
-                .get_or_create(&flow.with(&[("status", status)]));
+            let _ = self.executions_total.get_or_create(&flow.with(&[("status", status)]));
         }
         let _ = self.executions_running.get_or_create(&flow.with(&[]));
     }
@@ -308,15 +199,9 @@ impl Metrics {
             text.clear();
         }
         if openmetrics {
-            (
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
-            )
+            ("application/openmetrics-text; version=1.0.0; charset=utf-8", text)
         } else {
-            (
-                "text/plain; version=0.0.4; charset=utf-8",
-                openmetrics_to_prometheus(&text),
-            )
+            ("text/plain; version=0.0.4; charset=utf-8", openmetrics_to_prometheus(&text))
         }
     }
 }
@@ -337,26 +222,15 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
-        if let Some(rest) = line
-            .strip_prefix("# HELP ")
-            .or_else(|| line.strip_prefix("# TYPE "))
-        {
+        if let Some(rest) = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
             let directive = &line[..7];
             let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            let name = if counters.contains(name) {
-                format!("{name}_total")
-            } else {
-                name.to_string()
-            };
+            let name = if counters.contains(name) { format!("{name}_total") } else { name.to_string() };
             out.push_str(&format!("{directive}{name} {tail}\n"));
             continue;
         }
         let sample = line.split(" # {").next().unwrap_or(line);
-        if sample
-            .split(['{', ' '])
-            .next()
-            .is_some_and(|n| n.ends_with("_created"))
-        {
+        if sample.split(['{', ' ']).next().is_some_and(|n| n.ends_with("_created")) {
             continue;
         }
         out.push_str(sample);
@@ -375,40 +249,15 @@ impl prometheus_client::collector::Collector for ProcessCollector {
             return Ok(());
         };
         let gauges: [(&str, &str, f64); 5] = [
-            (
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-                stats.rss_bytes,
-            ),
-            (
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes.",
-                stats.vsize_bytes,
-            ),
-            (
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds.",
-                stats.start_time,
-            ),
-            (
-                "process_open_fds",
-                "Number of open file descriptors.",
-                stats.open_fds,
-            ),
-            (
-                "process_max_fds",
-                "Maximum number of open file descriptors.",
-                stats.max_fds,
-            ),
+            ("process_resident_memory_bytes", "Resident memory size in bytes.", stats.rss_bytes),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", stats.vsize_bytes),
+            ("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", stats.start_time),
+            ("process_open_fds", "Number of open file descriptors.", stats.open_fds),
+            ("process_max_fds", "Maximum number of open file descriptors.", stats.max_fds),
         ];
         let cpu = Counter::<f64, AtomicU64>::default();
         cpu.inc_by(stats.cpu_seconds);
-        let metric = encoder.encode_descriptor(
-            "process_cpu_seconds",
-            "Total user and system CPU time spent in seconds.",
-            None,
-            MetricType::Counter,
-        )?;
+        let metric = encoder.encode_descriptor("process_cpu_seconds", "Total user and system CPU time spent in seconds.", None, MetricType::Counter)?;
         cpu.encode(metric)?;
         for (name, help, value) in gauges {
             let gauge = FloatGauge::default();
@@ -441,24 +290,12 @@ pub fn process_stats() -> Option<ProcessStats> {
     let starttime: f64 = fields.get(19)?.parse().ok()?;
     let vsize: f64 = fields.get(20)?.parse().ok()?;
     let rss_pages: f64 = fields.get(21)?.parse().ok()?;
-    let boot = std::fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("btime ")
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    let open_fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count() as f64)
-        .unwrap_or(0.0);
+    let boot =
+        std::fs::read_to_string("/proc/stat").ok()?.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0);
+    let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as f64).unwrap_or(0.0);
     let max_fds = std::fs::read_to_string("/proc/self/limits")
         .ok()
-        .and_then(|l| {
-            l.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        })
+        .and_then(|l| l.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l.split_whitespace().nth(3)?.parse().ok()))
         .unwrap_or(0.0);
     Some(ProcessStats {
         cpu_seconds: (utime + stime) / ticks,
@@ -477,30 +314,16 @@ mod tests {
     #[test]
     fn prometheus_text_has_total_names_and_no_exemplars() {
         let m = Metrics::new(true);
-        let flow = FlowLabels {
-            flow_id: "ABCDEFGHIJ".into(),
-            flow_name: "f".into(),
-            alias: "A".into(),
-        };
+        let flow = FlowLabels { flow_id: "ABCDEFGHIJ".into(), flow_name: "f".into(), alias: "A".into() };
         m.init_flow(&flow);
-        m.executions_total
-            .get_or_create(&flow.with(&[("status", "Succeeded")]))
-            .inc();
-        m.execution_duration
-            .get_or_create(&flow.with(&[("status", "Succeeded")]))
-            .observe(
-                12.5,
-                Some(vec![(
-                    "trace_id",
-                    "0af7651916cd43dd8448eb211c80319c".to_string(),
-                )]),
-                None,
-            );
-        let (_, om) = m.render(true);
-        assert!(
-            om.contains("# {trace_id=\"0af7651916cd43dd8448eb211c80319c\"} 12.5"),
-            "{om}"
+        m.executions_total.get_or_create(&flow.with(&[("status", "Succeeded")])).inc();
+        m.execution_duration.get_or_create(&flow.with(&[("status", "Succeeded")])).observe(
+            12.5,
+            Some(vec![("trace_id", "0af7651916cd43dd8448eb211c80319c".to_string())]),
+            None,
         );
+        let (_, om) = m.render(true);
+        assert!(om.contains("# {trace_id=\"0af7651916cd43dd8448eb211c80319c\"} 12.5"), "{om}");
         let (content_type, text) = m.render(false);
         assert!(content_type.starts_with("text/plain; version=0.0.4"));
         assert!(text.contains("# TYPE bedrock_flow_executions_total counter"));

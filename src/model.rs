@@ -22,9 +22,7 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        timefmt::parse_nanos(&text)
-            .map(Timestamp)
-            .ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {text:?}")))
+        timefmt::parse_nanos(&text).map(Timestamp).ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {text:?}")))
     }
 }
 
@@ -32,11 +30,7 @@ impl<'de> Deserialize<'de> for Timestamp {
 /// (counted by `convert` as a bad timestamp), never a failure of the whole page.
 fn lenient_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
     let value = Option::<Value>::deserialize(d)?;
-    Ok(value
-        .as_ref()
-        .and_then(Value::as_str)
-        .and_then(timefmt::parse_nanos)
-        .map(Timestamp))
+    Ok(value.as_ref().and_then(Value::as_str).and_then(timefmt::parse_nanos).map(Timestamp))
 }
 
 /// `FlowExecutionContent` / `FlowInputContent`: a union with the single member `document`.
@@ -115,11 +109,7 @@ pub struct NodeOutputField {
 pub struct FlowIoEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(
-        default,
-        deserialize_with = "lenient_timestamp",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub fields: Vec<FlowField>,
@@ -130,11 +120,7 @@ pub struct FlowIoEvent {
 pub struct NodeInputEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(
-        default,
-        deserialize_with = "lenient_timestamp",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub fields: Vec<NodeInputField>,
@@ -145,11 +131,7 @@ pub struct NodeInputEvent {
 pub struct NodeOutputEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(
-        default,
-        deserialize_with = "lenient_timestamp",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub fields: Vec<NodeOutputField>,
@@ -166,11 +148,7 @@ pub struct SatisfiedCondition {
 pub struct ConditionResultEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(
-        default,
-        deserialize_with = "lenient_timestamp",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub satisfied_conditions: Vec<SatisfiedCondition>,
@@ -181,11 +159,7 @@ pub struct ConditionResultEvent {
 pub struct NodeFailureEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(
-        default,
-        deserialize_with = "lenient_timestamp",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub error_code: String,
@@ -196,11 +170,7 @@ pub struct NodeFailureEvent {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FlowFailureEvent {
-    #[serde(
-        default,
-        deserialize_with = "lenient_timestamp",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub error_code: String,
@@ -213,11 +183,7 @@ pub struct FlowFailureEvent {
 pub struct NodeActionEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(
-        default,
-        deserialize_with = "lenient_timestamp",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub request_id: String,
@@ -244,11 +210,7 @@ pub struct TraceElements {
 pub struct NodeDependencyEvent {
     #[serde(default)]
     pub node_name: String,
-    #[serde(
-        default,
-        deserialize_with = "lenient_timestamp",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "lenient_timestamp", skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub trace_elements: TraceElements,
@@ -318,19 +280,14 @@ impl Event {
 
     /// Whether the event belongs to the `Flow` stream (WIRE-NOTES §9.4).
     pub fn is_flow_level(&self) -> bool {
-        matches!(
-            self,
-            Event::FlowInput(_) | Event::FlowOutput(_) | Event::FlowFailure(_)
-        )
+        matches!(self, Event::FlowInput(_) | Event::FlowOutput(_) | Event::FlowFailure(_))
     }
 
     /// Reads one wire element. Unknown keys give `Unknown`; a known key whose body does not
     /// fit the shape is an error (the caller counts it and skips the element).
     pub fn from_wire(value: &Value) -> Result<Event, String> {
         let object = value.as_object().ok_or("event is not an object")?;
-        let mut present = object
-            .iter()
-            .filter(|(k, v)| !v.is_null() && k.as_str() != "__type");
+        let mut present = object.iter().filter(|(k, v)| !v.is_null() && k.as_str() != "__type");
         let (key, body) = present.next().ok_or("event object has no member")?;
         if present.next().is_some() {
             return Err("event object has more than one member".into());
@@ -409,13 +366,7 @@ impl ExecutionStatus {
     /// Terminal states are the four known end states; an unknown string is not terminal
     /// (SPEC §10): the execution stays tracked.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            ExecutionStatus::Succeeded
-                | ExecutionStatus::Failed
-                | ExecutionStatus::TimedOut
-                | ExecutionStatus::Aborted
-        )
+        matches!(self, ExecutionStatus::Succeeded | ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Aborted)
     }
 }
 
@@ -514,22 +465,13 @@ pub struct FlowConnection {
 
 impl FlowConnection {
     pub fn source_output(&self) -> Option<&str> {
-        self.configuration
-            .as_ref()?
-            .pointer("/data/sourceOutput")?
-            .as_str()
+        self.configuration.as_ref()?.pointer("/data/sourceOutput")?.as_str()
     }
     pub fn target_input(&self) -> Option<&str> {
-        self.configuration
-            .as_ref()?
-            .pointer("/data/targetInput")?
-            .as_str()
+        self.configuration.as_ref()?.pointer("/data/targetInput")?.as_str()
     }
     pub fn condition(&self) -> Option<&str> {
-        self.configuration
-            .as_ref()?
-            .pointer("/conditional/condition")?
-            .as_str()
+        self.configuration.as_ref()?.pointer("/conditional/condition")?.as_str()
     }
 }
 
@@ -537,10 +479,7 @@ impl FlowNode {
     /// The model a Prompt or KnowledgeBase node names in its configuration, if any.
     pub fn model_id(&self) -> Option<&str> {
         let configuration = self.configuration.as_ref()?;
-        configuration
-            .pointer("/prompt/sourceConfiguration/inline/modelId")
-            .or_else(|| configuration.pointer("/knowledgeBase/modelId"))
-            .and_then(Value::as_str)
+        configuration.pointer("/prompt/sourceConfiguration/inline/modelId").or_else(|| configuration.pointer("/knowledgeBase/modelId")).and_then(Value::as_str)
     }
 
     /// The nested definition of a Loop node.
@@ -575,20 +514,12 @@ mod tests {
             {"nodeOutputEvent":{"fields":[{"content":{"document":"History book"},"name":"document"}],"nodeName":"FlowInputNode","timestamp":"2025-05-05T18:38:56.637867516Z"}},
             {"nodeInputEvent":{"fields":[{"content":{"document":"History book"},"name":"book"}],"nodeName":"Prompt_1","timestamp":"2025-05-05T18:38:57.434600163Z"}}
         ]);
-        let events: Vec<Event> = page
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| Event::from_wire(v).unwrap())
-            .collect();
+        let events: Vec<Event> = page.as_array().unwrap().iter().map(|v| Event::from_wire(v).unwrap()).collect();
         match &events[1] {
             Event::NodeInput(e) => {
                 assert_eq!(e.node_name, "Prompt_1");
                 assert_eq!(e.timestamp, Some(Timestamp(1_746_470_337_434_600_163)));
-                assert_eq!(
-                    e.fields[0].content.as_ref().unwrap().document,
-                    json!("History book")
-                );
+                assert_eq!(e.fields[0].content.as_ref().unwrap().document, json!("History book"));
             }
             other => panic!("{other:?}"),
         }
@@ -597,17 +528,11 @@ mod tests {
 
     #[test]
     fn unknown_and_malformed_union_members() {
-        assert_eq!(
-            Event::from_wire(&json!({"nodeTeleportEvent": {}})).unwrap(),
-            Event::Unknown("nodeTeleportEvent".into())
-        );
+        assert_eq!(Event::from_wire(&json!({"nodeTeleportEvent": {}})).unwrap(), Event::Unknown("nodeTeleportEvent".into()));
         assert!(Event::from_wire(&json!({})).is_err());
         assert!(Event::from_wire(&json!({"nodeInputEvent": {}, "nodeOutputEvent": {}})).is_err());
         assert!(Event::from_wire(&json!("x")).is_err());
-        let bad_time = Event::from_wire(
-            &json!({"nodeInputEvent": {"nodeName": "A", "timestamp": "soon", "fields": []}}),
-        )
-        .unwrap();
+        let bad_time = Event::from_wire(&json!({"nodeInputEvent": {"nodeName": "A", "timestamp": "soon", "fields": []}})).unwrap();
         assert_eq!(bad_time.timestamp(), None);
     }
 

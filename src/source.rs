@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use aws_config::BehaviorVersion;
 use aws_sdk_bedrockagentruntime as bar;
 use aws_sdk_bedrockagentruntime::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
-    SharedHttpConnector,
-};
+use aws_smithy_runtime_api::client::http::{HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector};
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::Document;
@@ -34,11 +31,7 @@ impl RequestBudget {
     pub fn per_second(rate: f64) -> RequestBudget {
         let limit = (rate.floor() as usize).max(1);
         let window = Duration::from_secs_f64((limit as f64 / rate).max(1.0));
-        RequestBudget {
-            limit,
-            window,
-            starts: Mutex::new(VecDeque::new()),
-        }
+        RequestBudget { limit, window, starts: Mutex::new(VecDeque::new()) }
     }
 
     pub async fn acquire(&self) {
@@ -46,10 +39,7 @@ impl RequestBudget {
             let wait = {
                 let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
-                while starts
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= self.window)
-                {
+                while starts.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
                     starts.pop_front();
                 }
                 if starts.len() < self.limit {
@@ -77,15 +67,8 @@ struct BudgetedConnector {
 }
 
 impl HttpClient for BudgetedClient {
-    fn http_connector(
-        &self,
-        settings: &HttpConnectorSettings,
-        components: &RuntimeComponents,
-    ) -> SharedHttpConnector {
-        SharedHttpConnector::new(BudgetedConnector {
-            inner: self.inner.http_connector(settings, components),
-            budget: self.budget.clone(),
-        })
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        SharedHttpConnector::new(BudgetedConnector { inner: self.inner.http_connector(settings, components), budget: self.budget.clone() })
     }
 }
 
@@ -162,50 +145,25 @@ pub struct ApiError {
     pub message: String,
 }
 
-fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
-    operation: &'static str,
-    error: SdkError<E, R>,
-) -> ApiError {
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(operation: &'static str, error: SdkError<E, R>) -> ApiError {
     let (kind, message) = match &error {
         SdkError::ServiceError(service) => {
             let e = service.err();
             let kind = match e.code() {
-                Some("ThrottlingException" | "TooManyRequestsException" | "ThrottledException") => {
-                    ErrorKind::Throttled
-                }
-                Some(
-                    "AccessDeniedException"
-                    | "UnrecognizedClientException"
-                    | "ExpiredTokenException",
-                ) => ErrorKind::AccessDenied,
+                Some("ThrottlingException" | "TooManyRequestsException" | "ThrottledException") => ErrorKind::Throttled,
+                Some("AccessDeniedException" | "UnrecognizedClientException" | "ExpiredTokenException") => ErrorKind::AccessDenied,
                 Some("ResourceNotFoundException") => ErrorKind::NotFound,
                 Some("ValidationException") => ErrorKind::Validation,
-                Some("InternalServerException" | "ServiceUnavailableException") => {
-                    ErrorKind::Server
-                }
+                Some("InternalServerException" | "ServiceUnavailableException") => ErrorKind::Server,
                 _ => ErrorKind::Other,
             };
-            (
-                kind,
-                format!(
-                    "{}: {}",
-                    e.code().unwrap_or("unknown error"),
-                    e.message().unwrap_or("")
-                ),
-            )
+            (kind, format!("{}: {}", e.code().unwrap_or("unknown error"), e.message().unwrap_or("")))
         }
         SdkError::TimeoutError(_) => (ErrorKind::Timeout, "request timed out".to_string()),
         SdkError::DispatchFailure(d) if d.is_timeout() => (ErrorKind::Timeout, format!("{d:?}")),
-        other => (
-            ErrorKind::Other,
-            aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
-        ),
+        other => (ErrorKind::Other, aws_smithy_types::error::display::DisplayErrorContext(other).to_string()),
     };
-    ApiError {
-        operation,
-        kind,
-        message,
-    }
+    ApiError { operation, kind, message }
 }
 
 /// One client per target; calls are counted and timed in the metrics.
@@ -222,40 +180,24 @@ pub struct Budgets(Mutex<HashMap<String, Arc<RequestBudget>>>);
 impl Budgets {
     pub fn get(&self, key: &str, rate: f64) -> Arc<RequestBudget> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key.to_string())
-            .or_insert_with(|| Arc::new(RequestBudget::per_second(rate)))
-            .clone()
+        map.entry(key.to_string()).or_insert_with(|| Arc::new(RequestBudget::per_second(rate))).clone()
     }
 }
 
 impl FlowSource {
-    pub async fn new(
-        target: &AwsTarget,
-        budget: Arc<RequestBudget>,
-        credentials: Option<&StaticCredentials>,
-        metrics: Arc<Metrics>,
-    ) -> FlowSource {
+    pub async fn new(target: &AwsTarget, budget: Arc<RequestBudget>, credentials: Option<&StaticCredentials>, metrics: Arc<Metrics>) -> FlowSource {
         let https = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
-            ))
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc))
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(BudgetedClient {
-                inner: https,
-                budget,
-            })
+            .http_client(BudgetedClient { inner: https, budget })
             .retry_config(
                 aws_config::retry::RetryConfig::standard()
                     .with_max_attempts(4)
                     .with_initial_backoff(Duration::from_millis(200))
                     .with_max_backoff(Duration::from_secs(10)),
             )
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_secs(20))
-                    .build(),
-            );
+            .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_attempt_timeout(Duration::from_secs(20)).build());
         if let Some(region) = &target.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -266,49 +208,22 @@ impl FlowSource {
             loader = loader.endpoint_url(url);
         }
         if let Some(c) = credentials {
-            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
-                &c.access_key_id,
-                &c.secret_access_key,
-                None,
-                None,
-                "static",
-            ));
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(&c.access_key_id, &c.secret_access_key, None, None, "static"));
         }
         let mut sdk_config = loader.load().await;
         if let Some(role) = &target.role_arn {
-            let provider = aws_config::sts::AssumeRoleProvider::builder(role)
-                .session_name("bedrock-flow-exporter")
-                .configure(&sdk_config)
-                .build()
-                .await;
-            sdk_config = sdk_config
-                .into_builder()
-                .credentials_provider(
-                    aws_credential_types::provider::SharedCredentialsProvider::new(provider),
-                )
-                .build();
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role).session_name("bedrock-flow-exporter").configure(&sdk_config).build().await;
+            sdk_config = sdk_config.into_builder().credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider)).build();
         }
-        FlowSource {
-            client: bar::Client::new(&sdk_config),
-            metrics,
-        }
+        FlowSource { client: bar::Client::new(&sdk_config), metrics }
     }
 
     fn record<T>(&self, operation: &'static str, started: Instant, result: &Result<T, ApiError>) {
         let labels = vec![("operation", operation.to_string())];
         self.metrics.api_requests.get_or_create(&labels).inc();
-        self.metrics
-            .api_request_duration
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.api_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
         if let Err(e) = result {
-            self.metrics
-                .api_request_errors
-                .get_or_create(&vec![
-                    ("operation", operation.to_string()),
-                    ("error_kind", e.kind.label().to_string()),
-                ])
-                .inc();
+            self.metrics.api_request_errors.get_or_create(&vec![("operation", operation.to_string()), ("error_kind", e.kind.label().to_string())]).inc();
         }
     }
 
@@ -345,12 +260,7 @@ impl FlowSource {
                         ended_at: s.ended_at().and_then(nanos).map(Timestamp),
                     })
                     .collect();
-                (
-                    items,
-                    out.next_token()
-                        .filter(|t| !t.is_empty())
-                        .map(str::to_string),
-                )
+                (items, out.next_token().filter(|t| !t.is_empty()).map(str::to_string))
             });
         self.record(OP, started, &result);
         result
@@ -367,11 +277,7 @@ impl FlowSource {
     ) -> Result<(Vec<Event>, Option<String>), ApiError> {
         const OP: &str = "ListFlowExecutionEvents";
         let started = Instant::now();
-        let event_type = if flow_stream {
-            bar::types::FlowExecutionEventType::Flow
-        } else {
-            bar::types::FlowExecutionEventType::Node
-        };
+        let event_type = if flow_stream { bar::types::FlowExecutionEventType::Flow } else { bar::types::FlowExecutionEventType::Node };
         let result = self
             .client
             .list_flow_execution_events()
@@ -384,17 +290,7 @@ impl FlowSource {
             .send()
             .await
             .map_err(|e| classify(OP, e))
-            .map(|out| {
-                (
-                    out.flow_execution_events()
-                        .iter()
-                        .map(event_from_sdk)
-                        .collect(),
-                    out.next_token()
-                        .filter(|t| !t.is_empty())
-                        .map(str::to_string),
-                )
-            });
+            .map(|out| (out.flow_execution_events().iter().map(event_from_sdk).collect(), out.next_token().filter(|t| !t.is_empty()).map(str::to_string)));
         self.record(OP, started, &result);
         result
     }
@@ -427,23 +323,14 @@ impl FlowSource {
                         node_name: e.node_name().map(str::to_string),
                     })
                     .collect();
-                (
-                    ExecutionStatus::parse(out.status().as_str()),
-                    out.ended_at().and_then(nanos).map(Timestamp),
-                    errors,
-                )
+                (ExecutionStatus::parse(out.status().as_str()), out.ended_at().and_then(nanos).map(Timestamp), errors)
             });
         self.record(OP, started, &result);
         result
     }
 
     /// GetExecutionFlowSnapshot: (flow version, definition JSON text).
-    pub async fn get_snapshot(
-        &self,
-        flow_id: &str,
-        alias: &str,
-        execution_arn: &str,
-    ) -> Result<(String, String), ApiError> {
+    pub async fn get_snapshot(&self, flow_id: &str, alias: &str, execution_arn: &str) -> Result<(String, String), ApiError> {
         const OP: &str = "GetExecutionFlowSnapshot";
         let started = Instant::now();
         let result = self
@@ -463,10 +350,7 @@ impl FlowSource {
 
 /// The SDK fills missing required timestamps with the epoch: treat that as absent.
 fn nanos(t: &aws_smithy_types::DateTime) -> Option<i64> {
-    let n = t
-        .secs()
-        .checked_mul(1_000_000_000)?
-        .checked_add(t.subsec_nanos() as i64)?;
+    let n = t.secs().checked_mul(1_000_000_000)?.checked_add(t.subsec_nanos() as i64)?;
     (n != 0).then_some(n)
 }
 
@@ -476,11 +360,7 @@ fn ts(t: &aws_smithy_types::DateTime) -> Option<Timestamp> {
 
 pub fn document_to_json(d: &Document) -> Value {
     match d {
-        Document::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), document_to_json(v)))
-                .collect(),
-        ),
+        Document::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), document_to_json(v))).collect()),
         Document::Array(items) => Value::Array(items.iter().map(document_to_json).collect()),
         Document::Number(aws_smithy_types::Number::PosInt(u)) => json!(u),
         Document::Number(aws_smithy_types::Number::NegInt(i)) => json!(i),
@@ -492,9 +372,7 @@ pub fn document_to_json(d: &Document) -> Value {
 }
 
 fn content_of(d: Option<&Document>) -> Option<Content> {
-    d.map(|d| Content {
-        document: document_to_json(d),
-    })
+    d.map(|d| Content { document: document_to_json(d) })
 }
 
 fn agent_trace_json(part: &bar::types::TracePart) -> Value {
@@ -510,8 +388,7 @@ fn agent_trace_json(part: &bar::types::TracePart) -> Value {
             usage(o.metadata()).map(|u| json!({"preProcessingTrace": {"modelInvocationOutput": u}}))
         }
         Some(Trace::PostProcessingTrace(PostProcessingTrace::ModelInvocationOutput(o))) => {
-            usage(o.metadata())
-                .map(|u| json!({"postProcessingTrace": {"modelInvocationOutput": u}}))
+            usage(o.metadata()).map(|u| json!({"postProcessingTrace": {"modelInvocationOutput": u}}))
         }
         _ => None,
     };
@@ -541,10 +418,7 @@ pub fn event_from_sdk(event: &bar::types::FlowExecutionEvent) -> Event {
             fields: e
                 .fields()
                 .iter()
-                .map(|f| FlowField {
-                    name: f.name().to_string(),
-                    content: content_of(f.content().and_then(|c| c.as_document().ok())),
-                })
+                .map(|f| FlowField { name: f.name().to_string(), content: content_of(f.content().and_then(|c| c.as_document().ok())) })
                 .collect(),
         }),
         E::FlowOutputEvent(e) => Event::FlowOutput(FlowIoEvent {
@@ -553,10 +427,7 @@ pub fn event_from_sdk(event: &bar::types::FlowExecutionEvent) -> Event {
             fields: e
                 .fields()
                 .iter()
-                .map(|f| FlowField {
-                    name: f.name().to_string(),
-                    content: content_of(f.content().and_then(|c| c.as_document().ok())),
-                })
+                .map(|f| FlowField { name: f.name().to_string(), content: content_of(f.content().and_then(|c| c.as_document().ok())) })
                 .collect(),
         }),
         E::FlowFailureEvent(e) => Event::FlowFailure(FlowFailureEvent {
@@ -583,11 +454,7 @@ pub fn event_from_sdk(event: &bar::types::FlowExecutionEvent) -> Event {
                     execution_chain: f
                         .execution_chain()
                         .iter()
-                        .map(|c| ExecutionChainItem {
-                            node_name: c.node_name().to_string(),
-                            kind: c.r#type().as_str().to_string(),
-                            index: c.index(),
-                        })
+                        .map(|c| ExecutionChainItem { node_name: c.node_name().to_string(), kind: c.r#type().as_str().to_string(), index: c.index() })
                         .collect(),
                 })
                 .collect(),
@@ -605,10 +472,7 @@ pub fn event_from_sdk(event: &bar::types::FlowExecutionEvent) -> Event {
                     next: f
                         .next()
                         .iter()
-                        .map(|n| NodeOutputNext {
-                            node_name: n.node_name().to_string(),
-                            input_field_name: n.input_field_name().to_string(),
-                        })
+                        .map(|n| NodeOutputNext { node_name: n.node_name().to_string(), input_field_name: n.input_field_name().to_string() })
                         .collect(),
                 })
                 .collect(),
@@ -622,13 +486,7 @@ pub fn event_from_sdk(event: &bar::types::FlowExecutionEvent) -> Event {
         E::ConditionResultEvent(e) => Event::ConditionResult(ConditionResultEvent {
             node_name: e.node_name().to_string(),
             timestamp: ts(e.timestamp()),
-            satisfied_conditions: e
-                .satisfied_conditions()
-                .iter()
-                .map(|c| SatisfiedCondition {
-                    condition_name: c.condition_name().to_string(),
-                })
-                .collect(),
+            satisfied_conditions: e.satisfied_conditions().iter().map(|c| SatisfiedCondition { condition_name: c.condition_name().to_string() }).collect(),
         }),
         E::NodeActionEvent(e) => Event::NodeAction(NodeActionEvent {
             node_name: e.node_name().to_string(),
@@ -668,10 +526,7 @@ mod tests {
             times.push(start.elapsed());
         }
         for (i, t) in times.iter().enumerate() {
-            let in_window = times
-                .iter()
-                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
-                .count();
+            let in_window = times.iter().filter(|u| **u >= *t && **u < *t + Duration::from_secs(1)).count();
             assert!(in_window <= 5, "window at {i}: {in_window}");
         }
         assert!(times[11] >= Duration::from_secs(2));

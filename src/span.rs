@@ -86,10 +86,7 @@ pub struct SpanRecord {
 
 impl SpanRecord {
     pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
-        self.attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
+        self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 }
 
@@ -137,14 +134,10 @@ mod tests {
     #[test]
     fn ids_are_sha256_prefixes() {
         // echo -n 'arn:x' | sha256sum → 2f2f5c6a...; checked against Python's hashlib below.
-        let arn =
-            "arn:aws:bedrock:us-east-1:123456789012:flow/ABCDEFGHIJ/alias/KLMNOPQRST/execution/e1";
+        let arn = "arn:aws:bedrock:us-east-1:123456789012:flow/ABCDEFGHIJ/alias/KLMNOPQRST/execution/e1";
         assert_eq!(hex(&trace_id(arn)).len(), 32);
         assert_eq!(&Sha256::digest(arn.as_bytes())[..16], &trace_id(arn));
-        assert_eq!(
-            &Sha256::digest(format!("{arn}|root").as_bytes())[..8],
-            &root_span_id(arn)
-        );
+        assert_eq!(&Sha256::digest(format!("{arn}|root").as_bytes())[..8], &root_span_id(arn));
         assert_ne!(node_span_id(arn, "A", 0), node_span_id(arn, "A", 1));
     }
 }

@@ -20,21 +20,13 @@ const SCHEMA_VERSION: i64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state store {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
-    #[error(
-        "state store {path} has schema version {found}; this build knows up to {SCHEMA_VERSION}"
-    )]
+    Open { path: String, source: rusqlite::Error },
+    #[error("state store {path} has schema version {found}; this build knows up to {SCHEMA_VERSION}")]
     FutureSchema { path: String, found: i64 },
     #[error("state store: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("cannot create the directory of {path}: {source}")]
-    Directory {
-        path: String,
-        source: std::io::Error,
-    },
+    Directory { path: String, source: std::io::Error },
 }
 
 /// Where paging of one event stream stands: the token that fetched the tail page (`None`: the
@@ -89,24 +81,15 @@ impl StateStore {
     pub fn open(path: &Path) -> Result<StateStore, StateError> {
         let display = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StateError::Directory {
-                path: display.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(dir).map_err(|source| StateError::Directory { path: display.clone(), source })?;
         }
-        let connection = Connection::open(path).map_err(|source| StateError::Open {
-            path: display.clone(),
-            source,
-        })?;
+        let connection = Connection::open(path).map_err(|source| StateError::Open { path: display.clone(), source })?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            return Err(StateError::FutureSchema {
-                path: display,
-                found: version,
-            });
+            return Err(StateError::FutureSchema { path: display, found: version });
         }
         if version < 1 {
             connection.execute_batch(
@@ -134,9 +117,7 @@ impl StateStore {
                  COMMIT;",
             )?;
         }
-        Ok(StateStore {
-            connection: Mutex::new(connection),
-        })
+        Ok(StateStore { connection: Mutex::new(connection) })
     }
 
     pub fn load(&self) -> Result<Loaded, StateError> {
@@ -211,30 +192,15 @@ impl StateStore {
 
     /// Saves the execution's state and appends newly read events, in one transaction.
     /// `first_seq` are the stream totals before the new events.
-    pub fn save(
-        &self,
-        t: &Tracked,
-        new_node: &[Event],
-        new_flow: &[Event],
-        first_seq: (usize, usize),
-    ) -> Result<(), StateError> {
+    pub fn save(&self, t: &Tracked, new_node: &[Event], new_flow: &[Event], first_seq: (usize, usize)) -> Result<(), StateError> {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
         Self::upsert(&tx, t)?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO events (arn, stream, seq, body) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for (stream, events, start) in
-                [(0i64, new_node, first_seq.0), (1i64, new_flow, first_seq.1)]
-            {
+            let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO events (arn, stream, seq, body) VALUES (?1, ?2, ?3, ?4)")?;
+            for (stream, events, start) in [(0i64, new_node, first_seq.0), (1i64, new_flow, first_seq.1)] {
                 for (i, event) in events.iter().enumerate() {
-                    insert.execute(params![
-                        t.arn,
-                        stream,
-                        (start + i) as i64,
-                        event.to_wire().to_string()
-                    ])?;
+                    insert.execute(params![t.arn, stream, (start + i) as i64, event.to_wire().to_string()])?;
                 }
             }
         }
@@ -256,19 +222,13 @@ impl StateStore {
     /// The stored events of an execution: (node stream, flow stream), in order.
     pub fn events(&self, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError> {
         let c = lock(&self.connection);
-        let mut statement = c.prepare_cached(
-            "SELECT stream, body FROM events WHERE arn = ?1 ORDER BY stream, seq",
-        )?;
+        let mut statement = c.prepare_cached("SELECT stream, body FROM events WHERE arn = ?1 ORDER BY stream, seq")?;
         let mut node = Vec::new();
         let mut flow = Vec::new();
-        let rows =
-            statement.query_map([arn], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = statement.query_map([arn], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         for row in rows {
             let (stream, body) = row?;
-            let event = serde_json::from_str(&body)
-                .ok()
-                .and_then(|v| Event::from_wire(&v).ok())
-                .unwrap_or_else(|| Event::Unknown("unreadable".into()));
+            let event = serde_json::from_str(&body).ok().and_then(|v| Event::from_wire(&v).ok()).unwrap_or_else(|| Event::Unknown("unreadable".into()));
             if stream == 0 {
                 node.push(event)
             } else {
@@ -281,39 +241,27 @@ impl StateStore {
     pub fn exported(&self, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
         let c = lock(&self.connection);
         let mut statement = c.prepare_cached("SELECT span_id FROM exported WHERE arn = ?1")?;
-        let ids = statement
-            .query_map([arn], |r| r.get::<_, Vec<u8>>(0))?
-            .filter_map(|r| r.ok())
-            .filter_map(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .collect();
+        let ids =
+            statement.query_map([arn], |r| r.get::<_, Vec<u8>>(0))?.filter_map(|r| r.ok()).filter_map(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).collect();
         Ok(ids)
     }
 
     /// Records spans as accepted by the exporter. With `done`, the execution is finished: its
     /// events and span ids are dropped and only its row stays, so it is never collected again.
-    pub fn mark_exported(
-        &self,
-        batch: &[(&Tracked, Vec<[u8; 8]>, bool)],
-    ) -> Result<(), StateError> {
+    pub fn mark_exported(&self, batch: &[(&Tracked, Vec<[u8; 8]>, bool)]) -> Result<(), StateError> {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
         {
-            let mut insert =
-                tx.prepare_cached("INSERT OR IGNORE INTO exported (arn, span_id) VALUES (?1, ?2)")?;
+            let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO exported (arn, span_id) VALUES (?1, ?2)")?;
             for (t, ids, done) in batch {
                 Self::upsert(&tx, t)?;
                 if *done {
-                    tx.prepare_cached("UPDATE executions SET done = 1 WHERE arn = ?1")?
-                        .execute([&t.arn])?;
-                    tx.prepare_cached("DELETE FROM events WHERE arn = ?1")?
-                        .execute([&t.arn])?;
-                    tx.prepare_cached("DELETE FROM exported WHERE arn = ?1")?
-                        .execute([&t.arn])?;
+                    tx.prepare_cached("UPDATE executions SET done = 1 WHERE arn = ?1")?.execute([&t.arn])?;
+                    tx.prepare_cached("DELETE FROM events WHERE arn = ?1")?.execute([&t.arn])?;
+                    tx.prepare_cached("DELETE FROM exported WHERE arn = ?1")?.execute([&t.arn])?;
                     if t.version == "DRAFT" {
-                        tx.prepare_cached(
-                            "DELETE FROM snapshots WHERE flow_id = ?1 AND version = ?2",
-                        )?
-                        .execute(params![t.flow_id, format!("DRAFT:{}", t.arn)])?;
+                        tx.prepare_cached("DELETE FROM snapshots WHERE flow_id = ?1 AND version = ?2")?
+                            .execute(params![t.flow_id, format!("DRAFT:{}", t.arn)])?;
                     }
                 } else {
                     for id in ids {
@@ -335,17 +283,9 @@ impl StateStore {
         Ok(found)
     }
 
-    pub fn put_snapshot(
-        &self,
-        flow_id: &str,
-        key: &str,
-        definition: &str,
-    ) -> Result<(), StateError> {
+    pub fn put_snapshot(&self, flow_id: &str, key: &str, definition: &str) -> Result<(), StateError> {
         let c = lock(&self.connection);
-        c.prepare_cached(
-            "INSERT OR REPLACE INTO snapshots (flow_id, version, definition) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![flow_id, key, definition])?;
+        c.prepare_cached("INSERT OR REPLACE INTO snapshots (flow_id, version, definition) VALUES (?1, ?2, ?3)")?.execute(params![flow_id, key, definition])?;
         Ok(())
     }
 
@@ -360,12 +300,7 @@ impl StateStore {
         Ok(marks)
     }
 
-    pub fn set_flow_marks(
-        &self,
-        flow_id: &str,
-        last_poll: i64,
-        last_full_scan: Option<i64>,
-    ) -> Result<(), StateError> {
+    pub fn set_flow_marks(&self, flow_id: &str, last_poll: i64, last_full_scan: Option<i64>) -> Result<(), StateError> {
         let c = lock(&self.connection);
         c.prepare_cached(
             "INSERT INTO flows (flow_id, last_poll, last_full_scan) VALUES (?1, ?2, ?3)
@@ -379,19 +314,13 @@ impl StateStore {
     /// window, so they cannot be listed as new again). Returns how many were removed.
     pub fn prune(&self, before: i64) -> Result<usize, StateError> {
         let c = lock(&self.connection);
-        Ok(c.execute(
-            "DELETE FROM executions WHERE done = 1 AND created_at < ?1",
-            [before],
-        )?)
+        Ok(c.execute("DELETE FROM executions WHERE done = 1 AND created_at < ?1", [before])?)
     }
 
     pub fn finished_arns_before(&self, before: i64) -> Result<Vec<String>, StateError> {
         let c = lock(&self.connection);
-        let mut statement =
-            c.prepare("SELECT arn FROM executions WHERE done = 1 AND created_at < ?1")?;
-        let arns = statement
-            .query_map([before], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
+        let mut statement = c.prepare("SELECT arn FROM executions WHERE done = 1 AND created_at < ?1")?;
+        let arns = statement.query_map([before], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
         Ok(arns)
     }
 }
@@ -414,11 +343,7 @@ mod tests {
             terminal_seen_at: None,
             errors: None,
             node_cursor: Cursor::default(),
-            flow_cursor: Cursor {
-                token: Some("t".into()),
-                consumed: 3,
-                total: 13,
-            },
+            flow_cursor: Cursor { token: Some("t".into()), consumed: 3, total: 13 },
             node_checked: 0,
             flow_checked: 0,
             final_read: false,
@@ -430,20 +355,12 @@ mod tests {
     fn survives_reopen_and_forgets_finished_work() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.sqlite");
-        let event = Event::FlowInput(FlowIoEvent {
-            node_name: "In".into(),
-            timestamp: Some(Timestamp(5)),
-            fields: vec![],
-        });
+        let event = Event::FlowInput(FlowIoEvent { node_name: "In".into(), timestamp: Some(Timestamp(5)), fields: vec![] });
         {
             let store = StateStore::open(&path).unwrap();
-            store
-                .save(&tracked("a"), &[], std::slice::from_ref(&event), (0, 0))
-                .unwrap();
+            store.save(&tracked("a"), &[], std::slice::from_ref(&event), (0, 0)).unwrap();
             store.save(&tracked("b"), &[], &[], (0, 0)).unwrap();
-            store
-                .mark_exported(&[(&tracked("a"), vec![[1; 8]], false)])
-                .unwrap();
+            store.mark_exported(&[(&tracked("a"), vec![[1; 8]], false)]).unwrap();
         }
         let store = StateStore::open(&path).unwrap();
         let loaded = store.load().unwrap();
@@ -452,9 +369,7 @@ mod tests {
         assert_eq!(a, &tracked("a"));
         assert_eq!(store.events("a").unwrap().1, vec![event]);
         assert!(store.exported("a").unwrap().contains(&[1; 8]));
-        store
-            .mark_exported(&[(&tracked("a"), vec![], true)])
-            .unwrap();
+        store.mark_exported(&[(&tracked("a"), vec![], true)]).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.active.len(), 1);
         assert!(loaded.finished.contains("a"));

@@ -8,12 +8,7 @@ pub fn format_nanos(nanos: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
 /// Parses an RFC 3339 timestamp (any fraction length, `Z` or a `±hh:mm` offset).
@@ -36,12 +31,7 @@ pub fn parse_nanos(text: &str) -> Option<i64> {
         return None;
     }
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut pos = 19;
@@ -107,10 +97,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 /// Nanoseconds since the epoch of `SystemTime::now()`; the one place the wall clock is read
 /// for timestamps (callers outside `convert`).
 pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -127,25 +114,16 @@ mod tests {
 
     #[test]
     fn accepts_offsets_and_short_fractions() {
-        assert_eq!(
-            parse_nanos("2025-05-05T20:38:56.5+02:00"),
-            parse_nanos("2025-05-05T18:38:56.500000000Z")
-        );
+        assert_eq!(parse_nanos("2025-05-05T20:38:56.5+02:00"), parse_nanos("2025-05-05T18:38:56.500000000Z"));
         assert_eq!(parse_nanos("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(format_nanos(0), "1970-01-01T00:00:00.000000000Z");
     }
 
     #[test]
     fn rejects_garbage_without_panicking() {
-        for bad in [
-            "",
-            "yesterday",
-            "2025-13-01T00:00:00Z",
-            "2025-05-05T18:38:56",
-            "2025-05-05T18:38:56.Z",
-            "2025-05-05T18:38:56Zjunk",
-            "2025-05-05T18:38:56.\u{e9}Z",
-        ] {
+        for bad in
+            ["", "yesterday", "2025-13-01T00:00:00Z", "2025-05-05T18:38:56", "2025-05-05T18:38:56.Z", "2025-05-05T18:38:56Zjunk", "2025-05-05T18:38:56.\u{e9}Z"]
+        {
             assert_eq!(parse_nanos(bad), None, "{bad}");
         }
     }

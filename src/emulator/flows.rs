@@ -170,11 +170,7 @@ pub fn backlog(events: usize) -> FlowDefinition {
     let mut previous = ("FlowInputNode".to_string(), "document".to_string());
     for i in 0..prompts {
         let name = format!("Step{i}");
-        nodes.push(prompt_node(
-            &name,
-            "anthropic.claude-3-haiku-20240307-v1:0",
-            "text",
-        ));
+        nodes.push(prompt_node(&name, "anthropic.claude-3-haiku-20240307-v1:0", "text"));
         connections.push(data(&previous.0, &previous.1, &name, "text"));
         previous = (name, "modelCompletion".into());
     }
@@ -191,8 +187,7 @@ pub fn backlog(events: usize) -> FlowDefinition {
         nodes.push(output_node(&name));
         connections.push(data(&previous.0, &previous.1, &name, "document"));
     }
-    serde_json::from_value(json!({"nodes": nodes, "connections": connections}))
-        .expect("built-in definition")
+    serde_json::from_value(json!({"nodes": nodes, "connections": connections})).expect("built-in definition")
 }
 
 /// A built-in definition by template name.

@@ -63,49 +63,21 @@ pub struct Params<'a> {
 }
 
 pub fn plan(params: Params<'_>, rng: &mut Rng) -> Plan {
-    let mut walker = Walker {
-        rng,
-        t: params.start_nanos,
-        events: Vec::new(),
-        nanos_per_second: params.nanos_per_second,
-    };
-    let input_node = params
-        .definition
-        .nodes
-        .iter()
-        .find(|n| n.kind == "Input")
-        .map(|n| n.name.clone())
-        .unwrap_or_else(|| "FlowInputNode".into());
+    let mut walker = Walker { rng, t: params.start_nanos, events: Vec::new(), nanos_per_second: params.nanos_per_second };
+    let input_node = params.definition.nodes.iter().find(|n| n.kind == "Input").map(|n| n.name.clone()).unwrap_or_else(|| "FlowInputNode".into());
     walker.events.push(Event::FlowInput(FlowIoEvent {
         node_name: input_node,
         timestamp: Some(Timestamp(walker.t)),
-        fields: vec![FlowField {
-            name: "document".into(),
-            content: Some(Content {
-                document: params.input.clone(),
-            }),
-        }],
+        fields: vec![FlowField { name: "document".into(), content: Some(Content { document: params.input.clone() }) }],
     }));
     walker.walk(params.definition, &[], &params.input, None);
     let success_end = walker.t + walker.gap();
     let mut events = std::mem::take(&mut walker.events);
-    let (status, ended_at, errors) = apply_outcome(
-        &mut events,
-        params.outcome,
-        params.start_nanos,
-        success_end,
-        params.timeout_nanos,
-        walker.rng,
-    );
+    let (status, ended_at, errors) = apply_outcome(&mut events, params.outcome, params.start_nanos, success_end, params.timeout_nanos, walker.rng);
     if let Some(m) = params.malformation {
         malform(&mut events, m, walker.rng);
     }
-    Plan {
-        events,
-        status,
-        ended_at,
-        errors,
-    }
+    Plan { events, status, ended_at, errors }
 }
 
 fn apply_outcome(
@@ -121,11 +93,7 @@ fn apply_outcome(
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match e {
-            Event::NodeInput(n)
-                if !n.node_name.starts_with("Output") && !n.node_name.ends_with("Output") =>
-            {
-                Some(i)
-            }
+            Event::NodeInput(n) if !n.node_name.starts_with("Output") && !n.node_name.ends_with("Output") => Some(i),
             _ => None,
         })
         .collect();
@@ -133,28 +101,14 @@ fn apply_outcome(
         Outcome::Succeed => (ExecutionStatus::Succeeded, success_end, vec![]),
         Outcome::Fail if !work_inputs.is_empty() => {
             let at = *rng.pick(&work_inputs);
-            let Event::NodeInput(input) = events[at].clone() else {
-                unreachable!()
-            };
+            let Event::NodeInput(input) = events[at].clone() else { unreachable!() };
             events.truncate(at + 1);
-            let ts = input.timestamp.map(|t| t.0).unwrap_or(start)
-                + (rng.uniform(0.05, 0.8) * 1e9) as i64 / 10;
-            let code = *rng.pick(&[
-                "VALIDATION",
-                "DEPENDENCY_FAILED",
-                "BAD_GATEWAY",
-                "INTERNAL_SERVER",
-            ]);
+            let ts = input.timestamp.map(|t| t.0).unwrap_or(start) + (rng.uniform(0.05, 0.8) * 1e9) as i64 / 10;
+            let code = *rng.pick(&["VALIDATION", "DEPENDENCY_FAILED", "BAD_GATEWAY", "INTERNAL_SERVER"]);
             let message = match code {
                 "VALIDATION" => format!("Input to node {} failed validation", input.node_name),
-                "DEPENDENCY_FAILED" => format!(
-                    "Dependency of node {} failed: ThrottlingException from bedrock-runtime",
-                    input.node_name
-                ),
-                "BAD_GATEWAY" => format!(
-                    "Node {} received a bad response from its dependency",
-                    input.node_name
-                ),
+                "DEPENDENCY_FAILED" => format!("Dependency of node {} failed: ThrottlingException from bedrock-runtime", input.node_name),
+                "BAD_GATEWAY" => format!("Node {} received a bad response from its dependency", input.node_name),
                 _ => format!("Internal error while executing node {}", input.node_name),
             };
             events.push(Event::NodeFailure(NodeFailureEvent {
@@ -168,11 +122,7 @@ fn apply_outcome(
                 error_code: "NODE_EXECUTION_FAILED".into(),
                 error_message: format!("Node {} failed: {message}", input.node_name),
             }));
-            let errors = vec![ExecutionError {
-                error: None,
-                message: Some(message),
-                node_name: Some(input.node_name),
-            }];
+            let errors = vec![ExecutionError { error: None, message: Some(message), node_name: Some(input.node_name) }];
             (ExecutionStatus::Failed, ts + 3_000_000, errors)
         }
         Outcome::TimeOut if !work_inputs.is_empty() => {
@@ -183,12 +133,7 @@ fn apply_outcome(
             };
             events.truncate(at + 1);
             let end = start + timeout_nanos.max(1_000_000);
-            let last = events
-                .iter()
-                .filter_map(Event::timestamp)
-                .map(|t| t.0)
-                .max()
-                .unwrap_or(start);
+            let last = events.iter().filter_map(Event::timestamp).map(|t| t.0).max().unwrap_or(start);
             let errors = vec![ExecutionError {
                 error: Some("ExecutionTimedOut".into()),
                 message: Some("The flow execution exceeded the maximum allowed runtime.".into()),
@@ -199,12 +144,7 @@ fn apply_outcome(
         Outcome::Abort => {
             let cut = rng.between(1, events.len().saturating_sub(1) as u64) as usize;
             events.truncate(cut.max(1));
-            let last = events
-                .iter()
-                .filter_map(Event::timestamp)
-                .map(|t| t.0)
-                .max()
-                .unwrap_or(start);
+            let last = events.iter().filter_map(Event::timestamp).map(|t| t.0).max().unwrap_or(start);
             (ExecutionStatus::Aborted, last + 50_000_000, vec![])
         }
         // A flow with no working node cannot fail or time out inside a node: it succeeds.
@@ -213,18 +153,11 @@ fn apply_outcome(
 }
 
 fn malform(events: &mut Vec<Event>, malformation: Malformation, rng: &mut Rng) {
-    let node_outputs: Vec<usize> = events
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| matches!(e, Event::NodeOutput(_)).then_some(i))
-        .collect();
+    let node_outputs: Vec<usize> = events.iter().enumerate().filter_map(|(i, e)| matches!(e, Event::NodeOutput(_)).then_some(i)).collect();
     match malformation {
         Malformation::UnknownEventKind => {
             let at = rng.between(1, events.len() as u64) as usize;
-            events.insert(
-                at.min(events.len()),
-                Event::Unknown("nodeTelemetryEvent".into()),
-            );
+            events.insert(at.min(events.len()), Event::Unknown("nodeTelemetryEvent".into()));
         }
         Malformation::UnknownStatus => {} // served as the status string while Running
         Malformation::MissingFields if !node_outputs.is_empty() => {
@@ -242,9 +175,7 @@ fn malform(events: &mut Vec<Event>, malformation: Malformation, rng: &mut Rng) {
                     Event::NodeInput(n) => {
                         inputs.insert(n.node_name.clone(), n.timestamp.map(|t| t.0).unwrap_or(0));
                     }
-                    Event::NodeOutput(n) if inputs.contains_key(&n.node_name) => {
-                        target = Some((i, inputs[&n.node_name]))
-                    }
+                    Event::NodeOutput(n) if inputs.contains_key(&n.node_name) => target = Some((i, inputs[&n.node_name])),
                     _ => {}
                 }
             }
@@ -262,9 +193,7 @@ fn malform(events: &mut Vec<Event>, malformation: Malformation, rng: &mut Rng) {
         Malformation::HugeDocument if !node_outputs.is_empty() => {
             if let Event::NodeOutput(output) = &mut events[*rng.pick(&node_outputs)] {
                 if let Some(field) = output.fields.first_mut() {
-                    field.content = Some(Content {
-                        document: Value::String("x".repeat(1 << 20)),
-                    });
+                    field.content = Some(Content { document: Value::String("x".repeat(1 << 20)) });
                 }
             }
         }
@@ -301,13 +230,7 @@ impl Walker<'_> {
 
     /// Walks one definition level. `entry` is the value LoopInput emits inside a loop body.
     /// Returns the value handed to a LoopController's ExitLoop input, if any.
-    fn walk(
-        &mut self,
-        def: &FlowDefinition,
-        chain: &[ExecutionChainItem],
-        flow_input: &Value,
-        entry: Option<&Value>,
-    ) -> Option<Value> {
+    fn walk(&mut self, def: &FlowDefinition, chain: &[ExecutionChainItem], flow_input: &Value, entry: Option<&Value>) -> Option<Value> {
         let order = topological_order(def);
         let mut values: Values = HashMap::new();
         let mut chosen: HashMap<String, String> = HashMap::new();
@@ -317,27 +240,17 @@ impl Walker<'_> {
             if done.contains(&name) {
                 continue;
             }
-            let node = def
-                .nodes
-                .iter()
-                .find(|n| n.name == name)
-                .expect("node in order");
+            let node = def.nodes.iter().find(|n| n.name == name).expect("node in order");
             match node.kind.as_str() {
                 "Input" => {
-                    self.output(
-                        node,
-                        chain,
-                        vec![("document", flow_input.clone())],
-                        &mut values,
-                    );
+                    self.output(node, chain, vec![("document", flow_input.clone())], &mut values);
                 }
                 "LoopInput" => {
                     let value = entry.cloned().unwrap_or(Value::Null);
                     self.output(node, chain, vec![("loopInput", value)], &mut values);
                 }
                 _ => {
-                    let Some(fields) = self.gather_inputs(def, node, chain, &values, &chosen)
-                    else {
+                    let Some(fields) = self.gather_inputs(def, node, chain, &values, &chosen) else {
                         continue;
                     };
                     if node.kind == "Iterator" {
@@ -349,9 +262,7 @@ impl Walker<'_> {
                         self.iterate(def, node, &body, chain, fields, flow_input, &mut values);
                         continue;
                     }
-                    if let Some(exit) =
-                        self.run_node(node, chain, fields, &mut values, &mut chosen, flow_input)
-                    {
+                    if let Some(exit) = self.run_node(node, chain, fields, &mut values, &mut chosen, flow_input) {
                         exit_value = Some(exit);
                     }
                 }
@@ -370,26 +281,14 @@ impl Walker<'_> {
         values: &Values,
         chosen: &HashMap<String, String>,
     ) -> Option<Vec<NodeInputField>> {
-        let incoming: Vec<&FlowConnection> = def
-            .connections
-            .iter()
-            .filter(|c| c.target == node.name)
-            .collect();
-        let conditional: Vec<&&FlowConnection> = incoming
-            .iter()
-            .filter(|c| c.kind == "Conditional")
-            .collect();
-        if !conditional.is_empty()
-            && !conditional
-                .iter()
-                .any(|c| chosen.get(&c.source).map(String::as_str) == c.condition())
-        {
+        let incoming: Vec<&FlowConnection> = def.connections.iter().filter(|c| c.target == node.name).collect();
+        let conditional: Vec<&&FlowConnection> = incoming.iter().filter(|c| c.kind == "Conditional").collect();
+        if !conditional.is_empty() && !conditional.iter().any(|c| chosen.get(&c.source).map(String::as_str) == c.condition()) {
             return None;
         }
         let mut fields = Vec::new();
         for connection in incoming.iter().filter(|c| c.kind == "Data") {
-            let (Some(out), Some(input)) = (connection.source_output(), connection.target_input())
-            else {
+            let (Some(out), Some(input)) = (connection.source_output(), connection.target_input()) else {
                 continue;
             };
             let Some(value) = values.get(&(connection.source.clone(), out.to_string())) else {
@@ -398,17 +297,13 @@ impl Walker<'_> {
             let declared = node.inputs.iter().find(|i| i.name == input);
             fields.push(NodeInputField {
                 name: input.to_string(),
-                content: Some(Content {
-                    document: value.clone(),
-                }),
+                content: Some(Content { document: value.clone() }),
                 kind: declared.map(|d| d.kind.clone()),
                 category: declared.and_then(|d| d.category.clone()),
                 source: Some(NodeInputSource {
                     node_name: connection.source.clone(),
                     output_field_name: out.to_string(),
-                    expression: declared
-                        .map(|d| d.expression.clone())
-                        .unwrap_or_else(|| "$.data".into()),
+                    expression: declared.map(|d| d.expression.clone()).unwrap_or_else(|| "$.data".into()),
                 }),
                 execution_chain: chain.to_vec(),
             });
@@ -419,14 +314,8 @@ impl Walker<'_> {
         if fields.is_empty() {
             // Reached through a condition only: the node still gets the flow's data.
             fields.push(NodeInputField {
-                name: node
-                    .inputs
-                    .first()
-                    .map(|i| i.name.clone())
-                    .unwrap_or_else(|| "input".into()),
-                content: Some(Content {
-                    document: json!(""),
-                }),
+                name: node.inputs.first().map(|i| i.name.clone()).unwrap_or_else(|| "input".into()),
+                content: Some(Content { document: json!("") }),
                 execution_chain: chain.to_vec(),
                 ..Default::default()
             });
@@ -436,20 +325,10 @@ impl Walker<'_> {
 
     fn input_event(&mut self, node: &FlowNode, fields: Vec<NodeInputField>) {
         let ts = self.now();
-        self.events.push(Event::NodeInput(NodeInputEvent {
-            node_name: node.name.clone(),
-            timestamp: Some(ts),
-            fields,
-        }));
+        self.events.push(Event::NodeInput(NodeInputEvent { node_name: node.name.clone(), timestamp: Some(ts), fields }));
     }
 
-    fn output(
-        &mut self,
-        node: &FlowNode,
-        chain: &[ExecutionChainItem],
-        outputs: Vec<(&str, Value)>,
-        values: &mut Values,
-    ) {
+    fn output(&mut self, node: &FlowNode, chain: &[ExecutionChainItem], outputs: Vec<(&str, Value)>, values: &mut Values) {
         let _ = chain;
         let ts = self.now();
         let fields = outputs
@@ -458,31 +337,16 @@ impl Walker<'_> {
                 values.insert((node.name.clone(), name.to_string()), value.clone());
                 NodeOutputField {
                     name: name.to_string(),
-                    kind: node
-                        .outputs
-                        .iter()
-                        .find(|o| o.name == name)
-                        .map(|o| o.kind.clone()),
+                    kind: node.outputs.iter().find(|o| o.name == name).map(|o| o.kind.clone()),
                     content: Some(Content { document: value }),
                     next: Vec::new(),
                 }
             })
             .collect();
-        self.events.push(Event::NodeOutput(NodeOutputEvent {
-            node_name: node.name.clone(),
-            timestamp: Some(ts),
-            fields,
-        }));
+        self.events.push(Event::NodeOutput(NodeOutputEvent { node_name: node.name.clone(), timestamp: Some(ts), fields }));
     }
 
-    fn action(
-        &mut self,
-        node: &FlowNode,
-        service: &str,
-        operation: &str,
-        request: Value,
-        response: Value,
-    ) {
+    fn action(&mut self, node: &FlowNode, service: &str, operation: &str, request: Value, response: Value) {
         let ts = self.now();
         let request_id = self.rng.uuid();
         self.events.push(Event::NodeAction(NodeActionEvent {
@@ -505,11 +369,7 @@ impl Walker<'_> {
         chosen: &mut HashMap<String, String>,
         flow_input: &Value,
     ) -> Option<Value> {
-        let first_value = fields
-            .first()
-            .and_then(|f| f.content.as_ref())
-            .map(|c| c.document.clone())
-            .unwrap_or(Value::Null);
+        let first_value = fields.first().and_then(|f| f.content.as_ref()).map(|c| c.document.clone()).unwrap_or(Value::Null);
         let text = short_text(&first_value);
         match node.kind.as_str() {
             "Output" => {
@@ -518,12 +378,7 @@ impl Walker<'_> {
                 self.events.push(Event::FlowOutput(FlowIoEvent {
                     node_name: node.name.clone(),
                     timestamp: Some(ts),
-                    fields: vec![FlowField {
-                        name: "document".into(),
-                        content: Some(Content {
-                            document: first_value,
-                        }),
-                    }],
+                    fields: vec![FlowField { name: "document".into(), content: Some(Content { document: first_value }) }],
                 }));
             }
             "Condition" => {
@@ -534,40 +389,26 @@ impl Walker<'_> {
                     .as_ref()
                     .and_then(|c| c.pointer("/condition/conditions"))
                     .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|c| c.get("name")?.as_str().map(String::from))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(|c| c.get("name")?.as_str().map(String::from)).collect())
                     .unwrap_or_default();
                 let pick = if conditions.len() > 1 && self.rng.chance(0.4) {
                     conditions[0].clone()
                 } else {
-                    conditions
-                        .last()
-                        .cloned()
-                        .unwrap_or_else(|| "default".into())
+                    conditions.last().cloned().unwrap_or_else(|| "default".into())
                 };
                 chosen.insert(node.name.clone(), pick.clone());
                 let ts = self.now();
-                self.events
-                    .push(Event::ConditionResult(ConditionResultEvent {
-                        node_name: node.name.clone(),
-                        timestamp: Some(ts),
-                        satisfied_conditions: vec![SatisfiedCondition {
-                            condition_name: pick,
-                        }],
-                    }));
+                self.events.push(Event::ConditionResult(ConditionResultEvent {
+                    node_name: node.name.clone(),
+                    timestamp: Some(ts),
+                    satisfied_conditions: vec![SatisfiedCondition { condition_name: pick }],
+                }));
             }
             "Prompt" => {
                 self.input_event(node, fields);
                 self.advance(0.5, 3.5);
-                let (input_tokens, output_tokens) =
-                    (self.rng.between(40, 1800), self.rng.between(20, 600));
-                let model = node
-                    .model_id()
-                    .unwrap_or("anthropic.claude-3-haiku-20240307-v1:0")
-                    .to_string();
+                let (input_tokens, output_tokens) = (self.rng.between(40, 1800), self.rng.between(20, 600));
+                let model = node.model_id().unwrap_or("anthropic.claude-3-haiku-20240307-v1:0").to_string();
                 let completion = format!("Answer about {text}");
                 self.action(
                     node,
@@ -578,12 +419,7 @@ impl Walker<'_> {
                            "stopReason": "end_turn",
                            "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens}}),
                 );
-                self.output(
-                    node,
-                    chain,
-                    vec![("modelCompletion", json!(completion))],
-                    values,
-                );
+                self.output(node, chain, vec![("modelCompletion", json!(completion))], values);
             }
             "KnowledgeBase" => {
                 self.input_event(node, fields);
@@ -595,18 +431,12 @@ impl Walker<'_> {
                     json!({"input": {"text": text}}),
                     json!({"output": {"text": format!("Knowledge about {text}")}, "citations": []}),
                 );
-                self.output(
-                    node,
-                    chain,
-                    vec![("outputText", json!(format!("Knowledge about {text}")))],
-                    values,
-                );
+                self.output(node, chain, vec![("outputText", json!(format!("Knowledge about {text}")))], values);
             }
             "Agent" => {
                 self.input_event(node, fields);
                 self.advance(1.5, 6.0);
-                let (input_tokens, output_tokens) =
-                    (self.rng.between(300, 4000), self.rng.between(50, 900));
+                let (input_tokens, output_tokens) = (self.rng.between(300, 4000), self.rng.between(50, 900));
                 let ts = self.now();
                 let session = self.rng.uuid();
                 self.events.push(Event::NodeDependency(NodeDependencyEvent {
@@ -623,46 +453,20 @@ impl Walker<'_> {
                         })],
                     },
                 }));
-                self.output(
-                    node,
-                    chain,
-                    vec![("agentResponse", json!(format!("Billing answer for {text}")))],
-                    values,
-                );
+                self.output(node, chain, vec![("agentResponse", json!(format!("Billing answer for {text}")))], values);
             }
             "LambdaFunction" => {
                 self.input_event(node, fields);
                 self.advance(0.05, 0.8);
-                let function = node
-                    .configuration
-                    .as_ref()
-                    .and_then(|c| c.pointer("/lambdaFunction/lambdaArn"))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                self.action(
-                    node,
-                    "lambda",
-                    "Invoke",
-                    json!({"FunctionName": function}),
-                    json!({"StatusCode": 200, "ExecutedVersion": "$LATEST"}),
-                );
-                self.output(
-                    node,
-                    chain,
-                    vec![("functionResponse", json!(format!("text of {text}")))],
-                    values,
-                );
+                let function = node.configuration.as_ref().and_then(|c| c.pointer("/lambdaFunction/lambdaArn")).cloned().unwrap_or(Value::Null);
+                self.action(node, "lambda", "Invoke", json!({"FunctionName": function}), json!({"StatusCode": 200, "ExecutedVersion": "$LATEST"}));
+                self.output(node, chain, vec![("functionResponse", json!(format!("text of {text}")))], values);
             }
             "Storage" => {
                 self.input_event(node, fields);
                 self.advance(0.05, 0.3);
                 let key = self.rng.uuid();
-                self.output(
-                    node,
-                    chain,
-                    vec![("s3Uri", json!(format!("s3://bucket/{key}")))],
-                    values,
-                );
+                self.output(node, chain, vec![("s3Uri", json!(format!("s3://bucket/{key}")))], values);
             }
             "Loop" => {
                 self.input_event(node, fields);
@@ -671,11 +475,7 @@ impl Walker<'_> {
                 let mut carried = first_value;
                 for index in 0..iterations {
                     let mut inner = chain.to_vec();
-                    inner.push(ExecutionChainItem {
-                        node_name: node.name.clone(),
-                        kind: "Loop".into(),
-                        index: Some(index),
-                    });
+                    inner.push(ExecutionChainItem { node_name: node.name.clone(), kind: "Loop".into(), index: Some(index) });
                     if let Some(exit) = self.walk(&nested, &inner, flow_input, Some(&carried)) {
                         carried = exit;
                     }
@@ -684,11 +484,7 @@ impl Walker<'_> {
             }
             "LoopController" => {
                 // A loop controller only receives: its run is its input (SPEC §10).
-                let exit = fields
-                    .iter()
-                    .find(|f| f.category.as_deref() == Some("ExitLoop"))
-                    .and_then(|f| f.content.clone())
-                    .map(|c| c.document);
+                let exit = fields.iter().find(|f| f.category.as_deref() == Some("ExitLoop")).and_then(|f| f.content.clone()).map(|c| c.document);
                 self.input_event(node, fields);
                 return exit;
             }
@@ -696,17 +492,8 @@ impl Walker<'_> {
                 // InlineCode, Retrieval, Lex, Collector outside an iterator, and anything new.
                 self.input_event(node, fields);
                 self.advance(0.02, 0.3);
-                let output = node
-                    .outputs
-                    .first()
-                    .map(|o| o.name.clone())
-                    .unwrap_or_else(|| "response".into());
-                self.output(
-                    node,
-                    chain,
-                    vec![(&output, json!(format!("{} of {text}", node.kind)))],
-                    values,
-                );
+                let output = node.outputs.first().map(|o| o.name.clone()).unwrap_or_else(|| "response".into());
+                self.output(node, chain, vec![(&output, json!(format!("{} of {text}", node.kind)))], values);
             }
         }
         None
@@ -723,11 +510,7 @@ impl Walker<'_> {
         flow_input: &Value,
         values: &mut Values,
     ) {
-        let array_value = fields
-            .first()
-            .and_then(|f| f.content.as_ref())
-            .map(|c| c.document.clone())
-            .unwrap_or(Value::Null);
+        let array_value = fields.first().and_then(|f| f.content.as_ref()).map(|c| c.document.clone()).unwrap_or(Value::Null);
         let items: Vec<Value> = match &array_value {
             Value::Array(items) => items.clone(),
             Value::Object(o) => match o.get("documents") {
@@ -741,72 +524,32 @@ impl Walker<'_> {
         let mut collected: HashMap<String, Vec<Value>> = HashMap::new();
         for (index, item) in items.into_iter().enumerate() {
             let mut inner = chain.to_vec();
-            inner.push(ExecutionChainItem {
-                node_name: iterator.name.clone(),
-                kind: "Iterator".into(),
-                index: Some(index as i32),
-            });
+            inner.push(ExecutionChainItem { node_name: iterator.name.clone(), kind: "Iterator".into(), index: Some(index as i32) });
             self.advance(0.001, 0.01);
             let mut item_values = values.clone();
-            self.output(
-                iterator,
-                &inner,
-                vec![("arrayItem", item), ("arraySize", json!(size))],
-                &mut item_values,
-            );
+            self.output(iterator, &inner, vec![("arrayItem", item), ("arraySize", json!(size))], &mut item_values);
             let mut chosen = HashMap::new();
             for name in &body.nodes {
-                let node = def
-                    .nodes
-                    .iter()
-                    .find(|n| &n.name == name)
-                    .expect("body node");
+                let node = def.nodes.iter().find(|n| &n.name == name).expect("body node");
                 if let Some(fields) = self.gather_inputs(def, node, &inner, &item_values, &chosen) {
-                    self.run_node(
-                        node,
-                        &inner,
-                        fields,
-                        &mut item_values,
-                        &mut chosen,
-                        flow_input,
-                    );
+                    self.run_node(node, &inner, fields, &mut item_values, &mut chosen, flow_input);
                 }
             }
             for collector in &body.collectors {
-                let node = def
-                    .nodes
-                    .iter()
-                    .find(|n| &n.name == collector)
-                    .expect("collector");
+                let node = def.nodes.iter().find(|n| &n.name == collector).expect("collector");
                 if let Some(fields) = self.gather_inputs(def, node, &inner, &item_values, &chosen) {
-                    if let Some(item) = fields
-                        .iter()
-                        .find(|f| f.name == "arrayItem")
-                        .and_then(|f| f.content.clone())
-                    {
-                        collected
-                            .entry(collector.clone())
-                            .or_default()
-                            .push(item.document);
+                    if let Some(item) = fields.iter().find(|f| f.name == "arrayItem").and_then(|f| f.content.clone()) {
+                        collected.entry(collector.clone()).or_default().push(item.document);
                     }
                     self.input_event(node, fields);
                 }
             }
         }
         for collector in &body.collectors {
-            let node = def
-                .nodes
-                .iter()
-                .find(|n| &n.name == collector)
-                .expect("collector");
+            let node = def.nodes.iter().find(|n| &n.name == collector).expect("collector");
             self.advance(0.001, 0.01);
             let items = collected.remove(collector).unwrap_or_default();
-            self.output(
-                node,
-                chain,
-                vec![("collectedArray", Value::Array(items))],
-                values,
-            );
+            self.output(node, chain, vec![("collectedArray", Value::Array(items))], values);
         }
     }
 }
@@ -819,13 +562,7 @@ struct IteratorBody {
 }
 
 fn iterator_body(def: &FlowDefinition, iterator: &str) -> IteratorBody {
-    let kind_of = |name: &str| {
-        def.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| n.kind.as_str())
-            .unwrap_or("")
-    };
+    let kind_of = |name: &str| def.nodes.iter().find(|n| n.name == name).map(|n| n.kind.as_str()).unwrap_or("");
     let mut reached = HashSet::new();
     let mut collectors = Vec::new();
     let mut queue = VecDeque::from([iterator.to_string()]);
@@ -840,29 +577,20 @@ fn iterator_body(def: &FlowDefinition, iterator: &str) -> IteratorBody {
             }
         }
     }
-    let nodes = topological_order(def)
-        .into_iter()
-        .filter(|n| reached.contains(n))
-        .collect();
+    let nodes = topological_order(def).into_iter().filter(|n| reached.contains(n)).collect();
     IteratorBody { nodes, collectors }
 }
 
 /// Kahn's order over the connections; nodes in a cycle (invalid flows) come last in
 /// declaration order so that a bad definition still yields a walk.
 pub fn topological_order(def: &FlowDefinition) -> Vec<String> {
-    let mut indegree: HashMap<&str, usize> =
-        def.nodes.iter().map(|n| (n.name.as_str(), 0)).collect();
+    let mut indegree: HashMap<&str, usize> = def.nodes.iter().map(|n| (n.name.as_str(), 0)).collect();
     for c in &def.connections {
         if let Some(d) = indegree.get_mut(c.target.as_str()) {
             *d += 1;
         }
     }
-    let mut queue: VecDeque<&str> = def
-        .nodes
-        .iter()
-        .map(|n| n.name.as_str())
-        .filter(|n| indegree[n] == 0)
-        .collect();
+    let mut queue: VecDeque<&str> = def.nodes.iter().map(|n| n.name.as_str()).filter(|n| indegree[n] == 0).collect();
     let mut order = Vec::new();
     while let Some(n) = queue.pop_front() {
         order.push(n.to_string());
@@ -918,12 +646,7 @@ mod tests {
 
     #[test]
     fn iterator_runs_its_body_per_item_with_chains() {
-        let plan = run(
-            &flows::doc_batch(),
-            json!({"documents": ["a", "b", "c"], "key": "k"}),
-            Outcome::Succeed,
-            1,
-        );
+        let plan = run(&flows::doc_batch(), json!({"documents": ["a", "b", "c"], "key": "k"}), Outcome::Succeed, 1);
         assert_eq!(plan.status, ExecutionStatus::Succeeded);
         let extract_inputs: Vec<&NodeInputEvent> = plan
             .events
@@ -934,17 +657,9 @@ mod tests {
             })
             .collect();
         assert_eq!(extract_inputs.len(), 3);
-        assert_eq!(
-            extract_inputs[2].fields[0].execution_chain[0].index,
-            Some(2)
-        );
+        assert_eq!(extract_inputs[2].fields[0].execution_chain[0].index, Some(2));
         assert_eq!(count(&plan, "flowOutputEvent"), 1);
-        let times: Vec<i64> = plan
-            .events
-            .iter()
-            .filter_map(Event::timestamp)
-            .map(|t| t.0)
-            .collect();
+        let times: Vec<i64> = plan.events.iter().filter_map(Event::timestamp).map(|t| t.0).collect();
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "chronological");
         assert!(plan.ended_at >= *times.last().unwrap());
     }
@@ -953,22 +668,14 @@ mod tests {
     fn loops_and_conditions_and_failures() {
         let plan = run(&flows::refine_loop(), json!("rust"), Outcome::Succeed, 2);
         assert!(count(&plan, "nodeInputEvent") >= 5);
-        let triage = run(
-            &flows::support_triage(),
-            json!("my invoice is wrong"),
-            Outcome::Succeed,
-            3,
-        );
+        let triage = run(&flows::support_triage(), json!("my invoice is wrong"), Outcome::Succeed, 3);
         assert_eq!(count(&triage, "conditionResultEvent"), 1);
         let failed = run(&flows::support_triage(), json!("x"), Outcome::Fail, 4);
         assert_eq!(failed.status, ExecutionStatus::Failed);
         assert_eq!(count(&failed, "nodeFailureEvent"), 1);
         assert_eq!(count(&failed, "flowFailureEvent"), 1);
         let timed_out = run(&flows::support_triage(), json!("x"), Outcome::TimeOut, 5);
-        assert_eq!(
-            timed_out.errors[0].error.as_deref(),
-            Some("ExecutionTimedOut")
-        );
+        assert_eq!(timed_out.errors[0].error.as_deref(), Some("ExecutionTimedOut"));
     }
 
     #[test]

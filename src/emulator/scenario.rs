@@ -126,37 +126,19 @@ impl Default for Scenario {
 
 impl Default for Traffic {
     fn default() -> Self {
-        Traffic {
-            executions_per_minute: 0.0,
-            history: 0,
-            history_window_secs: 3600,
-            running_at_start: 0,
-            running_secs: 60,
-        }
+        Traffic { executions_per_minute: 0.0, history: 0, history_window_secs: 3600, running_at_start: 0, running_secs: 60 }
     }
 }
 
 impl Default for Outcomes {
     fn default() -> Self {
-        Outcomes {
-            failed: 0.0,
-            timed_out: 0.0,
-            aborted: 0.0,
-            timeout_secs: 86_400.0,
-        }
+        Outcomes { failed: 0.0, timed_out: 0.0, aborted: 0.0, timeout_secs: 86_400.0 }
     }
 }
 
 impl Default for Faults {
     fn default() -> Self {
-        Faults {
-            throttle_ratio: 0.0,
-            server_error_ratio: 0.0,
-            latency_ms: 0,
-            token_ttl_secs: 0,
-            malformed_ratio: 0.0,
-            access_denied_flows: Vec::new(),
-        }
+        Faults { throttle_ratio: 0.0, server_error_ratio: 0.0, latency_ms: 0, token_ttl_secs: 0, malformed_ratio: 0.0, access_denied_flows: Vec::new() }
     }
 }
 
@@ -179,19 +161,8 @@ impl Scenario {
         Scenario {
             seed: 7,
             time_scale: 1.0,
-            traffic: Traffic {
-                executions_per_minute: 6.0,
-                history: 12,
-                history_window_secs: 1800,
-                running_at_start: 1,
-                running_secs: 20,
-            },
-            outcomes: Outcomes {
-                failed: 0.06,
-                timed_out: 0.01,
-                aborted: 0.01,
-                timeout_secs: 45.0,
-            },
+            traffic: Traffic { executions_per_minute: 6.0, history: 12, history_window_secs: 1800, running_at_start: 1, running_secs: 20 },
+            outcomes: Outcomes { failed: 0.06, timed_out: 0.01, aborted: 0.01, timeout_secs: 45.0 },
             flows: vec![
                 flow("SUPPORTTRI", "support-triage", "support_triage"),
                 flow("DOCBATCH01", "doc-batch", "doc_batch"),
@@ -207,20 +178,11 @@ impl Scenario {
         let mut backlog = flow("BACKLOG001", "backlog", "backlog");
         backlog.events_per_execution = events;
         // One alias on a numbered version: one snapshot serves every execution.
-        backlog.aliases = vec![AliasSpec {
-            id: "BACKLOGLIV".into(),
-            version: "1".into(),
-        }];
+        backlog.aliases = vec![AliasSpec { id: "BACKLOGLIV".into(), version: "1".into() }];
         Scenario {
             seed: 11,
             time_scale: 50.0,
-            traffic: Traffic {
-                executions_per_minute: 0.0,
-                history: executions,
-                history_window_secs: 43_200,
-                running_at_start: 0,
-                running_secs: 0,
-            },
+            traffic: Traffic { executions_per_minute: 0.0, history: executions, history_window_secs: 43_200, running_at_start: 0, running_secs: 0 },
             flows: vec![backlog],
             ..Scenario::default()
         }
@@ -231,13 +193,7 @@ impl Scenario {
     pub fn steady(executions: usize, running_secs: u64) -> Scenario {
         Scenario {
             seed: 13,
-            traffic: Traffic {
-                executions_per_minute: 0.0,
-                history: 0,
-                history_window_secs: 60,
-                running_at_start: executions,
-                running_secs,
-            },
+            traffic: Traffic { executions_per_minute: 0.0, history: 0, history_window_secs: 60, running_at_start: executions, running_secs },
             flows: vec![flow("STEADY0001", "steady", "support_triage")],
             ..Scenario::default()
         }
@@ -259,8 +215,7 @@ impl Scenario {
         }
         let text = std::fs::read_to_string(name_or_path)
             .map_err(|e| format!("scenario {name_or_path:?} is neither demo, backlog, steady nor a readable file: {e}"))?;
-        let scenario: Scenario =
-            toml::from_str(&text).map_err(|e| format!("scenario {name_or_path}: {e}"))?;
+        let scenario: Scenario = toml::from_str(&text).map_err(|e| format!("scenario {name_or_path}: {e}"))?;
         scenario.validate()?;
         Ok(scenario)
     }
@@ -271,21 +226,10 @@ impl Scenario {
         }
         for f in &self.flows {
             if f.id.len() != 10 || !f.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return Err(format!(
-                    "scenario: flows.id {:?} must be 10 characters [0-9a-zA-Z]",
-                    f.id
-                ));
+                return Err(format!("scenario: flows.id {:?} must be 10 characters [0-9a-zA-Z]", f.id));
             }
-            if f.definition.is_none()
-                && f.template
-                    .as_deref()
-                    .and_then(|t| super::flows::by_name(t, 45))
-                    .is_none()
-            {
-                return Err(format!(
-                    "scenario: flow {} needs a definition or a known template",
-                    f.id
-                ));
+            if f.definition.is_none() && f.template.as_deref().and_then(|t| super::flows::by_name(t, 45)).is_none() {
+                return Err(format!("scenario: flow {} needs a definition or a known template", f.id));
             }
         }
         if self.time_scale <= 0.0 || !self.time_scale.is_finite() {

@@ -90,9 +90,7 @@ impl EmulatorHandle {
 }
 
 fn lock(world: &Mutex<World>) -> std::sync::MutexGuard<'_, World> {
-    world
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Starts serving `scenario` on `listener`.
@@ -100,22 +98,14 @@ pub async fn start(listener: TcpListener, scenario: Scenario) -> std::io::Result
     let addr = listener.local_addr()?;
     let world = Arc::new(Mutex::new(World::new(scenario, now_nanos())));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let faults_rng = Arc::new(Mutex::new(Rng::derive(
-        lock(&world).scenario.seed,
-        "faults",
-    )));
+    let faults_rng = Arc::new(Mutex::new(Rng::derive(lock(&world).scenario.seed, "faults")));
     let handler_world = world.clone();
     let handler: httpserve::Handler = Arc::new(move |request| {
         let world = handler_world.clone();
         let rng = faults_rng.clone();
         Box::pin(async move { handle(world, rng, request).await })
     });
-    let server = tokio::spawn(httpserve::serve(
-        listener,
-        handler,
-        stop_rx.clone(),
-        Duration::from_secs(2),
-    ));
+    let server = tokio::spawn(httpserve::serve(listener, handler, stop_rx.clone(), Duration::from_secs(2)));
     let ticker_world = world.clone();
     let mut ticker_stop = stop_rx;
     let ticker = tokio::spawn(async move {
@@ -127,12 +117,7 @@ pub async fn start(listener: TcpListener, scenario: Scenario) -> std::io::Result
             }
         }
     });
-    Ok(EmulatorHandle {
-        addr,
-        stop: stop_tx,
-        tasks: vec![server, ticker],
-        world,
-    })
+    Ok(EmulatorHandle { addr, stop: stop_tx, tasks: vec![server, ticker], world })
 }
 
 struct ApiError {
@@ -142,11 +127,7 @@ struct ApiError {
 }
 
 fn api_error(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError {
-        status,
-        code,
-        message: message.into(),
-    }
+    ApiError { status, code, message: message.into() }
 }
 
 fn validation(message: impl Into<String>) -> ApiError {
@@ -170,33 +151,12 @@ fn error_response(world: &Mutex<World>, error: ApiError, request_id: &str) -> Ht
 }
 
 enum Route {
-    List {
-        flow: String,
-    },
-    Start {
-        flow: String,
-        alias: String,
-    },
-    Get {
-        flow: String,
-        alias: String,
-        execution: String,
-    },
-    Events {
-        flow: String,
-        alias: String,
-        execution: String,
-    },
-    Snapshot {
-        flow: String,
-        alias: String,
-        execution: String,
-    },
-    Stop {
-        flow: String,
-        alias: String,
-        execution: String,
-    },
+    List { flow: String },
+    Start { flow: String, alias: String },
+    Get { flow: String, alias: String, execution: String },
+    Events { flow: String, alias: String, execution: String },
+    Snapshot { flow: String, alias: String, execution: String },
+    Stop { flow: String, alias: String, execution: String },
 }
 
 impl Route {
@@ -213,53 +173,26 @@ impl Route {
 }
 
 fn decode(segment: &str) -> String {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
 }
 
 fn route(method: &Method, path: &str) -> Option<Route> {
-    let segments: Vec<String> = path
-        .trim_start_matches('/')
-        .split('/')
-        .map(decode)
-        .collect();
+    let segments: Vec<String> = path.trim_start_matches('/').split('/').map(decode).collect();
     let s: Vec<&str> = segments.iter().map(String::as_str).collect();
     let owned = |i: usize| s[i].to_string();
     Some(match (method.as_str(), s.as_slice()) {
         ("GET", ["flows", _, "executions"]) => Route::List { flow: owned(1) },
-        ("POST", ["flows", _, "aliases", _, "executions"]) => Route::Start {
-            flow: owned(1),
-            alias: owned(3),
-        },
-        ("GET", ["flows", _, "aliases", _, "executions", _]) => Route::Get {
-            flow: owned(1),
-            alias: owned(3),
-            execution: owned(5),
-        },
-        ("GET", ["flows", _, "aliases", _, "executions", _, "events"]) => Route::Events {
-            flow: owned(1),
-            alias: owned(3),
-            execution: owned(5),
-        },
-        ("GET", ["flows", _, "aliases", _, "executions", _, "flowsnapshot"]) => Route::Snapshot {
-            flow: owned(1),
-            alias: owned(3),
-            execution: owned(5),
-        },
-        ("POST", ["flows", _, "aliases", _, "executions", _, "stop"]) => Route::Stop {
-            flow: owned(1),
-            alias: owned(3),
-            execution: owned(5),
-        },
+        ("POST", ["flows", _, "aliases", _, "executions"]) => Route::Start { flow: owned(1), alias: owned(3) },
+        ("GET", ["flows", _, "aliases", _, "executions", _]) => Route::Get { flow: owned(1), alias: owned(3), execution: owned(5) },
+        ("GET", ["flows", _, "aliases", _, "executions", _, "events"]) => Route::Events { flow: owned(1), alias: owned(3), execution: owned(5) },
+        ("GET", ["flows", _, "aliases", _, "executions", _, "flowsnapshot"]) => Route::Snapshot { flow: owned(1), alias: owned(3), execution: owned(5) },
+        ("POST", ["flows", _, "aliases", _, "executions", _, "stop"]) => Route::Stop { flow: owned(1), alias: owned(3), execution: owned(5) },
         _ => return None,
     })
 }
 
 fn is_id(text: &str, len: Option<usize>) -> bool {
-    !text.is_empty()
-        && len.is_none_or(|l| text.len() == l)
-        && text.bytes().all(|b| b.is_ascii_alphanumeric())
+    !text.is_empty() && len.is_none_or(|l| text.len() == l) && text.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// A flow identifier (ARN or bare id) → the bare id.
@@ -292,10 +225,7 @@ fn execution_name(identifier: &str) -> Result<String, ApiError> {
         Some((_, name)) if identifier.starts_with("arn:") => name,
         _ => identifier,
     };
-    if !name.is_empty()
-        && name.len() <= 36
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
+    if !name.is_empty() && name.len() <= 36 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         Ok(name.to_string())
     } else {
         Err(validation(format!("1 validation error detected: Value '{identifier}' at 'executionIdentifier' failed to satisfy constraint: Member must satisfy regular expression pattern")))
@@ -315,10 +245,7 @@ fn query_params(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 fn max_results(params: &[(String, String)]) -> Result<usize, ApiError> {
@@ -326,22 +253,21 @@ fn max_results(params: &[(String, String)]) -> Result<usize, ApiError> {
         None => Ok(PAGE_CAP),
         Some(text) => match text.parse::<i64>() {
             Ok(n) if (1..=1000).contains(&n) => Ok((n as usize).min(PAGE_CAP)),
-            _ => Err(validation(format!("1 validation error detected: Value '{text}' at 'maxResults' failed to satisfy constraint: Member must have value between 1 and 1000"))),
+            _ => Err(validation(format!(
+                "1 validation error detected: Value '{text}' at 'maxResults' failed to satisfy constraint: Member must have value between 1 and 1000"
+            ))),
         },
     }
 }
 
 /// A page token: which list, from which offset, issued when. Opaque to clients.
 fn make_token(list: u64, offset: usize, now: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("v1|{list:x}|{offset}|{}", now / 1_000_000))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1|{list:x}|{offset}|{}", now / 1_000_000))
 }
 
 fn read_token(token: &str, list: u64, ttl_secs: u64, now: i64) -> Result<usize, ApiError> {
     let invalid = || validation("The provided nextToken is invalid or expired.");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| invalid())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(raw).map_err(|_| invalid())?;
     let parts: Vec<&str> = text.split('|').collect();
     let [version, list_hex, offset, issued_ms] = parts.as_slice() else {
@@ -369,13 +295,7 @@ fn list_key(parts: &[&str]) -> u64 {
 }
 
 /// One page of `total` items starting at the token's offset: (range, next token).
-fn page(
-    params: &[(String, String)],
-    list: u64,
-    total: usize,
-    ttl_secs: u64,
-    now: i64,
-) -> Result<(std::ops::Range<usize>, Option<String>), ApiError> {
+fn page(params: &[(String, String)], list: u64, total: usize, ttl_secs: u64, now: i64) -> Result<(std::ops::Range<usize>, Option<String>), ApiError> {
     let size = max_results(params)?;
     let offset = match param(params, "nextToken") {
         Some(token) => read_token(token, list, ttl_secs, now)?,
@@ -389,11 +309,7 @@ fn page(
     Ok((offset..end, next))
 }
 
-async fn handle(
-    world: Arc<Mutex<World>>,
-    rng: Arc<Mutex<Rng>>,
-    request: Request<Incoming>,
-) -> HttpResponse {
+async fn handle(world: Arc<Mutex<World>>, rng: Arc<Mutex<Rng>>, request: Request<Incoming>) -> HttpResponse {
     let request_id = {
         let mut r = rng.lock().unwrap_or_else(|p| p.into_inner());
         r.uuid()
@@ -409,25 +325,11 @@ async fn handle(
         return httpserve::respond(200, "text/plain", "ok\n");
     }
     let Some(route) = route(&method, &path) else {
-        return error_response(
-            &world,
-            api_error(
-                404,
-                "UnknownOperationException",
-                format!("no operation at {method} {path}"),
-            ),
-            &request_id,
-        );
+        return error_response(&world, api_error(404, "UnknownOperationException", format!("no operation at {method} {path}")), &request_id);
     };
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            return error_response(
-                &world,
-                validation(format!("could not read the body: {e}")),
-                &request_id,
-            )
-        }
+        Err(e) => return error_response(&world, validation(format!("could not read the body: {e}")), &request_id),
     };
     let (latency, fault) = {
         let mut w = lock(&world);
@@ -437,11 +339,7 @@ async fn handle(
         let fault = if r.chance(faults.throttle_ratio) {
             Some(api_error(429, "ThrottlingException", "Rate exceeded"))
         } else if r.chance(faults.server_error_ratio) {
-            Some(api_error(
-                500,
-                "InternalServerException",
-                "An internal error occurred. Try again.",
-            ))
+            Some(api_error(500, "InternalServerException", "An internal error occurred. Try again."))
         } else {
             None
         };
@@ -466,44 +364,27 @@ async fn handle(
     }
 }
 
-fn answer(
-    world: &Mutex<World>,
-    route: Route,
-    params: &[(String, String)],
-    body: &[u8],
-    now: i64,
-) -> Result<Value, ApiError> {
+fn answer(world: &Mutex<World>, route: Route, params: &[(String, String)], body: &[u8], now: i64) -> Result<Value, ApiError> {
     let mut w = lock(world);
     let ttl = w.scenario.faults.token_ttl_secs;
     let find_flow = |w: &World, identifier: &str| -> Result<usize, ApiError> {
         let id = flow_id(identifier)?;
         if w.scenario.faults.access_denied_flows.contains(&id) {
-            return Err(api_error(
-                403,
-                "AccessDeniedException",
-                format!("User is not authorized to access flow {id}"),
-            ));
+            return Err(api_error(403, "AccessDeniedException", format!("User is not authorized to access flow {id}")));
         }
-        w.flows
-            .iter()
-            .position(|f| f.id == id)
-            .ok_or_else(|| not_found(format!("Flow {id} was not found.")))
+        w.flows.iter().position(|f| f.id == id).ok_or_else(|| not_found(format!("Flow {id} was not found.")))
     };
-    let find_execution =
-        |w: &World, flow: &str, alias: &str, execution: &str| -> Result<usize, ApiError> {
-            let f = find_flow(w, flow)?;
-            let alias = alias_id(alias)?;
-            let name = execution_name(execution)?;
-            let index = *w
-                .by_name
-                .get(&(w.flows[f].id.clone(), name.clone()))
-                .ok_or_else(|| not_found(format!("Flow execution {name} was not found.")))?;
-            let e = &w.executions[index];
-            if e.alias != alias || e.created_at > now {
-                return Err(not_found(format!("Flow execution {name} was not found.")));
-            }
-            Ok(index)
-        };
+    let find_execution = |w: &World, flow: &str, alias: &str, execution: &str| -> Result<usize, ApiError> {
+        let f = find_flow(w, flow)?;
+        let alias = alias_id(alias)?;
+        let name = execution_name(execution)?;
+        let index = *w.by_name.get(&(w.flows[f].id.clone(), name.clone())).ok_or_else(|| not_found(format!("Flow execution {name} was not found.")))?;
+        let e = &w.executions[index];
+        if e.alias != alias || e.created_at > now {
+            return Err(not_found(format!("Flow execution {name} was not found.")));
+        }
+        Ok(index)
+    };
     match route {
         Route::List { flow } => {
             let f = find_flow(&w, &flow)?;
@@ -515,24 +396,15 @@ fn answer(
             let list = list_key(&["list", &w.flows[f].id, alias.as_deref().unwrap_or("*")]);
             let (range, next) = page(params, list, items.len(), ttl, now)?;
             let flow_id = w.flows[f].id.clone();
-            let summaries: Vec<Value> = items[range]
-                .iter()
-                .map(|i| {
-                    serde_json::to_value(w.executions[*i].summary(&flow_id, now))
-                        .unwrap_or(Value::Null)
-                })
-                .collect();
+            let summaries: Vec<Value> =
+                items[range].iter().map(|i| serde_json::to_value(w.executions[*i].summary(&flow_id, now)).unwrap_or(Value::Null)).collect();
             let mut out = json!({"flowExecutionSummaries": summaries});
             if let Some(token) = next {
                 out["nextToken"] = json!(token);
             }
             Ok(out)
         }
-        Route::Events {
-            flow,
-            alias,
-            execution,
-        } => {
+        Route::Events { flow, alias, execution } => {
             let event_type = match param(params, "eventType") {
                 Some(t @ ("Node" | "Flow")) => t.to_string(),
                 Some(other) => return Err(validation(format!("1 validation error detected: Value '{other}' at 'eventType' failed to satisfy constraint: Member must satisfy enum value set: [Node, Flow]"))),
@@ -540,11 +412,7 @@ fn answer(
             };
             let index = find_execution(&w, &flow, &alias, &execution)?;
             let e = &w.executions[index];
-            let stream = if event_type == "Flow" {
-                &e.flow_stream
-            } else {
-                &e.node_stream
-            };
+            let stream = if event_type == "Flow" { &e.flow_stream } else { &e.node_stream };
             let visible = stream.visible(e.horizon(now));
             let list = list_key(&["events", &e.arn, &event_type]);
             let (range, next) = page(params, list, visible, ttl, now)?;
@@ -554,11 +422,7 @@ fn answer(
             }
             Ok(out)
         }
-        Route::Get {
-            flow,
-            alias,
-            execution,
-        } => {
+        Route::Get { flow, alias, execution } => {
             let index = find_execution(&w, &flow, &alias, &execution)?;
             let e = &w.executions[index];
             let (status, ended) = e.status_at(now);
@@ -568,27 +432,17 @@ fn answer(
             });
             if let Some(t) = ended {
                 out["endedAt"] = json!(crate::timefmt::format_nanos(t));
-                if matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut)
-                    && !e.errors.is_empty()
-                {
+                if matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) && !e.errors.is_empty() {
                     out["errors"] = serde_json::to_value(&e.errors).unwrap_or(Value::Null);
                 }
             }
             Ok(out)
         }
-        Route::Snapshot {
-            flow,
-            alias,
-            execution,
-        } => {
+        Route::Snapshot { flow, alias, execution } => {
             let index = find_execution(&w, &flow, &alias, &execution)?;
             let e = &w.executions[index];
             let f = &w.flows[e.flow];
-            let definition = f
-                .versions
-                .get(&e.version)
-                .map(|v| v.1.as_str().to_string())
-                .unwrap_or_else(|| "{}".into());
+            let definition = f.versions.get(&e.version).map(|v| v.1.as_str().to_string()).unwrap_or_else(|| "{}".into());
             Ok(json!({
                 "definition": definition,
                 "executionRoleArn": format!("arn:aws:iam::{}:role/service-role/AmazonBedrockExecutionRoleForFlows_{}", w.scenario.account, f.id),
@@ -604,30 +458,18 @@ fn answer(
             let request: Value = if body.is_empty() {
                 json!({})
             } else {
-                serde_json::from_slice(body)
-                    .map_err(|e| validation(format!("Could not parse the request body: {e}")))?
+                serde_json::from_slice(body).map_err(|e| validation(format!("Could not parse the request body: {e}")))?
             };
-            let inputs = request
-                .get("inputs")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let inputs = request.get("inputs").and_then(Value::as_array).cloned().unwrap_or_default();
             if inputs.len() != 1 {
                 return Err(validation("1 validation error detected: Value at 'inputs' failed to satisfy constraint: Member must have length equal to 1"));
             }
-            let document = inputs[0]
-                .pointer("/content/document")
-                .cloned()
-                .ok_or_else(|| validation("inputs[0].content.document is required"))?;
+            let document = inputs[0].pointer("/content/document").cloned().ok_or_else(|| validation("inputs[0].content.document is required"))?;
             let name = match request.get("flowExecutionName").and_then(Value::as_str) {
                 Some(n) => {
                     let n = execution_name(n)?;
                     if w.by_name.contains_key(&(w.flows[f].id.clone(), n.clone())) {
-                        return Err(api_error(
-                            409,
-                            "ConflictException",
-                            format!("A flow execution named {n} already exists."),
-                        ));
+                        return Err(api_error(409, "ConflictException", format!("A flow execution named {n} already exists.")));
                     }
                     Some(n)
                 }
@@ -636,24 +478,12 @@ fn answer(
             let index = w.create(f, Some(&alias), now, name, Some(document), None);
             Ok(json!({"executionArn": w.executions[index].arn}))
         }
-        Route::Stop {
-            flow,
-            alias,
-            execution,
-        } => {
+        Route::Stop { flow, alias, execution } => {
             let index = find_execution(&w, &flow, &alias, &execution)?;
             let e = &mut w.executions[index];
             let (status, _) = e.status_at(now);
             if status.is_terminal() {
-                return Err(api_error(
-                    409,
-                    "ConflictException",
-                    format!(
-                        "Flow execution {} is not running (status {}).",
-                        e.name,
-                        status.as_str()
-                    ),
-                ));
+                return Err(api_error(409, "ConflictException", format!("Flow execution {} is not running (status {}).", e.name, status.as_str())));
             }
             e.aborted_at = Some(now);
             Ok(json!({"executionArn": e.arn, "status": "Aborted"}))
@@ -668,10 +498,7 @@ mod tests {
     #[test]
     fn routes_split_before_decoding() {
         let arn = "arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Aflow%2FABCDEFGHIJ%2Falias%2FKLMNOPQRST%2Fexecution%2Fx-1";
-        match route(
-            &Method::GET,
-            &format!("/flows/ABCDEFGHIJ/aliases/KLMNOPQRST/executions/{arn}/events"),
-        ) {
+        match route(&Method::GET, &format!("/flows/ABCDEFGHIJ/aliases/KLMNOPQRST/executions/{arn}/events")) {
             Some(Route::Events { execution, .. }) => {
                 assert_eq!(execution_name(&execution).ok().as_deref(), Some("x-1"))
             }

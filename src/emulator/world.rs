@@ -10,9 +10,7 @@ use serde_json::{json, Value};
 use super::generate::{self, Malformation, Outcome, Plan};
 use super::rng::Rng;
 use super::scenario::{AliasSpec, ListOrder, Scenario, Traffic};
-use crate::model::{
-    Event, ExecutionError, ExecutionStatus, ExecutionSummary, FlowDefinition, Timestamp,
-};
+use crate::model::{Event, ExecutionError, ExecutionStatus, ExecutionSummary, FlowDefinition, Timestamp};
 
 pub struct FlowState {
     pub id: String,
@@ -115,11 +113,7 @@ impl World {
             let definition = spec
                 .definition
                 .clone()
-                .or_else(|| {
-                    spec.template
-                        .as_deref()
-                        .and_then(|t| super::flows::by_name(t, spec.events_per_execution))
-                })
+                .or_else(|| spec.template.as_deref().and_then(|t| super::flows::by_name(t, spec.events_per_execution)))
                 .unwrap_or_default();
             let text = Arc::new(serde_json::to_string(&definition).unwrap_or_default());
             let definition = Arc::new(definition);
@@ -129,47 +123,25 @@ impl World {
             }
             let aliases = if spec.aliases.is_empty() {
                 let live: String = format!("{}LIVE", &spec.id[..6]).to_uppercase();
-                vec![
-                    AliasSpec {
-                        id: live,
-                        version: "1".into(),
-                    },
-                    AliasSpec {
-                        id: "TSTALIASID".into(),
-                        version: "DRAFT".into(),
-                    },
-                ]
+                vec![AliasSpec { id: live, version: "1".into() }, AliasSpec { id: "TSTALIASID".into(), version: "DRAFT".into() }]
             } else {
                 spec.aliases.clone()
             };
             for a in &aliases {
-                versions
-                    .entry(a.version.clone())
-                    .or_insert_with(|| (definition.clone(), text.clone()));
+                versions.entry(a.version.clone()).or_insert_with(|| (definition.clone(), text.clone()));
             }
             flows.push(FlowState {
                 id: spec.id.clone(),
                 name: spec.name.clone(),
                 versions,
                 aliases,
-                traffic: spec
-                    .traffic
-                    .clone()
-                    .unwrap_or_else(|| scenario.traffic.clone()),
+                traffic: spec.traffic.clone().unwrap_or_else(|| scenario.traffic.clone()),
                 executions: Vec::new(),
                 next_arrival: now,
             });
         }
         let rng = Rng::new(scenario.seed);
-        let mut world = World {
-            scenario,
-            flows,
-            executions: Vec::new(),
-            by_name: HashMap::new(),
-            rng,
-            stats: Stats::default(),
-            created: 0,
-        };
+        let mut world = World { scenario, flows, executions: Vec::new(), by_name: HashMap::new(), rng, stats: Stats::default(), created: 0 };
         world.populate(now);
         world
     }
@@ -178,11 +150,7 @@ impl World {
         for f in 0..self.flows.len() {
             let traffic = self.flows[f].traffic.clone();
             let mut rng = Rng::derive(self.scenario.seed, &format!("history/{}", self.flows[f].id));
-            let mut starts: Vec<i64> = (0..traffic.history)
-                .map(|_| {
-                    now - (rng.uniform(0.02, 1.0) * traffic.history_window_secs as f64 * 1e9) as i64
-                })
-                .collect();
+            let mut starts: Vec<i64> = (0..traffic.history).map(|_| now - (rng.uniform(0.02, 1.0) * traffic.history_window_secs as f64 * 1e9) as i64).collect();
             starts.sort_unstable();
             for start in starts {
                 self.create(f, None, start, None, None, Some(now - 1_000_000_000));
@@ -201,11 +169,7 @@ impl World {
                 execution.ended_at += hold;
             }
             let rate = traffic.executions_per_minute;
-            self.flows[f].next_arrival = if rate > 0.0 {
-                now + self.interarrival(rate)
-            } else {
-                i64::MAX
-            };
+            self.flows[f].next_arrival = if rate > 0.0 { now + self.interarrival(rate) } else { i64::MAX };
         }
     }
 
@@ -229,20 +193,9 @@ impl World {
 
     /// Creates one execution of flow `f` and returns its index. `finished_before` moves the
     /// whole execution back in time so that it has ended by then (history).
-    pub fn create(
-        &mut self,
-        f: usize,
-        alias: Option<&str>,
-        start: i64,
-        name: Option<String>,
-        input: Option<Value>,
-        finished_before: Option<i64>,
-    ) -> usize {
+    pub fn create(&mut self, f: usize, alias: Option<&str>, start: i64, name: Option<String>, input: Option<Value>, finished_before: Option<i64>) -> usize {
         self.created += 1;
-        let mut rng = Rng::derive(
-            self.scenario.seed,
-            &format!("execution/{}/{}", self.flows[f].id, self.created),
-        );
+        let mut rng = Rng::derive(self.scenario.seed, &format!("execution/{}/{}", self.flows[f].id, self.created));
         let alias = match alias {
             Some(a) => a.to_string(),
             None => {
@@ -254,17 +207,8 @@ impl World {
                 }
             }
         };
-        let version = self.flows[f]
-            .aliases
-            .iter()
-            .find(|a| a.id == alias)
-            .map(|a| a.version.clone())
-            .unwrap_or_else(|| "DRAFT".into());
-        let definition = self.flows[f]
-            .versions
-            .get(&version)
-            .map(|v| v.0.clone())
-            .unwrap_or_default();
+        let version = self.flows[f].aliases.iter().find(|a| a.id == alias).map(|a| a.version.clone()).unwrap_or_else(|| "DRAFT".into());
+        let definition = self.flows[f].versions.get(&version).map(|v| v.0.clone()).unwrap_or_default();
         let outcomes = &self.scenario.outcomes;
         let draw = rng.unit();
         let outcome = if draw < outcomes.failed {
@@ -276,22 +220,12 @@ impl World {
         } else {
             Outcome::Succeed
         };
-        let malformation = rng
-            .chance(self.scenario.faults.malformed_ratio)
-            .then(|| *rng.pick(&Malformation::ALL));
+        let malformation = rng.chance(self.scenario.faults.malformed_ratio).then(|| *rng.pick(&Malformation::ALL));
         let input = input.unwrap_or_else(|| sample_input(&self.flows[f].name, &mut rng));
         let nanos_per_second = 1e9 / self.scenario.time_scale;
         let timeout_nanos = (outcomes.timeout_secs * nanos_per_second) as i64;
         let mut plan = generate::plan(
-            generate::Params {
-                definition: &definition,
-                start_nanos: start,
-                input,
-                outcome,
-                nanos_per_second,
-                timeout_nanos,
-                malformation,
-            },
+            generate::Params { definition: &definition, start_nanos: start, input, outcome, nanos_per_second, timeout_nanos, malformation },
             &mut rng,
         );
         let mut created_at = start;
@@ -304,10 +238,7 @@ impl World {
         }
         let name = name.unwrap_or_else(|| rng.uuid());
         let flow = &self.flows[f];
-        let arn = format!(
-            "arn:aws:bedrock:{}:{}:flow/{}/alias/{}/execution/{}",
-            self.scenario.region, self.scenario.account, flow.id, alias, name
-        );
+        let arn = format!("arn:aws:bedrock:{}:{}:flow/{}/alias/{}/execution/{}", self.scenario.region, self.scenario.account, flow.id, alias, name);
         let (flow_stream, node_stream) = split_streams(&plan.events, created_at);
         let execution = Execution {
             arn,
@@ -338,27 +269,18 @@ impl World {
             .executions
             .iter()
             .copied()
-            .filter(|i| {
-                self.executions[*i].created_at <= now
-                    && alias.is_none_or(|a| self.executions[*i].alias == a)
-            })
+            .filter(|i| self.executions[*i].created_at <= now && alias.is_none_or(|a| self.executions[*i].alias == a))
             .collect();
         match self.scenario.list_order {
             ListOrder::OldestFirst => items.sort_by_key(|i| (self.executions[*i].created_at, *i)),
-            ListOrder::NewestFirst => {
-                items.sort_by_key(|i| std::cmp::Reverse((self.executions[*i].created_at, *i)))
-            }
+            ListOrder::NewestFirst => items.sort_by_key(|i| std::cmp::Reverse((self.executions[*i].created_at, *i))),
             ListOrder::Shuffled => items.sort_by_key(|i| self.executions[*i].order_key),
         }
         items
     }
 
     pub fn count_request(&mut self, operation: &str) {
-        *self
-            .stats
-            .requests
-            .entry(operation.to_string())
-            .or_default() += 1;
+        *self.stats.requests.entry(operation.to_string()).or_default() += 1;
     }
 
     pub fn count_error(&mut self, code: &str) {
@@ -403,11 +325,7 @@ fn split_streams(events: &[Event], created_at: i64) -> (Stream, Stream) {
         if let Some(t) = event.timestamp() {
             horizon = horizon.max(t.0);
         }
-        let stream = if event.is_flow_level() {
-            &mut flow
-        } else {
-            &mut node
-        };
+        let stream = if event.is_flow_level() { &mut flow } else { &mut node };
         stream.events.push(event.to_wire());
         stream.visible_at.push(horizon);
     }
@@ -421,20 +339,7 @@ fn sample_input(flow_name: &str, rng: &mut Rng) -> Value {
             json!({"documents": (0..n).map(|i| format!("s3://inbox/report-{}-{i}.pdf", rng.between(100, 999))).collect::<Vec<_>>(),
                    "key": format!("batch-{}", rng.between(1000, 9999))})
         }
-        "refine-loop" => json!(rng
-            .pick(&[
-                "release notes for 2.3",
-                "a haiku about tracing",
-                "the on-call handbook"
-            ])
-            .to_string()),
-        _ => json!(rng
-            .pick(&[
-                "My invoice is wrong",
-                "The API returns 500",
-                "How do I reset my password?",
-                "Refund for order 1234"
-            ])
-            .to_string()),
+        "refine-loop" => json!(rng.pick(&["release notes for 2.3", "a haiku about tracing", "the on-call handbook"]).to_string()),
+        _ => json!(rng.pick(&["My invoice is wrong", "The API returns 500", "How do I reset my password?", "Refund for order 1234"]).to_string()),
     }
 }

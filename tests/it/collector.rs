@@ -16,21 +16,9 @@ use bedrock_flow_exporter::timefmt::now_nanos;
 use crate::support::{self, OtlpServer, TestConfig};
 
 /// The spans the SPEC derives from what the emulator served: span id → (name, parent id).
-pub fn expected_spans(
-    facts: &ExecutionFacts,
-    definition: &FlowDefinition,
-    flow_name: &str,
-) -> BTreeMap<String, (String, String)> {
-    let node: Vec<Event> = facts
-        .node_events
-        .iter()
-        .filter_map(|v| Event::from_wire(v).ok())
-        .collect();
-    let flow: Vec<Event> = facts
-        .flow_events
-        .iter()
-        .filter_map(|v| Event::from_wire(v).ok())
-        .collect();
+pub fn expected_spans(facts: &ExecutionFacts, definition: &FlowDefinition, flow_name: &str) -> BTreeMap<String, (String, String)> {
+    let node: Vec<Event> = facts.node_events.iter().filter_map(|v| Event::from_wire(v).ok()).collect();
+    let flow: Vec<Event> = facts.flow_events.iter().filter_map(|v| Event::from_wire(v).ok()).collect();
     let status = ExecutionStatus::parse(&facts.status);
     let view = ExecutionView {
         arn: &facts.arn,
@@ -48,25 +36,11 @@ pub fn expected_spans(
         flow_events: &flow,
     };
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    convert::convert(
-        &view,
-        &ContentPolicy {
-            mode: CaptureContent::Off,
-            ..ContentPolicy::default()
-        },
-    )
-    .spans
-    .into_iter()
-    .map(|s| {
-        (
-            hex(&s.span_id),
-            (
-                s.name,
-                s.parent_span_id.map(|p| hex(&p)).unwrap_or_default(),
-            ),
-        )
-    })
-    .collect()
+    convert::convert(&view, &ContentPolicy { mode: CaptureContent::Off, ..ContentPolicy::default() })
+        .spans
+        .into_iter()
+        .map(|s| (hex(&s.span_id), (s.name, s.parent_span_id.map(|p| hex(&p)).unwrap_or_default())))
+        .collect()
 }
 
 fn min_calls(facts: &[ExecutionFacts]) -> u64 {
@@ -74,9 +48,7 @@ fn min_calls(facts: &[ExecutionFacts]) -> u64 {
         .iter()
         .map(|f| {
             let extra = u64::from(matches!(f.status.as_str(), "Failed" | "TimedOut"));
-            f.node_events.len().div_ceil(10) as u64
-                + f.flow_events.len().div_ceil(10) as u64
-                + extra
+            f.node_events.len().div_ceil(10) as u64 + f.flow_events.len().div_ceil(10) as u64 + extra
         })
         .sum()
 }
@@ -106,25 +78,12 @@ async fn backlog_once_exports_every_span_with_the_minimum_of_api_calls() {
         let emulator = support::emulator(scenario).await;
         let otlp = OtlpServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let config = TestConfig::new(
-            dir.path(),
-            &emulator.endpoint(),
-            &format!("http://{}", otlp.grpc),
-            &[("BACKLOG001", "backlog")],
-        );
+        let config = TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")]);
         let path = config_path(dir.path(), &config);
         let output = run_binary(vec!["run".into(), "--once".into(), "--config".into(), path]).await;
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            stdout.contains("run --once: 60 executions exported"),
-            "{stdout}"
-        );
+        assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("run --once: 60 executions exported"), "{stdout}");
 
         let facts = emulator.executions(now_nanos());
         assert_eq!(facts.len(), 60);
@@ -135,27 +94,16 @@ async fn backlog_once_exports_every_span_with_the_minimum_of_api_calls() {
             let expected = expected_spans(f, &definition, "backlog");
             expected_total += expected.len();
             let root_id = support::expected_root_id(&f.arn);
-            let root = received
-                .get(&root_id)
-                .unwrap_or_else(|| panic!("root of {} missing", f.arn));
+            let root = received.get(&root_id).unwrap_or_else(|| panic!("root of {} missing", f.arn));
             assert_eq!(root.trace_id, support::expected_trace_id(&f.arn));
             assert_eq!(root.name, "invoke_workflow backlog");
             assert_eq!(root.start as i64, f.created_at);
             assert_eq!(root.end as i64, f.ended_at.unwrap());
-            assert_eq!(
-                root.attr("aws.bedrock.flow.execution.arn"),
-                Some(f.arn.as_str())
-            );
-            assert_eq!(
-                root.attr("aws.bedrock.flow.execution.status"),
-                Some(f.status.as_str())
-            );
+            assert_eq!(root.attr("aws.bedrock.flow.execution.arn"), Some(f.arn.as_str()));
+            assert_eq!(root.attr("aws.bedrock.flow.execution.status"), Some(f.status.as_str()));
             assert_eq!(root.attr("cloud.account.id"), Some("123456789012"));
             assert_eq!(root.kind, 1, "INTERNAL");
-            assert_eq!(
-                root.resource.get("service.name").map(String::as_str),
-                Some("bedrock-flows")
-            );
+            assert_eq!(root.resource.get("service.name").map(String::as_str), Some("bedrock-flows"));
             match f.status.as_str() {
                 "Succeeded" => assert_eq!(root.status_code, 1),
                 "Failed" => {
@@ -165,58 +113,34 @@ async fn backlog_once_exports_every_span_with_the_minimum_of_api_calls() {
                 "TimedOut" => {
                     assert_eq!(root.status_code, 2);
                     assert_eq!(root.attr("error.type"), Some("timeout"));
-                    assert_eq!(
-                        root.status_message,
-                        "The flow execution exceeded the maximum allowed runtime.",
-                        "message from GetFlowExecution"
-                    );
+                    assert_eq!(root.status_message, "The flow execution exceeded the maximum allowed runtime.", "message from GetFlowExecution");
                 }
                 other => panic!("unexpected status {other}"),
             }
             for (id, (name, parent)) in &expected {
-                let span = received
-                    .get(id)
-                    .unwrap_or_else(|| panic!("span {name} of {} missing", f.arn));
+                let span = received.get(id).unwrap_or_else(|| panic!("span {name} of {} missing", f.arn));
                 assert_eq!(&span.name, name);
                 assert_eq!(&span.parent_span_id, parent);
                 assert_eq!(span.trace_id, root.trace_id);
                 if !parent.is_empty() {
-                    assert!(
-                        span.start >= root.start && span.end <= root.end.max(span.start),
-                        "{name} inside the execution"
-                    );
-                    assert_eq!(
-                        span.attr("aws.bedrock.flow.execution.arn"),
-                        Some(f.arn.as_str())
-                    );
+                    assert!(span.start >= root.start && span.end <= root.end.max(span.start), "{name} inside the execution");
+                    assert_eq!(span.attr("aws.bedrock.flow.execution.arn"), Some(f.arn.as_str()));
                     assert_eq!(span.attr("aws.bedrock.flow.id"), Some("BACKLOG001"));
                 }
             }
         }
-        assert_eq!(
-            received.len(),
-            expected_total,
-            "no span more than the model derives"
-        );
-        assert_eq!(
-            otlp.receiver.spans().len(),
-            expected_total,
-            "each span delivered once"
-        );
+        assert_eq!(received.len(), expected_total, "no span more than the model derives");
+        assert_eq!(otlp.receiver.spans().len(), expected_total, "each span delivered once");
 
         let stats = emulator.stats();
-        let events_calls = support::requests(&stats, "ListFlowExecutionEvents")
-            + support::requests(&stats, "GetFlowExecution");
+        let events_calls = support::requests(&stats, "ListFlowExecutionEvents") + support::requests(&stats, "GetFlowExecution");
         let list_calls = support::requests(&stats, "ListFlowExecutions");
         let snapshot_calls = support::requests(&stats, "GetExecutionFlowSnapshot");
         let minimum = min_calls(&facts) + 6 + 1;
         let actual = events_calls + list_calls + snapshot_calls;
         assert_eq!(list_calls, 6, "ten executions a page");
         assert_eq!(snapshot_calls, 1, "one snapshot per flow version");
-        assert!(
-            actual as f64 <= minimum as f64 * 1.05,
-            "{actual} API calls for a minimum of {minimum} ({order:?})"
-        );
+        assert!(actual as f64 <= minimum as f64 * 1.05, "{actual} API calls for a minimum of {minimum} ({order:?})");
         otlp.stop();
         emulator.stop().await;
     }
@@ -251,20 +175,12 @@ async fn live_run(scenario: Scenario, secs: u64, protocol: &'static str) {
     let emulator = support::emulator(scenario).await;
     let otlp = OtlpServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let endpoint = if protocol == "grpc" {
-        format!("http://{}", otlp.grpc)
-    } else {
-        format!("http://{}", otlp.http)
-    };
+    let endpoint = if protocol == "grpc" { format!("http://{}", otlp.grpc) } else { format!("http://{}", otlp.http) };
     let mut config = TestConfig::new(
         dir.path(),
         &emulator.endpoint(),
         &endpoint,
-        &[
-            ("SUPPORTTRI", "support-triage"),
-            ("DOCBATCH01", "doc-batch"),
-            ("REFINELOOP", "refine-loop"),
-        ],
+        &[("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")],
     );
     config.protocol = protocol;
     let path = config_path(dir.path(), &config);
@@ -275,33 +191,17 @@ async fn live_run(scenario: Scenario, secs: u64, protocol: &'static str) {
     while started.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let spans = otlp.receiver.unique();
-        let roots: BTreeSet<String> = spans
-            .values()
-            .filter(|s| s.parent_span_id.is_empty())
-            .map(|s| s.trace_id.clone())
-            .collect();
-        if spans
-            .values()
-            .any(|s| !s.parent_span_id.is_empty() && !roots.contains(&s.trace_id))
-        {
+        let roots: BTreeSet<String> = spans.values().filter(|s| s.parent_span_id.is_empty()).map(|s| s.trace_id.clone()).collect();
+        if spans.values().any(|s| !s.parent_span_id.is_empty() && !roots.contains(&s.trace_id)) {
             saw_node_spans_before_root = true;
         }
     }
     let stop_time = now_nanos();
     unsafe { libc_kill(child.0.id() as i32, 15) };
     let mut child = child;
-    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        status.success(),
-        "SIGTERM ends the service cleanly: {status:?}\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert!(
-        saw_node_spans_before_root,
-        "node spans are exported while their execution runs"
-    );
+    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "SIGTERM ends the service cleanly: {status:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(saw_node_spans_before_root, "node spans are exported while their execution runs");
     let received = otlp.receiver.unique();
     let all = otlp.receiver.spans();
     let facts = emulator.executions(stop_time);
@@ -316,12 +216,7 @@ async fn live_run(scenario: Scenario, secs: u64, protocol: &'static str) {
                 continue;
             }
             let (expected_name, expected_parent) =
-                expected.get(&span.span_id).unwrap_or_else(|| {
-                    panic!(
-                        "unexpected span {} in {}: an event delivered twice?",
-                        span.name, f.arn
-                    )
-                });
+                expected.get(&span.span_id).unwrap_or_else(|| panic!("unexpected span {} in {}: an event delivered twice?", span.name, f.arn));
             assert_eq!(&span.name, expected_name);
             assert_eq!(&span.parent_span_id, expected_parent);
         }
@@ -329,29 +224,16 @@ async fn live_run(scenario: Scenario, secs: u64, protocol: &'static str) {
         if f.ended_at.is_some_and(|e| e < stop_time - 4_000_000_000) {
             finished += 1;
             for (id, (name, _)) in &expected {
-                assert!(
-                    received.contains_key(id),
-                    "{name} of finished {} missing",
-                    f.arn
-                );
+                assert!(received.contains_key(id), "{name} of finished {} missing", f.arn);
             }
         }
     }
-    assert!(
-        finished >= 5,
-        "enough executions finished during the run: {finished}"
-    );
+    assert!(finished >= 5, "enough executions finished during the run: {finished}");
     if faulty {
         let stats = emulator.stats();
         let errors = |code: &str| stats["errors"][code].as_u64().unwrap_or(0);
-        assert!(
-            errors("ThrottlingException") > 10 && errors("InternalServerException") > 0,
-            "the faults fired: {stats}"
-        );
-        assert!(
-            errors("ValidationException") > 0,
-            "expired tail tokens were rejected and re-read: {stats}"
-        );
+        assert!(errors("ThrottlingException") > 10 && errors("InternalServerException") > 0, "the faults fired: {stats}");
+        assert!(errors("ValidationException") > 0, "expired tail tokens were rejected and re-read: {stats}");
     }
     let duplicates = all.len() - received.len();
     assert_eq!(duplicates, 0, "no span exported twice without a crash");
@@ -394,87 +276,28 @@ async fn restart_resumes_from_checkpoints_without_exporting_or_counting_twice() 
         dir.path(),
         &emulator.endpoint(),
         &format!("http://{}", otlp.grpc),
-        &[
-            ("SUPPORTTRI", "support-triage"),
-            ("DOCBATCH01", "doc-batch"),
-            ("REFINELOOP", "refine-loop"),
-        ],
+        &[("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")],
     );
     let path = config_path(dir.path(), &config);
-    let first = run_binary(vec![
-        "run".into(),
-        "--once".into(),
-        "--wait-secs".into(),
-        "2".into(),
-        "--config".into(),
-        path.clone(),
-    ])
-    .await;
+    let first = run_binary(vec!["run".into(), "--once".into(), "--wait-secs".into(), "2".into(), "--config".into(), path.clone()]).await;
     let first_out = String::from_utf8_lossy(&first.stdout).to_string();
     let first_err = String::from_utf8_lossy(&first.stderr).to_string();
-    assert_eq!(
-        first.status.code(),
-        Some(75),
-        "unfinished executions exit 75: {first_out}\n{first_err}"
-    );
-    assert!(
-        first_err.contains("not finished within --wait-secs 2"),
-        "{first_err}"
-    );
-    let running: Vec<String> = emulator
-        .executions(now_nanos())
-        .into_iter()
-        .filter(|f| f.status == "Running")
-        .map(|f| f.arn)
-        .collect();
+    assert_eq!(first.status.code(), Some(75), "unfinished executions exit 75: {first_out}\n{first_err}");
+    assert!(first_err.contains("not finished within --wait-secs 2"), "{first_err}");
+    let running: Vec<String> = emulator.executions(now_nanos()).into_iter().filter(|f| f.status == "Running").map(|f| f.arn).collect();
     assert_eq!(running.len(), 6, "two running per flow");
     for arn in &running {
-        assert!(
-            first_err.contains(arn.as_str()),
-            "the unfinished execution {arn} is named"
-        );
+        assert!(first_err.contains(arn.as_str()), "the unfinished execution {arn} is named");
     }
-    let second = run_binary(vec![
-        "run".into(),
-        "--once".into(),
-        "--wait-secs".into(),
-        "60".into(),
-        "--config".into(),
-        path,
-    ])
-    .await;
+    let second = run_binary(vec!["run".into(), "--once".into(), "--wait-secs".into(), "60".into(), "--config".into(), path]).await;
     let second_out = String::from_utf8_lossy(&second.stdout).to_string();
-    assert_eq!(
-        second.status.code(),
-        Some(0),
-        "{second_out}\n{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
-    let count = |out: &str| -> usize {
-        out.split("run --once: ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap()
-    };
-    assert_eq!(
-        count(&first_out) + count(&second_out),
-        15,
-        "every execution counted once across the two runs: {first_out} / {second_out}"
-    );
+    assert_eq!(second.status.code(), Some(0), "{second_out}\n{}", String::from_utf8_lossy(&second.stderr));
+    let count = |out: &str| -> usize { out.split("run --once: ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap() };
+    assert_eq!(count(&first_out) + count(&second_out), 15, "every execution counted once across the two runs: {first_out} / {second_out}");
     assert_eq!(count(&second_out), 6);
-    let roots = otlp
-        .receiver
-        .spans()
-        .into_iter()
-        .filter(|s| s.parent_span_id.is_empty())
-        .count();
+    let roots = otlp.receiver.spans().into_iter().filter(|s| s.parent_span_id.is_empty()).count();
     assert_eq!(roots, 15, "each root exported exactly once");
-    assert_eq!(
-        otlp.receiver.spans().len(),
-        otlp.receiver.unique().len(),
-        "no span exported twice"
-    );
+    assert_eq!(otlp.receiver.spans().len(), otlp.receiver.unique().len(), "no span exported twice");
     otlp.stop();
     emulator.stop().await;
 }
@@ -485,12 +308,7 @@ async fn sigkill_at_random_moments_loses_no_span_and_counts_nothing_twice() {
     let emulator = support::emulator(Scenario::backlog(executions, 45)).await;
     let otlp = OtlpServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = TestConfig::new(
-        dir.path(),
-        &emulator.endpoint(),
-        &format!("http://{}", otlp.grpc),
-        &[("BACKLOG001", "backlog")],
-    );
+    let mut config = TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")]);
     config.rate = 500.0;
     config.concurrency = 4;
     let path = config_path(dir.path(), &config);
@@ -501,34 +319,16 @@ async fn sigkill_at_random_moments_loses_no_span_and_counts_nothing_twice() {
         tokio::time::sleep(Duration::from_millis(rng.between(300, 1500))).await;
         drop(child); // SIGKILL
     }
-    let state =
-        bedrock_flow_exporter::state::StateStore::open(&dir.path().join("state.sqlite")).unwrap();
+    let state = bedrock_flow_exporter::state::StateStore::open(&dir.path().join("state.sqlite")).unwrap();
     let finished_before = state.load().unwrap().finished.len();
     drop(state);
     let before_final = otlp.receiver.roots().len();
-    assert!(
-        finished_before <= before_final,
-        "an execution is finished only after its root was accepted"
-    );
+    assert!(finished_before <= before_final, "an execution is finished only after its root was accepted");
     let output = run_binary(vec!["run".into(), "--once".into(), "--config".into(), path]).await;
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let counted_now: usize = stdout
-        .split("run --once: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    assert_eq!(
-        counted_now,
-        executions - finished_before,
-        "the final run counts exactly the executions not finished before: {stdout}"
-    );
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let counted_now: usize = stdout.split("run --once: ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap();
+    assert_eq!(counted_now, executions - finished_before, "the final run counts exactly the executions not finished before: {stdout}");
     let definition = flows::backlog(45);
     let received = otlp.receiver.unique();
     let facts = emulator.executions(now_nanos());
@@ -542,10 +342,7 @@ async fn sigkill_at_random_moments_loses_no_span_and_counts_nothing_twice() {
     }
     assert_eq!(received.len(), expected_total);
     assert_eq!(otlp.receiver.roots().len(), executions);
-    assert!(
-        finished_before > 0 || before_final == 0,
-        "the kills happened during the drain"
-    );
+    assert!(finished_before > 0 || before_final == 0, "the kills happened during the drain");
     otlp.stop();
     emulator.stop().await;
 }

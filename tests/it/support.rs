@@ -12,12 +12,8 @@ use std::time::{Duration, Instant};
 
 use bedrock_flow_exporter::emulator::{self, EmulatorHandle, Scenario};
 use http_body_util::BodyExt;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
 
@@ -52,14 +48,7 @@ fn any_to_string(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue
         Some(AnyValue::IntValue(i)) => i.to_string(),
         Some(AnyValue::BoolValue(b)) => b.to_string(),
         Some(AnyValue::DoubleValue(d)) => d.to_string(),
-        Some(AnyValue::ArrayValue(a)) => format!(
-            "[{}]",
-            a.values
-                .iter()
-                .map(|v| any_to_string(&Some(v.clone())))
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
+        Some(AnyValue::ArrayValue(a)) => format!("[{}]", a.values.iter().map(|v| any_to_string(&Some(v.clone()))).collect::<Vec<_>>().join(",")),
         _ => String::new(),
     }
 }
@@ -86,15 +75,8 @@ impl Receiver {
         }
         let mut out = self.spans.lock().unwrap();
         for rs in request.resource_spans {
-            let resource: BTreeMap<String, String> = rs
-                .resource
-                .map(|r| {
-                    r.attributes
-                        .iter()
-                        .map(|kv| (kv.key.clone(), any_to_string(&kv.value)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let resource: BTreeMap<String, String> =
+                rs.resource.map(|r| r.attributes.iter().map(|kv| (kv.key.clone(), any_to_string(&kv.value))).collect()).unwrap_or_default();
             for ss in rs.scope_spans {
                 for s in ss.spans {
                     out.push(Received {
@@ -106,28 +88,12 @@ impl Receiver {
                         end: s.end_time_unix_nano,
                         kind: s.kind,
                         status_code: s.status.as_ref().map(|st| st.code).unwrap_or(0),
-                        status_message: s
-                            .status
-                            .as_ref()
-                            .map(|st| st.message.clone())
-                            .unwrap_or_default(),
-                        attributes: s
-                            .attributes
-                            .iter()
-                            .map(|kv| (kv.key.clone(), any_to_string(&kv.value)))
-                            .collect(),
+                        status_message: s.status.as_ref().map(|st| st.message.clone()).unwrap_or_default(),
+                        attributes: s.attributes.iter().map(|kv| (kv.key.clone(), any_to_string(&kv.value))).collect(),
                         events: s
                             .events
                             .iter()
-                            .map(|e| {
-                                (
-                                    e.name.clone(),
-                                    e.attributes
-                                        .iter()
-                                        .map(|kv| (kv.key.clone(), any_to_string(&kv.value)))
-                                        .collect(),
-                                )
-                            })
+                            .map(|e| (e.name.clone(), e.attributes.iter().map(|kv| (kv.key.clone(), any_to_string(&kv.value))).collect()))
                             .collect(),
                         links: s.links.iter().map(|l| hex(&l.span_id)).collect(),
                         resource: resource.clone(),
@@ -144,30 +110,19 @@ impl Receiver {
 
     /// Distinct spans by span id (a re-export after a crash may deliver one twice).
     pub fn unique(&self) -> BTreeMap<String, Received> {
-        self.spans()
-            .into_iter()
-            .map(|s| (s.span_id.clone(), s))
-            .collect()
+        self.spans().into_iter().map(|s| (s.span_id.clone(), s)).collect()
     }
 
     pub fn roots(&self) -> Vec<Received> {
-        self.unique()
-            .into_values()
-            .filter(|s| s.parent_span_id.is_empty() || s.parent_span_id == "0000000000000000")
-            .collect()
+        self.unique().into_values().filter(|s| s.parent_span_id.is_empty() || s.parent_span_id == "0000000000000000").collect()
     }
 }
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         if self.accept(request.into_inner()) {
-            Ok(tonic::Response::new(ExportTraceServiceResponse {
-                partial_success: None,
-            }))
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
         } else {
             Err(tonic::Status::unavailable("receiver refuses for the test"))
         }
@@ -187,8 +142,7 @@ impl OtlpServer {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = grpc_listener.local_addr().unwrap();
-        let service =
-            TraceServiceServer::new(receiver.clone()).max_decoding_message_size(256 << 20);
+        let service = TraceServiceServer::new(receiver.clone()).max_decoding_message_size(256 << 20);
         let mut grpc_stop = stop_rx.clone();
         tokio::spawn(async move {
             let incoming = tokio_stream_listener(grpc_listener);
@@ -202,51 +156,26 @@ impl OtlpServer {
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = http_listener.local_addr().unwrap();
         let http_receiver = receiver.clone();
-        let handler: bedrock_flow_exporter::httpserve::Handler =
-            Arc::new(move |request: hyper::Request<hyper::body::Incoming>| {
-                let receiver = http_receiver.clone();
-                Box::pin(async move {
-                    if request.uri().path() != "/v1/traces" {
-                        return bedrock_flow_exporter::httpserve::respond(404, "text/plain", "no");
-                    }
-                    let body = request
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    match ExportTraceServiceRequest::decode(body).map(|req| receiver.accept(req)) {
-                        Ok(true) => bedrock_flow_exporter::httpserve::respond(
-                            200,
-                            "application/x-protobuf",
-                            ExportTraceServiceResponse {
-                                partial_success: None,
-                            }
-                            .encode_to_vec(),
-                        ),
-                        Ok(false) => {
-                            bedrock_flow_exporter::httpserve::respond(503, "text/plain", "refusing")
-                        }
-                        Err(_) => bedrock_flow_exporter::httpserve::respond(
-                            400,
-                            "text/plain",
-                            "bad protobuf",
-                        ),
-                    }
-                })
-            });
-        tokio::spawn(bedrock_flow_exporter::httpserve::serve(
-            http_listener,
-            handler,
-            stop_rx,
-            Duration::from_secs(1),
-        ));
-        OtlpServer {
-            receiver,
-            grpc,
-            http,
-            stop,
-        }
+        let handler: bedrock_flow_exporter::httpserve::Handler = Arc::new(move |request: hyper::Request<hyper::body::Incoming>| {
+            let receiver = http_receiver.clone();
+            Box::pin(async move {
+                if request.uri().path() != "/v1/traces" {
+                    return bedrock_flow_exporter::httpserve::respond(404, "text/plain", "no");
+                }
+                let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                match ExportTraceServiceRequest::decode(body).map(|req| receiver.accept(req)) {
+                    Ok(true) => bedrock_flow_exporter::httpserve::respond(
+                        200,
+                        "application/x-protobuf",
+                        ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
+                    ),
+                    Ok(false) => bedrock_flow_exporter::httpserve::respond(503, "text/plain", "refusing"),
+                    Err(_) => bedrock_flow_exporter::httpserve::respond(400, "text/plain", "bad protobuf"),
+                }
+            })
+        });
+        tokio::spawn(bedrock_flow_exporter::httpserve::serve(http_listener, handler, stop_rx, Duration::from_secs(1)));
+        OtlpServer { receiver, grpc, http, stop }
     }
 
     pub fn stop(&self) {
@@ -254,9 +183,7 @@ impl OtlpServer {
     }
 }
 
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn tokio_stream_listener(listener: tokio::net::TcpListener) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures_util::stream::unfold(listener, |listener| async move {
         let accepted = listener.accept().await.map(|(s, _)| s);
         Some((accepted, listener))
@@ -295,10 +222,7 @@ pub struct TestConfig {
 impl TestConfig {
     pub fn new(dir: &Path, emulator_url: &str, otlp: &str, flows: &[(&str, &str)]) -> TestConfig {
         TestConfig {
-            flows: flows
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
+            flows: flows.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
             emulator_url: emulator_url.into(),
             otlp: otlp.into(),
             protocol: "grpc",
@@ -344,9 +268,7 @@ pub fn command(args: &[&str]) -> Command {
             c.env_remove(k);
         }
     }
-    c.env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c.env("AWS_ACCESS_KEY_ID", "AKIDTEST").env("AWS_SECRET_ACCESS_KEY", "secret").env("AWS_EC2_METADATA_DISABLED", "true");
     c.env("RUST_LOG", "info");
     c
 }
@@ -363,11 +285,7 @@ impl Drop for Running {
 
 pub fn spawn(args: &[&str], log: &Path) -> Running {
     let file = std::fs::File::create(log).unwrap();
-    let child = command(args)
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let child = command(args).stdout(Stdio::null()).stderr(file).spawn().unwrap();
     Running(child)
 }
 
@@ -391,55 +309,34 @@ pub fn wait_for_listen(log: &Path, timeout: Duration) -> SocketAddr {
 /// GET over HTTP/1.0 on loopback: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n"
-    )
-    .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 
 /// The value of one sample in a Prometheus text exposition (labels in any order), or None.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels.iter().all(|(k, v)| {
-                label_text
-                    .split(',')
-                    .any(|pair| pair == format!("{k}=\"{v}\""))
-            });
-            if all {
-                value.parse().ok()
-            } else {
-                None
-            }
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+        if all {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
 }
 
 /// Sum of all samples of a metric whose labels include `labels`.
@@ -452,13 +349,8 @@ pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 Some((m, rest)) => (m, rest.trim_end_matches('}')),
                 None => (series, ""),
             };
-            (metric == name
-                && labels.iter().all(|(k, v)| {
-                    label_text
-                        .split(',')
-                        .any(|pair| pair == format!("{k}=\"{v}\""))
-                }))
-            .then(|| value.parse::<f64>().ok())?
+            (metric == name && labels.iter().all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
