@@ -2,4 +2,5 @@
 
 mod collector;
 mod emulator_sdk;
+mod prometheus;
 mod support;
