@@ -29,8 +29,12 @@ impl Default for ContentPolicy {
 impl ContentPolicy {
     /// The exported form of a document, or `None` when capture is off.
     pub fn render(&self, document: &Value) -> Option<String> {
-        use crate::config::CaptureContent::*;
-        if self.mode == Off {
+        self.redacted(document).map(|text| self.limit(text))
+    }
+
+    /// The document as text with every `redact` match replaced; `None` when capture is off.
+    fn redacted(&self, document: &Value) -> Option<String> {
+        if self.mode == crate::config::CaptureContent::Off {
             return None;
         }
         let mut text = match document {
@@ -42,10 +46,16 @@ impl ContentPolicy {
                 text = pattern.replace_all(&text, "[REDACTED]").into_owned();
             }
         }
-        if self.mode == Truncated {
-            text = truncate(&text, self.max_bytes);
-        }
         Some(text)
+    }
+
+    /// Applies `max_content_bytes` in `truncated` mode.
+    fn limit(&self, text: String) -> String {
+        if self.mode == crate::config::CaptureContent::Truncated {
+            truncate(&text, self.max_bytes)
+        } else {
+            text
+        }
     }
 }
 
@@ -193,10 +203,10 @@ impl Converter<'_> {
         let mut attributes: Attributes = vec![("aws.bedrock.flow.fields".into(), AttrValue::StrArray(names))];
         let rendered: Vec<String> = fields
             .iter()
-            .filter_map(|(n, c)| c.and_then(|c| self.policy.render(&c.document)).map(|text| if fields.len() == 1 { text } else { format!("{n}: {text}") }))
+            .filter_map(|(n, c)| c.and_then(|c| self.policy.redacted(&c.document)).map(|text| if fields.len() == 1 { text } else { format!("{n}: {text}") }))
             .collect();
-        if !rendered.is_empty() && self.policy.mode != crate::config::CaptureContent::Off {
-            attributes.push(("content".into(), AttrValue::Str(rendered.join("\n"))));
+        if !rendered.is_empty() {
+            attributes.push(("content".into(), AttrValue::Str(self.policy.limit(rendered.join("\n")))));
         }
         SpanEventRecord { name: name.into(), time, attributes }
     }

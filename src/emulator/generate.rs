@@ -685,3 +685,35 @@ mod tests {
         assert_eq!(plan.events.iter().filter(|e| e.is_flow_level()).count(), 5);
     }
 }
+#[cfg(test)]
+mod condition_tests {
+    use super::*;
+    use crate::emulator::flows;
+
+    #[test]
+    fn both_branches_of_the_triage_condition_are_taken() {
+        let mut taken = HashMap::new();
+        for seed in 0..40 {
+            let mut rng = Rng::new(seed);
+            let plan = plan(
+                Params {
+                    definition: &flows::support_triage(),
+                    start_nanos: 1,
+                    input: json!("x"),
+                    outcome: Outcome::Succeed,
+                    nanos_per_second: 1e9,
+                    timeout_nanos: 1,
+                    malformation: None,
+                },
+                &mut rng,
+            );
+            for e in &plan.events {
+                if let Event::ConditionResult(c) = e {
+                    *taken.entry(c.satisfied_conditions[0].condition_name.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        assert!(taken.get("isBilling").copied().unwrap_or(0) >= 8, "{taken:?}");
+        assert!(taken.get("default").copied().unwrap_or(0) >= 8, "{taken:?}");
+    }
+}

@@ -343,3 +343,26 @@ fn sample_input(flow_name: &str, rng: &mut Rng) -> Value {
         _ => json!(rng.pick(&["My invoice is wrong", "The API returns 500", "How do I reset my password?", "Refund for order 1234"]).to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_takes_both_condition_branches() {
+        let mut scenario = Scenario::demo();
+        scenario.traffic.history = 30;
+        scenario.traffic.running_at_start = 0;
+        let world = World::new(scenario, 10_000_000_000_000);
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        for e in world.executions.iter().filter(|e| e.flow == 0) {
+            for v in &e.node_stream.events {
+                if let Some(name) = v.pointer("/conditionResultEvent/satisfiedConditions/0/conditionName").and_then(Value::as_str) {
+                    *taken.entry(name.to_string()).or_default() += 1;
+                }
+            }
+        }
+        assert!(taken.get("isBilling").copied().unwrap_or(0) >= 5, "{taken:?}");
+        assert!(taken.get("default").copied().unwrap_or(0) >= 5, "{taken:?}");
+    }
+}

@@ -4,3 +4,4 @@ mod collector;
 mod emulator_sdk;
 mod prometheus;
 mod support;
+mod traces;
