@@ -161,6 +161,17 @@ pub fn convert(view: &ExecutionView<'_>, policy: &ContentPolicy) -> Conversion {
             types.insert(node.name.clone(), (node.kind.clone(), model));
         }
     }
+    // Without a snapshot, the Flow stream still names the Input and Output nodes.
+    for event in view.flow_events.iter().chain(view.node_events) {
+        let (name, kind) = match event {
+            Event::FlowInput(e) => (&e.node_name, "Input"),
+            Event::FlowOutput(e) => (&e.node_name, "Output"),
+            _ => continue,
+        };
+        if !name.is_empty() {
+            types.entry(name.clone()).or_insert_with(|| (kind.to_string(), None));
+        }
+    }
     let mut c = Converter {
         view,
         policy,
