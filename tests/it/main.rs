@@ -1,5 +1,6 @@
 //! The integration tests: one crate (rust-analyzer's habit), modules by capability.
 
+mod cli;
 mod collector;
 mod emulator_sdk;
 mod prometheus;

@@ -1,0 +1,74 @@
+//! The command line: example configs validate, bad config exits 64 naming the key, --help and
+//! --version work, check-config prints the effective config with the environment applied.
+
+use std::path::Path;
+
+use crate::support;
+
+#[test]
+fn example_configs_and_scenarios_parse_and_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = bedrock_flow_exporter::config::Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!config.flows.is_empty());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3);
+    for entry in std::fs::read_dir(dir.join("scenarios")).unwrap() {
+        let path = entry.unwrap().path();
+        bedrock_flow_exporter::emulator::Scenario::load(path.to_str().unwrap(), 0, 0).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[poll]\ninterval_secs = 0\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "poll.interval_secs"),
+        ("[poll]\nintervalsecs = 5\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "intervalsecs"),
+        ("[[flows]]\nid = \"nope\"\n", "flows[0].id"),
+        ("[traces]\ncapture_content = \"some\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "capture_content"),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        for command in ["run", "check-config"] {
+            let out = support::command(&[command, "--config", path.to_str().unwrap()]).output().unwrap();
+            assert_eq!(out.status.code(), Some(64), "{command} with {text}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(key), "{key} named: {stderr}");
+        }
+    }
+    let missing = support::command(&["run", "--config", "/nonexistent/config.toml"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(64));
+    let usage = support::command(&["run", "--no-such-flag"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(64), "bad usage is 64 too");
+}
+
+#[test]
+fn help_version_and_check_config() {
+    for args in [&["--help"][..], &["--version"], &["run", "--help"], &["emulate", "--help"], &["demo", "--help"], &["check-config", "--help"]] {
+        let out = support::command(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty());
+    }
+    let version = support::command(&["--version"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bedrock-flow-exporter.toml");
+    let out = support::command(&["check-config", "--config", path.to_str().unwrap()])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(effective.contains("endpoint = \"http://collector:4318\""), "{effective}");
+    assert!(effective.contains("protocol = \"http/protobuf\""));
+    assert!(effective.contains("interval_secs = 15"));
+    let from_env = support::command(&["check-config"]).env("BEDROCK_FLOW_EXPORTER_CONFIG", &path).output().unwrap();
+    assert_eq!(from_env.status.code(), Some(0), "the config path comes from the environment too");
+}
