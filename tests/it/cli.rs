@@ -72,3 +72,39 @@ fn help_version_and_check_config() {
     let from_env = support::command(&["check-config"]).env("BEDROCK_FLOW_EXPORTER_CONFIG", &path).output().unwrap();
     assert_eq!(from_env.status.code(), Some(0), "the config path comes from the environment too");
 }
+
+#[test]
+fn demo_shows_live_executions_metrics_and_the_flows() {
+    use std::io::{BufRead, BufReader};
+    let mut child =
+        support::command(&["demo", "--listen", "127.0.0.1:0"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut status_page = None;
+    let mut finished_lines = 0;
+    let started = std::time::Instant::now();
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(url) = line.trim().strip_prefix("status page:") {
+            status_page = Some(url.trim().trim_start_matches("http://").trim_end_matches('/').to_string());
+        }
+        if line.contains(" spans  trace ") {
+            finished_lines += 1;
+            if finished_lines >= 5 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "live executions within a minute");
+    }
+    assert!(finished_lines >= 5, "the demo prints one line per finished execution");
+    let address: std::net::SocketAddr = status_page.expect("the demo prints its URLs").parse().unwrap();
+    let (status, page) = support::http_get(address, "/", None);
+    assert_eq!(status, 200);
+    for flow in ["support-triage", "doc-batch", "refine-loop"] {
+        assert!(page.contains(flow), "{flow} on the status page");
+    }
+    let (_, metrics) = support::http_get(address, "/metrics", None);
+    assert!(support::sum_samples(&metrics, "bedrock_flow_executions_total", &[]) >= 5.0, "non-zero executions_total");
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "Ctrl-C stops the demo cleanly: {status:?}");
+}

@@ -1,0 +1,260 @@
+//! `cargo bench --bench exporter`: the figures of SPEC §9 on this machine, written to
+//! `target/bench-report.md` (and printed). Runs the release binary as a child process against
+//! the in-process emulator, spans into an in-process OTLP receiver; the child's CPU time and
+//! peak RSS come from wait4(2). Sizes: BENCH_EXECUTIONS (10000), BENCH_STEADY (1000),
+//! BENCH_STEADY_SECS (60), BENCH_STARTUP_ROWS (100000).
+
+#[path = "../tests/it/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bedrock_flow_exporter::emulator::scenario::Scenario;
+use bedrock_flow_exporter::timefmt::now_nanos;
+
+struct Usage {
+    wall: Duration,
+    cpu_secs: f64,
+    max_rss_kib: i64,
+    code: i32,
+}
+
+fn release_binary() -> std::path::PathBuf {
+    let status = Command::new("cargo").args(["build", "--release", "--quiet"]).status().expect("cargo");
+    assert!(status.success());
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/bedrock-flow-exporter")
+}
+
+fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Runs the binary to its end (or until `stop_after`, then SIGTERM) and measures it.
+fn measure(binary: &Path, args: &[&str], stop_after: Option<Duration>, log: &Path) -> Usage {
+    let started = Instant::now();
+    let child = Command::new(binary)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn,bedrock_flow_exporter::app=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    if let Some(after) = stop_after {
+        std::thread::sleep(after);
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let cpu = usage.ru_utime.tv_sec as f64 + usage.ru_utime.tv_usec as f64 / 1e6 + usage.ru_stime.tv_sec as f64 + usage.ru_stime.tv_usec as f64 / 1e6;
+    Usage { wall: started.elapsed(), cpu_secs: cpu, max_rss_kib: usage.ru_maxrss, code: libc::WEXITSTATUS(status) }
+}
+
+fn config(dir: &Path, emulator: &str, otlp: &str, flows: &[(&str, &str)], interval: u64, extra: &str) -> String {
+    let mut c = support::TestConfig::new(dir, emulator, otlp, flows);
+    c.rate = 100_000.0;
+    c.concurrency = 32;
+    c.interval_secs = interval;
+    c.settle_secs = 0;
+    c.extra = extra.into();
+    let path = dir.join("config.toml");
+    c.write(&path);
+    path.display().to_string()
+}
+
+/// Requests per second the emulator serves to `clients` keep-alive connections for `secs`.
+async fn emulator_throughput(address: std::net::SocketAddr, path: String, clients: usize, secs: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let path = path.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            let mut count = 0u64;
+            let mut buffer = vec![0u8; 1 << 16];
+            while Instant::now() < deadline {
+                write!(stream, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").unwrap();
+                // Read one response: headers, then content-length bytes.
+                let mut got = Vec::new();
+                let body_start;
+                loop {
+                    let n = stream.read(&mut buffer).unwrap();
+                    got.extend_from_slice(&buffer[..n]);
+                    if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        body_start = p + 4;
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&got[..body_start]).to_lowercase();
+                let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap())).unwrap();
+                while got.len() < body_start + length {
+                    let n = stream.read(&mut buffer).unwrap();
+                    got.extend_from_slice(&buffer[..n]);
+                }
+                count += 1;
+            }
+            count
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / secs as f64
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let binary = release_binary();
+    let executions = env_or("BENCH_EXECUTIONS", 10_000);
+    let steady = env_or("BENCH_STEADY", 1_000);
+    let steady_secs = env_or("BENCH_STEADY_SECS", 60) as u64;
+    let startup_rows = env_or("BENCH_STARTUP_ROWS", 100_000);
+    let mut report = String::new();
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    writeln!(
+        report,
+        "# Benchmark report\n\nMachine: {} cores, {machine}. Date: {}.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        bedrock_flow_exporter::timefmt::format_nanos(now_nanos())
+    )
+    .unwrap();
+
+    // 1. Backlog drain with run --once.
+    let emulator = support::emulator(Scenario::backlog(executions, 45)).await;
+    let otlp = support::OtlpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 15, "");
+    let binary_for_drain = binary.clone();
+    let log = dir.path().join("drain.log");
+    let log_for_drain = log.clone();
+    let drain = tokio::task::spawn_blocking(move || measure(&binary_for_drain, &["run", "--once", "--config", &path], None, &log_for_drain)).await.unwrap();
+    assert_eq!(drain.code, 0, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let facts = emulator.executions(now_nanos());
+    let events: usize = facts.iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
+    let minimum: u64 =
+        facts.iter().map(|f| (f.node_events.len().div_ceil(10) + f.flow_events.len().div_ceil(10)) as u64).sum::<u64>() + (facts.len() as u64).div_ceil(10) + 1;
+    let stats = emulator.stats();
+    let calls = stats["total_requests"].as_u64().unwrap();
+    let spans = otlp.receiver.unique().len();
+    writeln!(
+        report,
+        "## Backlog drain (`run --once`)\n\n{} finished executions, {events} events ({:.1} per execution), {spans} spans received over OTLP/gRPC.\n",
+        facts.len(),
+        events as f64 / facts.len() as f64
+    )
+    .unwrap();
+    writeln!(report, "| figure | value |\n|---|---|").unwrap();
+    writeln!(report, "| wall time | {:.2} s |", drain.wall.as_secs_f64()).unwrap();
+    writeln!(report, "| events/s | {:.0} |", events as f64 / drain.wall.as_secs_f64()).unwrap();
+    writeln!(report, "| CPU seconds per 1,000 events (collector) | {:.4} |", drain.cpu_secs / (events as f64 / 1000.0)).unwrap();
+    writeln!(report, "| peak RSS (collector) | {:.1} MiB |", drain.max_rss_kib as f64 / 1024.0).unwrap();
+    for (op, n) in stats["requests"].as_object().unwrap() {
+        writeln!(report, "| API calls: {op} | {n} |").unwrap();
+    }
+    writeln!(report, "| API calls / minimum of SPEC §9 | {calls} / {minimum} = {:.4} |", calls as f64 / minimum as f64).unwrap();
+    writeln!(report, "| emulator requests served per second during the drain | {:.0} |\n", calls as f64 / drain.wall.as_secs_f64()).unwrap();
+    let address = emulator.addr;
+    let arn = facts[0].arn.clone();
+    let events_path = format!("/flows/BACKLOG001/aliases/BACKLOGLIV/executions/{}/events?eventType=Node&maxResults=10", arn.rsplit('/').next().unwrap());
+    let throughput = emulator_throughput(address, events_path, 8, 5).await;
+    writeln!(report, "Emulator capacity, `backlog` scenario, 8 keep-alive clients on ListFlowExecutionEvents for 5 s: **{throughput:.0} requests/s**.\n")
+        .unwrap();
+    otlp.stop();
+    emulator.stop().await;
+
+    // 2. Steady state: running executions without new events.
+    let empty = support::emulator(Scenario::steady(0, 600)).await;
+    let otlp = support::OtlpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), &empty.endpoint(), &format!("http://{}", otlp.grpc), &[("STEADY0001", "steady")], 5, "");
+    let b = binary.clone();
+    let log = dir.path().join("empty.log");
+    let baseline = tokio::task::spawn_blocking(move || measure(&b, &["run", "--config", &path], Some(Duration::from_secs(12)), &log)).await.unwrap();
+    empty.stop().await;
+    let emulator = support::emulator(Scenario::steady(steady, 600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("STEADY0001", "steady")], 5, "");
+    let b = binary.clone();
+    let log = dir.path().join("steady.log");
+    let before = emulator.stats();
+    let run = tokio::task::spawn_blocking(move || measure(&b, &["run", "--config", &path], Some(Duration::from_secs(steady_secs)), &log)).await.unwrap();
+    let after = emulator.stats();
+    let polls = (steady_secs / 5) as f64;
+    let events_calls = support::requests(&after, "ListFlowExecutionEvents") - support::requests(&before, "ListFlowExecutionEvents");
+    let list_calls = support::requests(&after, "ListFlowExecutions") - support::requests(&before, "ListFlowExecutions");
+    writeln!(report, "## Steady state\n\n{steady} Running executions without new events, polled every 5 s for {steady_secs} s (about {polls:.0} polls).\n")
+        .unwrap();
+    writeln!(report, "| figure | value |\n|---|---|").unwrap();
+    writeln!(report, "| ListFlowExecutionEvents calls per poll | {:.0} (SPEC: one per stream per execution = {}) |", events_calls as f64 / polls, 2 * steady)
+        .unwrap();
+    writeln!(report, "| ListFlowExecutions calls per poll | {:.1} |", list_calls as f64 / polls).unwrap();
+    writeln!(report, "| CPU seconds per poll (collector) | {:.3} |", run.cpu_secs / polls).unwrap();
+    writeln!(report, "| peak RSS with {steady} tracked | {:.1} MiB |", run.max_rss_kib as f64 / 1024.0).unwrap();
+    writeln!(report, "| peak RSS with none tracked | {:.1} MiB |", baseline.max_rss_kib as f64 / 1024.0).unwrap();
+    writeln!(report, "| memory per tracked execution | {:.1} KiB |\n", (run.max_rss_kib - baseline.max_rss_kib) as f64 / steady as f64).unwrap();
+    otlp.stop();
+    emulator.stop().await;
+
+    // 3. Startup with many executions in the state store.
+    let dir = tempfile::tempdir().unwrap();
+    let state_path = dir.path().join("state.sqlite");
+    {
+        let store = bedrock_flow_exporter::state::StateStore::open(&state_path).unwrap();
+        let rows: Vec<bedrock_flow_exporter::state::Tracked> = (0..startup_rows)
+            .map(|i| bedrock_flow_exporter::state::Tracked {
+                arn: format!("arn:aws:bedrock:us-east-1:123456789012:flow/STARTUP001/alias/LIVE/execution/{i:036}"),
+                flow_id: "STARTUP001".into(),
+                alias: "LIVE".into(),
+                version: "1".into(),
+                created_at: now_nanos(),
+                ended_at: Some(now_nanos()),
+                status: "Succeeded".into(),
+                needs_settle: false,
+                terminal_seen_at: None,
+                errors: None,
+                node_cursor: Default::default(),
+                flow_cursor: Default::default(),
+                node_checked: 45,
+                flow_checked: 5,
+                final_read: true,
+                unknown_status_counted: false,
+            })
+            .collect();
+        let refs: Vec<&bedrock_flow_exporter::state::Tracked> = rows.iter().collect();
+        store.save_all(&refs).unwrap();
+        let done: Vec<(&bedrock_flow_exporter::state::Tracked, Vec<[u8; 8]>, bool)> = refs.iter().map(|t| (*t, Vec::new(), true)).collect();
+        store.mark_exported(&done).unwrap();
+    }
+    let emulator = support::emulator(Scenario::steady(0, 1)).await;
+    let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), "http://127.0.0.1:9", &[("STARTUP001", "startup")]);
+    c.state = state_path;
+    c.extra = "enabled = false\n".into();
+    let path = dir.path().join("config.toml");
+    c.write(&path);
+    let b = binary.clone();
+    let log = dir.path().join("startup.log");
+    let log2 = log.clone();
+    let p = path.display().to_string();
+    tokio::task::spawn_blocking(move || measure(&b, &["run", "--config", &p], Some(Duration::from_secs(4)), &log2)).await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let startup_ms: u64 = text.split("startup_ms=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("startup line");
+    writeln!(report, "## Startup\n\nWith {startup_rows} finished executions in the state store: **{startup_ms} ms** from process start to serving (state loaded, clients built, port bound).\n").unwrap();
+    emulator.stop().await;
+
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-report.md");
+    std::fs::write(&out, &report).unwrap();
+    println!("{report}\n(written to {})", out.display());
+}
