@@ -34,7 +34,9 @@ fn env_or(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Runs the binary to its end (or until `stop_after`, then SIGTERM) and measures it.
+/// Runs the binary to its end (or until `stop_after`, then SIGTERM) and measures it. The child
+/// is reaped with wait4(2) for its resource usage.
+#[allow(clippy::zombie_processes)]
 fn measure(binary: &Path, args: &[&str], stop_after: Option<Duration>, log: &Path) -> Usage {
     let started = Instant::now();
     let child = Command::new(binary)
