@@ -1,5 +1,5 @@
 //! `cargo bench --bench exporter`: the figures of SPEC §9 on this machine, written to
-//! `target/bench-report.md` (and printed). Runs the release binary as a child process against
+//! `target/bench-report.md` (and printed). Runs the optimized binary as a child process against
 //! the in-process emulator, spans into an in-process OTLP receiver; the child's CPU time and
 //! peak RSS come from wait4(2). Sizes: BENCH_EXECUTIONS (10000), BENCH_STEADY (1000),
 //! BENCH_STEADY_SECS (60), BENCH_STARTUP_ROWS (100000).
@@ -24,10 +24,9 @@ struct Usage {
     code: i32,
 }
 
+/// The binary cargo built for this bench (optimized, the `bench` profile).
 fn release_binary() -> std::path::PathBuf {
-    let status = Command::new("cargo").args(["build", "--release", "--quiet"]).status().expect("cargo");
-    assert!(status.success());
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/bedrock-flow-exporter")
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_bedrock-flow-exporter"))
 }
 
 fn env_or(key: &str, default: usize) -> usize {
@@ -50,6 +49,21 @@ fn measure(binary: &Path, args: &[&str], stop_after: Option<Duration>, log: &Pat
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
+    // Peak RSS from /proc (VmHWM of the exec'd image); wait4's ru_maxrss would include the
+    // pages the child shared with this large process before exec.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let sampler_peak = peak.clone();
+    let sampler = std::thread::spawn(move || {
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if status.lines().any(|l| l.starts_with("State:") && l.contains("zombie")) {
+                break;
+            }
+            if let Some(kib) = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok()) {
+                sampler_peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
     if let Some(after) = stop_after {
         std::thread::sleep(after);
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -57,8 +71,9 @@ fn measure(binary: &Path, args: &[&str], stop_after: Option<Duration>, log: &Pat
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let _ = sampler.join();
     let cpu = usage.ru_utime.tv_sec as f64 + usage.ru_utime.tv_usec as f64 / 1e6 + usage.ru_stime.tv_sec as f64 + usage.ru_stime.tv_usec as f64 / 1e6;
-    Usage { wall: started.elapsed(), cpu_secs: cpu, max_rss_kib: usage.ru_maxrss, code: libc::WEXITSTATUS(status) }
+    Usage { wall: started.elapsed(), cpu_secs: cpu, max_rss_kib: peak.load(std::sync::atomic::Ordering::Relaxed), code: libc::WEXITSTATUS(status) }
 }
 
 fn config(dir: &Path, emulator: &str, otlp: &str, flows: &[(&str, &str)], interval: u64, extra: &str) -> String {
@@ -81,10 +96,12 @@ async fn emulator_throughput(address: std::net::SocketAddr, path: String, client
         let path = path.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
             let mut stream = std::net::TcpStream::connect(address).unwrap();
+            stream.set_nodelay(true).unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
             let mut count = 0u64;
             let mut buffer = vec![0u8; 1 << 16];
             while Instant::now() < deadline {
-                write!(stream, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").unwrap();
+                stream.write_all(request.as_bytes()).unwrap();
                 // Read one response: headers, then content-length bytes.
                 let mut got = Vec::new();
                 let body_start;

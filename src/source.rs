@@ -218,13 +218,21 @@ impl FlowSource {
         FlowSource { client: bar::Client::new(&sdk_config), metrics }
     }
 
-    fn record<T>(&self, operation: &'static str, started: Instant, result: &Result<T, ApiError>) {
+    /// Awaits one SDK call and records it: request count, duration, and the kind of error.
+    async fn call<T, E, R>(&self, operation: &'static str, request: impl std::future::Future<Output = Result<T, SdkError<E, R>>>) -> Result<T, ApiError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let started = Instant::now();
+        let result = request.await.map_err(|e| classify(operation, e));
         let labels = vec![("operation", operation.to_string())];
         self.metrics.api_requests.get_or_create(&labels).inc();
         self.metrics.api_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        if let Err(e) = result {
+        if let Err(e) = &result {
             self.metrics.api_request_errors.get_or_create(&vec![("operation", operation.to_string()), ("error_kind", e.kind.label().to_string())]).inc();
         }
+        result
     }
 
     /// One page of ListFlowExecutions.
@@ -234,36 +242,28 @@ impl FlowSource {
         alias: Option<&str>,
         token: Option<String>,
     ) -> Result<(Vec<ExecutionSummary>, Option<String>), ApiError> {
-        const OP: &str = "ListFlowExecutions";
-        let started = Instant::now();
-        let result = self
+        let request = self
             .client
             .list_flow_executions()
             .flow_identifier(flow_id)
             .set_flow_alias_identifier(alias.map(str::to_string))
             .max_results(10)
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| classify(OP, e))
-            .map(|out| {
-                let items = out
-                    .flow_execution_summaries()
-                    .iter()
-                    .map(|s| ExecutionSummary {
-                        execution_arn: s.execution_arn().to_string(),
-                        flow_alias_identifier: s.flow_alias_identifier().to_string(),
-                        flow_identifier: s.flow_identifier().to_string(),
-                        flow_version: s.flow_version().to_string(),
-                        status: ExecutionStatus::parse(s.status().as_str()),
-                        created_at: Timestamp(nanos(s.created_at()).unwrap_or(0)),
-                        ended_at: s.ended_at().and_then(nanos).map(Timestamp),
-                    })
-                    .collect();
-                (items, out.next_token().filter(|t| !t.is_empty()).map(str::to_string))
-            });
-        self.record(OP, started, &result);
-        result
+            .set_next_token(token);
+        let out = self.call("ListFlowExecutions", request.send()).await?;
+        let items = out
+            .flow_execution_summaries()
+            .iter()
+            .map(|s| ExecutionSummary {
+                execution_arn: s.execution_arn().to_string(),
+                flow_alias_identifier: s.flow_alias_identifier().to_string(),
+                flow_identifier: s.flow_identifier().to_string(),
+                flow_version: s.flow_version().to_string(),
+                status: ExecutionStatus::parse(s.status().as_str()),
+                created_at: Timestamp(nanos(s.created_at()).unwrap_or(0)),
+                ended_at: s.ended_at().and_then(nanos).map(Timestamp),
+            })
+            .collect();
+        Ok((items, out.next_token().filter(|t| !t.is_empty()).map(str::to_string)))
     }
 
     /// One page of ListFlowExecutionEvents for one stream (`Flow` or `Node`).
@@ -275,10 +275,8 @@ impl FlowSource {
         flow_stream: bool,
         token: Option<String>,
     ) -> Result<(Vec<Event>, Option<String>), ApiError> {
-        const OP: &str = "ListFlowExecutionEvents";
-        let started = Instant::now();
         let event_type = if flow_stream { bar::types::FlowExecutionEventType::Flow } else { bar::types::FlowExecutionEventType::Node };
-        let result = self
+        let request = self
             .client
             .list_flow_execution_events()
             .flow_identifier(flow_id)
@@ -286,13 +284,9 @@ impl FlowSource {
             .execution_identifier(execution_arn)
             .event_type(event_type)
             .max_results(10)
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| classify(OP, e))
-            .map(|out| (out.flow_execution_events().iter().map(event_from_sdk).collect(), out.next_token().filter(|t| !t.is_empty()).map(str::to_string)));
-        self.record(OP, started, &result);
-        result
+            .set_next_token(token);
+        let out = self.call("ListFlowExecutionEvents", request.send()).await?;
+        Ok((out.flow_execution_events().iter().map(event_from_sdk).collect(), out.next_token().filter(|t| !t.is_empty()).map(str::to_string)))
     }
 
     /// GetFlowExecution: the final status and the errors of an execution.
@@ -302,49 +296,25 @@ impl FlowSource {
         alias: &str,
         execution_arn: &str,
     ) -> Result<(ExecutionStatus, Option<Timestamp>, Vec<ExecutionError>), ApiError> {
-        const OP: &str = "GetFlowExecution";
-        let started = Instant::now();
-        let result = self
-            .client
-            .get_flow_execution()
-            .flow_identifier(flow_id)
-            .flow_alias_identifier(alias)
-            .execution_identifier(execution_arn)
-            .send()
-            .await
-            .map_err(|e| classify(OP, e))
-            .map(|out| {
-                let errors = out
-                    .errors()
-                    .iter()
-                    .map(|e| ExecutionError {
-                        error: e.error().map(|x| x.as_str().to_string()),
-                        message: e.message().map(str::to_string),
-                        node_name: e.node_name().map(str::to_string),
-                    })
-                    .collect();
-                (ExecutionStatus::parse(out.status().as_str()), out.ended_at().and_then(nanos).map(Timestamp), errors)
-            });
-        self.record(OP, started, &result);
-        result
+        let request = self.client.get_flow_execution().flow_identifier(flow_id).flow_alias_identifier(alias).execution_identifier(execution_arn);
+        let out = self.call("GetFlowExecution", request.send()).await?;
+        let errors = out
+            .errors()
+            .iter()
+            .map(|e| ExecutionError {
+                error: e.error().map(|x| x.as_str().to_string()),
+                message: e.message().map(str::to_string),
+                node_name: e.node_name().map(str::to_string),
+            })
+            .collect();
+        Ok((ExecutionStatus::parse(out.status().as_str()), out.ended_at().and_then(nanos).map(Timestamp), errors))
     }
 
     /// GetExecutionFlowSnapshot: (flow version, definition JSON text).
     pub async fn get_snapshot(&self, flow_id: &str, alias: &str, execution_arn: &str) -> Result<(String, String), ApiError> {
-        const OP: &str = "GetExecutionFlowSnapshot";
-        let started = Instant::now();
-        let result = self
-            .client
-            .get_execution_flow_snapshot()
-            .flow_identifier(flow_id)
-            .flow_alias_identifier(alias)
-            .execution_identifier(execution_arn)
-            .send()
-            .await
-            .map_err(|e| classify(OP, e))
-            .map(|out| (out.flow_version().to_string(), out.definition().to_string()));
-        self.record(OP, started, &result);
-        result
+        let request = self.client.get_execution_flow_snapshot().flow_identifier(flow_id).flow_alias_identifier(alias).execution_identifier(execution_arn);
+        let out = self.call("GetExecutionFlowSnapshot", request.send()).await?;
+        Ok((out.flow_version().to_string(), out.definition().to_string()))
     }
 }
 

@@ -14,7 +14,7 @@ use bedrock_flow_exporter::model::Event;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-use crate::support::{self, OtlpServer, Running, TestConfig};
+use crate::support::{self, Harness, Running};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -83,20 +83,9 @@ async fn real_prometheus_scrapes_and_every_dashboard_query_returns_data() {
     scenario.traffic.running_secs = 600;
     scenario.outcomes.failed = 0.15;
     scenario.outcomes.aborted = 0.0;
-    let emulator = support::emulator(scenario).await;
-    let otlp = OtlpServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = TestConfig::new(
-        dir.path(),
-        &emulator.endpoint(),
-        &format!("http://{}", otlp.grpc),
-        &[("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")],
-    );
-    let path = dir.path().join("config.toml");
-    config.write(&path);
-    let log = dir.path().join("exporter.log");
-    let _exporter = support::spawn(&["run", "--config", path.to_str().unwrap()], &log);
-    let exporter = support::wait_for_listen(&log, Duration::from_secs(20));
+    let h = Harness::start(scenario, &[("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")]).await;
+    let (emulator, otlp, dir) = (&h.emulator, &h.otlp, &h.dir);
+    let (_exporter, exporter) = h.serve();
 
     // Every finished execution exported: 20 per flow.
     let facts: Vec<_> = emulator.executions(bedrock_flow_exporter::timefmt::now_nanos()).into_iter().filter(|f| f.status != "Running").collect();
@@ -230,6 +219,5 @@ async fn real_prometheus_scrapes_and_every_dashboard_query_returns_data() {
     assert!(page.contains("support-triage") && page.contains("DOCBATCH01") && page.contains("Succeeded: "), "{page}");
     assert_eq!(support::http_get(exporter, "/-/healthy", None).0, 200);
     assert_eq!(support::http_get(exporter, "/-/ready", None).0, 200);
-    otlp.stop();
-    emulator.stop().await;
+    h.stop().await;
 }

@@ -375,3 +375,47 @@ pub fn expected_root_id(arn: &str) -> String {
 pub fn expected_trace_id(arn: &str) -> String {
     hex(&bedrock_flow_exporter::span::trace_id(arn))
 }
+
+/// The usual arrangement of an end-to-end test: the emulator on a scenario, an OTLP receiver,
+/// a temp dir with a config for the binary pointing at both.
+pub struct Harness {
+    pub emulator: EmulatorHandle,
+    pub otlp: OtlpServer,
+    pub dir: tempfile::TempDir,
+    pub config: TestConfig,
+}
+
+impl Harness {
+    pub async fn start(scenario: Scenario, flows: &[(&str, &str)]) -> Harness {
+        let emulator = emulator(scenario).await;
+        let otlp = OtlpServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), flows);
+        Harness { emulator, otlp, dir, config }
+    }
+
+    /// Writes the config (after the test adjusted `self.config`) and returns its path.
+    pub fn config_path(&self) -> String {
+        let path = self.dir.path().join("config.toml");
+        self.config.write(&path);
+        path.display().to_string()
+    }
+
+    /// Starts `run` as a service; returns the child and the address of its HTTP endpoint.
+    pub fn serve(&self) -> (Running, SocketAddr) {
+        let path = self.config_path();
+        let log = self.dir.path().join("run.log");
+        let child = spawn(&["run", "--config", &path], &log);
+        let address = wait_for_listen(&log, Duration::from_secs(20));
+        (child, address)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("run.log")).unwrap_or_default()
+    }
+
+    pub async fn stop(self) {
+        self.otlp.stop();
+        self.emulator.stop().await;
+    }
+}

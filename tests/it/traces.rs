@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bedrock_flow_exporter::emulator::scenario::Scenario;
 
-use crate::support::{self, OtlpServer, Received, TestConfig};
+use crate::support::{self, Harness, OtlpServer, Received, TestConfig};
 
 const FLOWS: [(&str, &str); 3] = [("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")];
 
@@ -163,16 +163,10 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_outage_loses_nothing_and_export_resumes_by_itself() {
-    let emulator = support::emulator(finished_scenario(15)).await;
-    let otlp = OtlpServer::start().await;
+    let h = Harness::start(finished_scenario(15), &FLOWS).await;
+    let (otlp, emulator) = (&h.otlp, &h.emulator);
     otlp.receiver.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let config = TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &FLOWS);
-    let path = dir.path().join("config.toml");
-    config.write(&path);
-    let log = dir.path().join("run.log");
-    let child = support::spawn(&["run", "--config", path.to_str().unwrap()], &log);
-    let exporter = support::wait_for_listen(&log, Duration::from_secs(20));
+    let (child, exporter) = h.serve();
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(otlp.receiver.refused.load(std::sync::atomic::Ordering::SeqCst) > 0, "the exporter tried");
     assert!(otlp.receiver.spans().is_empty());
@@ -198,23 +192,16 @@ async fn otlp_outage_loses_nothing_and_export_resumes_by_itself() {
     assert!(calls_after - calls_during < 40, "the events read during the outage were kept, not read again: {} more calls", calls_after - calls_during);
     assert!(rss_during < 200 * 1024, "memory stays bounded during the outage: {rss_during} KiB");
     drop(child);
-    otlp.stop();
-    emulator.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_denied_on_one_flow_does_not_stop_the_others() {
     let mut s = finished_scenario(5);
     s.faults.access_denied_flows = vec!["DOCBATCH01".into()];
-    let emulator = support::emulator(s).await;
-    let otlp = OtlpServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &FLOWS);
-    let path = dir.path().join("config.toml");
-    config.write(&path);
-    let log = dir.path().join("run.log");
-    let _child = support::spawn(&["run", "--config", path.to_str().unwrap()], &log);
-    let exporter = support::wait_for_listen(&log, Duration::from_secs(20));
+    let h = Harness::start(s, &FLOWS).await;
+    let (_child, exporter) = h.serve();
+    let otlp = &h.otlp;
     assert!(support::eventually(Duration::from_secs(30), || otlp.receiver.roots().len() == 10).await, "the two readable flows are exported");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(otlp.receiver.roots().iter().all(|r| r.attr("aws.bedrock.flow.id") != Some("DOCBATCH01")));
@@ -230,8 +217,7 @@ async fn access_denied_on_one_flow_does_not_stop_the_others() {
     let (_, page) = support::http_get(exporter, "/", None);
     assert!(page.contains("AccessDeniedException"), "the landing page shows the flow's last error");
     assert_eq!(support::http_get(exporter, "/-/ready", None).0, 200, "ready once every flow was polled, successfully or not");
-    otlp.stop();
-    emulator.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,15 +226,9 @@ async fn bad_data_from_the_api_is_counted_and_skipped_without_a_panic() {
     s.faults.malformed_ratio = 1.0;
     s.traffic.running_at_start = 4;
     s.traffic.running_secs = 3;
-    let emulator = support::emulator(s).await;
-    let otlp = OtlpServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &FLOWS);
-    let path = dir.path().join("config.toml");
-    config.write(&path);
-    let log = dir.path().join("run.log");
-    let _child = support::spawn(&["run", "--config", path.to_str().unwrap()], &log);
-    let exporter = support::wait_for_listen(&log, Duration::from_secs(20));
+    let h = Harness::start(s, &FLOWS).await;
+    let (_child, exporter) = h.serve();
+    let otlp = &h.otlp;
     assert!(
         support::eventually(Duration::from_secs(60), || otlp.receiver.roots().len() == 102).await,
         "every execution exported despite bad data: {}",
@@ -258,17 +238,14 @@ async fn bad_data_from_the_api_is_counted_and_skipped_without_a_panic() {
     for reason in ["unknown_event_kind", "duplicate_event", "missing_timestamp"] {
         assert!(support::sample(&text, "bedrock_flow_exporter_invalid_events_total", &[("reason", reason)]).unwrap() >= 1.0, "{reason} counted");
     }
-    let statuses_seen = emulator.stats();
-    let _ = statuses_seen;
     let skewed = otlp.receiver.unique().values().filter(|s| s.attr("aws.bedrock.flow.clock_skew") == Some("true")).count();
     assert!(skewed >= 1, "an output before its input gives a zero-length span marked clock_skew");
     for s in otlp.receiver.unique().values().filter(|s| s.attr("aws.bedrock.flow.clock_skew") == Some("true")) {
         assert_eq!(s.start, s.end);
     }
-    let log_text = std::fs::read_to_string(&log).unwrap();
+    let log_text = h.log();
     assert!(!log_text.contains("panicked"), "no panic");
     let duplicate_lines = log_text.lines().filter(|l| l.contains("reason=\"duplicate_event\"") || l.contains("reason=duplicate_event")).count();
     assert!(duplicate_lines <= 1, "each kind of bad data is logged once: {duplicate_lines}");
-    otlp.stop();
-    emulator.stop().await;
+    h.stop().await;
 }
