@@ -290,10 +290,12 @@ impl Collector {
                     self.tracked.insert(t.arn.clone(), t);
                 }
                 let Some(next_token) = next else { break };
+                // Stop only past every tracked running execution (strictly older: on a tie, one
+                // may still be on a later page).
                 if !full && descending && !page_has_new {
                     let oldest_active =
                         self.tracked.values().filter(|t| t.flow_id == flow_id && !ExecutionStatus::parse(&t.status).is_terminal()).map(|t| t.created_at).min();
-                    if oldest_active.is_none_or(|a| page_oldest <= a) && page_oldest < i64::MAX {
+                    if oldest_active.is_none_or(|a| page_oldest < a) && page_oldest < i64::MAX {
                         break;
                     }
                 }

@@ -155,8 +155,9 @@ impl World {
             for start in starts {
                 self.create(f, None, start, None, None, Some(now - 1_000_000_000));
             }
-            for _ in 0..traffic.running_at_start {
-                let start = now - 1_000_000_000;
+            for i in 0..traffic.running_at_start {
+                // Started over the last minute, a few milliseconds apart.
+                let start = now - 1_000_000_000 - (i as i64 % 60_000) * 1_000_000;
                 let index = self.create(f, None, start, None, None, None);
                 // Keep it running: everything after its first events waits `running_secs`.
                 let hold = traffic.running_secs as i64 * 1_000_000_000;

@@ -348,3 +348,46 @@ async fn sigkill_at_random_moments_loses_no_span_and_counts_nothing_twice() {
     otlp.stop();
     emulator.stop().await;
 }
+
+/// Listing calls of a service run over `secs` with the given order; a new execution started
+/// half-way must be found either way.
+async fn listing_calls(order: ListOrder, secs: u64) -> (u64, u64) {
+    let mut s = Scenario::demo();
+    s.list_order = order;
+    s.traffic.executions_per_minute = 0.0;
+    s.traffic.history = 200;
+    s.traffic.running_at_start = 0;
+    s.flows.truncate(1);
+    let mut h = support::Harness::start(s, &[("SUPPORTTRI", "support-triage")]).await;
+    h.config.poll_extra = "full_scan_secs = 3600".into();
+    let (_child, _) = h.serve();
+    assert!(support::eventually(Duration::from_secs(30), || h.otlp.receiver.roots().len() == 200).await, "history exported");
+    let before = support::requests(&h.emulator.stats(), "ListFlowExecutions");
+    let client = crate::emulator_sdk::client(&h.emulator.endpoint()).await;
+    let input = aws_sdk_bedrockagentruntime::types::FlowInput::builder()
+        .node_name("FlowInputNode")
+        .content(aws_sdk_bedrockagentruntime::types::FlowInputContent::Document(aws_smithy_types::Document::String("late ticket".into())))
+        .build()
+        .unwrap();
+    let started = client.start_flow_execution().flow_identifier("SUPPORTTRI").flow_alias_identifier("SUPPORLIVE").inputs(input).send().await.unwrap();
+    let arn = started.execution_arn().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after = support::requests(&h.emulator.stats(), "ListFlowExecutions");
+    let root = support::expected_root_id(&arn);
+    assert!(
+        support::eventually(Duration::from_secs(30), || h.otlp.receiver.unique().contains_key(&root)).await,
+        "the execution started later is found ({order:?})"
+    );
+    h.stop().await;
+    (after - before, secs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_stops_early_only_when_the_order_is_proven() {
+    // Newest first: after the first full scan, a poll reads about one page (21 pages a scan).
+    let (calls, secs) = listing_calls(ListOrder::NewestFirst, 6).await;
+    assert!(calls <= 3 * secs, "{calls} listing calls in {secs} s of newest-first polling");
+    // Shuffled: the order is not proven, so every poll reads every page.
+    let (calls, secs) = listing_calls(ListOrder::Shuffled, 4).await;
+    assert!(calls >= 20 * (secs - 1), "{calls} listing calls in {secs} s of shuffled polling: full scans");
+}

@@ -9,7 +9,7 @@ use bedrock_flow_exporter::emulator::scenario::{ListOrder, Scenario};
 
 use crate::support;
 
-async fn client(endpoint: &str) -> Client {
+pub async fn client(endpoint: &str) -> Client {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))

@@ -216,7 +216,10 @@ pub struct TestConfig {
     pub settle_secs: u64,
     pub rate: f64,
     pub concurrency: usize,
+    /// Appended to the [traces] section.
     pub extra: String,
+    /// Appended to the [poll] section.
+    pub poll_extra: String,
 }
 
 impl TestConfig {
@@ -233,13 +236,14 @@ impl TestConfig {
             rate: 1000.0,
             concurrency: 8,
             extra: String::new(),
+            poll_extra: String::new(),
         }
     }
 
     pub fn write(&self, path: &Path) {
         let mut text = format!(
             "[server]\nlisten = \"{}\"\n[state]\npath = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nmax_requests_per_second = {}\n\
-             [poll]\ninterval_secs = {}\nsettle_secs = {}\nlookback_secs = 86400\nconcurrency = {}\n\
+             [poll]\ninterval_secs = {}\nsettle_secs = {}\nlookback_secs = 86400\nconcurrency = {}\n{}\n\
              [traces]\nendpoint = \"{}\"\nprotocol = \"{}\"\n{}\n",
             self.listen,
             self.state.display(),
@@ -248,6 +252,7 @@ impl TestConfig {
             self.interval_secs,
             self.settle_secs,
             self.concurrency,
+            self.poll_extra,
             self.otlp,
             self.protocol,
             self.extra
