@@ -73,8 +73,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
     let metrics = Arc::new(Metrics::new(config.metrics.node_labels));
     let started = std::time::Instant::now();
     let store = Arc::new(StateStore::open(&config.state.path).map_err(|e| AppError::Runtime(e.to_string()))?);
-    let exporter =
-        Arc::new(Exporter::new(&config.traces, config.aws.region.as_deref()).map_err(|e| AppError::Usage(format!("config key `traces.endpoint`: {e}")))?);
+    let exporter = Arc::new(
+        Exporter::new(&config.traces, config.aws.region.as_deref(), config.single_account().as_deref())
+            .map_err(|e| AppError::Usage(format!("config key `traces.endpoint`: {e}")))?,
+    );
     let budgets = Budgets::default();
     let mut flows = Vec::new();
     for flow in &config.flows {

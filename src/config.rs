@@ -315,6 +315,25 @@ fn check_role(key: &str, role: Option<&str>) -> Result<(), ConfigError> {
     }
 }
 
+impl Config {
+    /// The AWS account every configured flow and role ARN names, when there is exactly one
+    /// (the `cloud.account.id` of the trace resource; each root span carries its own).
+    pub fn single_account(&self) -> Option<String> {
+        let account_of = |arn: &str| arn.starts_with("arn:").then(|| arn.split(':').nth(4).map(str::to_string)).flatten().filter(|a| !a.is_empty());
+        let mut accounts: Vec<String> = self
+            .flows
+            .iter()
+            .flat_map(|f| [Some(f.id.as_str()), f.role_arn.as_deref()])
+            .chain([self.aws.role_arn.as_deref()])
+            .flatten()
+            .filter_map(account_of)
+            .collect();
+        accounts.sort();
+        accounts.dedup();
+        (accounts.len() == 1).then(|| accounts.remove(0))
+    }
+}
+
 /// The bare 10-character id of a flow given by id or ARN.
 pub fn bare_flow_id(identifier: &str) -> Option<String> {
     let id = match identifier.strip_prefix("arn:aws") {
@@ -379,6 +398,19 @@ mod tests {
         assert_eq!(c.traces.service_name, "svc");
         assert_eq!(c.traces.headers["api-key"], "abc=");
         assert_eq!(c.aws.region.as_deref(), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn single_account_from_arns() {
+        let one = Config::parse("[[flows]]\nid = \"arn:aws:bedrock:us-east-1:111111111111:flow/ABCDEFGHIJ\"\n[[flows]]\nid = \"KLMNOPQRST\"\n").unwrap();
+        assert_eq!(one.single_account().as_deref(), Some("111111111111"));
+        let two = Config::parse(
+            "[aws]\nrole_arn = \"arn:aws:iam::222222222222:role/r\"\n[[flows]]\nid = \"arn:aws:bedrock:us-east-1:111111111111:flow/ABCDEFGHIJ\"\n",
+        )
+        .unwrap();
+        assert_eq!(two.single_account(), None);
+        let none = Config::parse("[[flows]]\nid = \"ABCDEFGHIJ\"\n").unwrap();
+        assert_eq!(none.single_account(), None);
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl Exporter {
     }
 
     /// Builds the exporter. Must run inside a Tokio runtime (tonic's channel needs one).
-    pub fn new(config: &TracesConfig, region: Option<&str>) -> Result<Exporter, ExportError> {
+    pub fn new(config: &TracesConfig, region: Option<&str>, account: Option<&str>) -> Result<Exporter, ExportError> {
         if !config.enabled {
             return Ok(Exporter::disabled());
         }
@@ -90,6 +90,9 @@ impl Exporter {
         let mut attributes = vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION")), KeyValue::new("cloud.provider", "aws")];
         if let Some(region) = region {
             attributes.push(KeyValue::new("cloud.region", region.to_string()));
+        }
+        if let Some(account) = account {
+            attributes.push(KeyValue::new("cloud.account.id", account.to_string()));
         }
         let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).with_attributes(attributes).build();
         exporter.set_resource(&resource);

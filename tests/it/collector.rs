@@ -78,9 +78,17 @@ async fn backlog_once_exports_every_span_with_the_minimum_of_api_calls() {
         let emulator = support::emulator(scenario).await;
         let otlp = OtlpServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let config = TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")]);
+        // The flow named by ARN: labels and attributes still carry the bare id.
+        let mut config = TestConfig::new(
+            dir.path(),
+            &emulator.endpoint(),
+            &format!("http://{}", otlp.grpc),
+            &[("arn:aws:bedrock:us-east-1:123456789012:flow/BACKLOG001", "backlog")],
+        );
+        config.extra = "headers = { \"x-api-key\" = \"grpc-key\" }\n".into();
         let path = config_path(dir.path(), &config);
         let output = run_binary(vec!["run".into(), "--once".into(), "--config".into(), path]).await;
+        assert_eq!(otlp.receiver.headers.lock().unwrap().get("x-api-key").map(String::as_str), Some("grpc-key"), "headers travel as gRPC metadata");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
         assert!(stdout.contains("run --once: 60 executions exported"), "{stdout}");
@@ -104,6 +112,7 @@ async fn backlog_once_exports_every_span_with_the_minimum_of_api_calls() {
             assert_eq!(root.attr("cloud.account.id"), Some("123456789012"));
             assert_eq!(root.kind, 1, "INTERNAL");
             assert_eq!(root.resource.get("service.name").map(String::as_str), Some("bedrock-flows"));
+            assert_eq!(root.resource.get("cloud.account.id").map(String::as_str), Some("123456789012"), "the account of the configured flow ARN");
             match f.status.as_str() {
                 "Succeeded" => assert_eq!(root.status_code, 1),
                 "Failed" => {

@@ -221,3 +221,24 @@ async fn real_prometheus_scrapes_and_every_dashboard_query_returns_data() {
     assert_eq!(support::http_get(exporter, "/-/ready", None).0, 200);
     h.stop().await;
 }
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let check = std::process::Command::new("promtool").args(["check", "rules", "bedrock-flows-alerts.yml"]).current_dir(&dir).output().expect("promtool");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 5 rules found"));
+    let test = std::process::Command::new("promtool").args(["test", "rules", "bedrock-flows-alerts.test.yml"]).current_dir(&dir).output().unwrap();
+    assert!(test.status.success(), "promtool test rules: {}{}", String::from_utf8_lossy(&test.stdout), String::from_utf8_lossy(&test.stderr));
+    // Every alert has a unit test that shows it firing.
+    let tests = std::fs::read_to_string(dir.join("bedrock-flows-alerts.test.yml")).unwrap();
+    for alert in [
+        "BedrockFlowFailureRatioHigh",
+        "BedrockFlowExecutionNearTimeLimit",
+        "BedrockFlowExporterPollerStalled",
+        "BedrockFlowExporterThrottled",
+        "BedrockFlowExporterSpanExportFailing",
+    ] {
+        assert!(tests.contains(&format!("alertname: {alert}")), "{alert} has a test");
+    }
+}

@@ -64,6 +64,8 @@ pub struct Receiver {
     pub refuse: Arc<AtomicBool>,
     pub refused: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
+    /// Headers (HTTP) or metadata (gRPC) of the last export request.
+    pub headers: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Receiver {
@@ -121,6 +123,8 @@ impl Receiver {
 #[tonic::async_trait]
 impl TraceService for Receiver {
     async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        *self.headers.lock().unwrap() =
+            request.metadata().clone().into_headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
         if self.accept(request.into_inner()) {
             Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
         } else {
@@ -162,6 +166,7 @@ impl OtlpServer {
                 if request.uri().path() != "/v1/traces" {
                     return bedrock_flow_exporter::httpserve::respond(404, "text/plain", "no");
                 }
+                *receiver.headers.lock().unwrap() = request.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
                 let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                 match ExportTraceServiceRequest::decode(body).map(|req| receiver.accept(req)) {
                     Ok(true) => bedrock_flow_exporter::httpserve::respond(

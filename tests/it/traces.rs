@@ -47,14 +47,20 @@ async fn iterators_loops_conditions_agents_and_content_capture() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.http), &FLOWS);
     config.protocol = "http/protobuf";
-    config.extra = "capture_content = \"truncated\"\nmax_content_bytes = 128\nredact = [\"invoice|password\"]\n".into();
+    config.extra =
+        "capture_content = \"truncated\"\nmax_content_bytes = 128\nredact = [\"invoice|password\"]\nheaders = { \"x-api-key\" = \"secret-key\" }\n".into();
     let path = dir.path().join("config.toml");
     config.write(&path);
     let output = tokio::task::spawn_blocking(move || support::command(&["run", "--once", "--config", path.to_str().unwrap()]).output().unwrap()).await.unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(otlp.receiver.headers.lock().unwrap().get("x-api-key").map(String::as_str), Some("secret-key"), "traces.headers reach the backend");
     let spans = otlp.receiver.unique();
     let traces = by_trace(&spans);
     assert_eq!(traces.len(), 36);
+    let resource = &spans.values().next().unwrap().resource;
+    assert_eq!(resource.get("service.version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(resource.get("cloud.provider").map(String::as_str), Some("aws"));
+    assert_eq!(resource.get("cloud.region").map(String::as_str), Some("us-east-1"));
     let (mut iterators, mut loops, mut conditions, mut agents) = (0, 0, 0, 0);
     for trace in traces.values() {
         let root = root(trace);
