@@ -9,4 +9,4 @@ mod server;
 pub mod world;
 
 pub use scenario::Scenario;
-pub use server::{start, EmulatorHandle, ExecutionFacts};
+pub use server::{start, EmulatorHandle, ExecutionFacts, ASSUMED_ACCESS_KEY_ID};

@@ -150,6 +150,30 @@ fn error_response(world: &Mutex<World>, error: ApiError, request_id: &str) -> Ht
         .unwrap_or_else(|_| httpserve::respond(500, "text/plain", "response build failed"))
 }
 
+/// Credentials issued by the emulated STS; requests signed with them can be told apart.
+pub const ASSUMED_ACCESS_KEY_ID: &str = "ASIAEMULATEDROLE0001";
+
+fn assume_role(world: &Mutex<World>, form: &str, request_id: &str) -> HttpResponse {
+    let params = query_params(Some(form));
+    lock(world).count_request("AssumeRole");
+    let (Some("AssumeRole"), Some(role)) = (param(&params, "Action"), param(&params, "RoleArn")) else {
+        return error_response(world, validation("only STS AssumeRole is emulated"), request_id);
+    };
+    let session = param(&params, "RoleSessionName").unwrap_or("session");
+    let account = role.split(':').nth(4).unwrap_or("123456789012");
+    let role_name = role.rsplit('/').next().unwrap_or("role");
+    let expiration = crate::timefmt::format_nanos(now_nanos() + 3_600_000_000_000);
+    let expiration = format!("{}Z", &expiration[..19]);
+    let body = format!(
+        "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult><Credentials>\
+<AccessKeyId>{ASSUMED_ACCESS_KEY_ID}</AccessKeyId><SecretAccessKey>emulated-secret</SecretAccessKey><SessionToken>emulated-session-token</SessionToken>\
+<Expiration>{expiration}</Expiration></Credentials><AssumedRoleUser><AssumedRoleId>AROAEMULATED:{session}</AssumedRoleId>\
+<Arn>arn:aws:sts::{account}:assumed-role/{role_name}/{session}</Arn></AssumedRoleUser></AssumeRoleResult>\
+<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></AssumeRoleResponse>"
+    );
+    httpserve::respond(200, "text/xml", body)
+}
+
 enum Route {
     List { flow: String },
     Start { flow: String, alias: String },
@@ -323,6 +347,24 @@ async fn handle(world: Arc<Mutex<World>>, rng: Arc<Mutex<Rng>>, request: Request
     }
     if path == "/_emulator/healthy" {
         return httpserve::respond(200, "text/plain", "ok\n");
+    }
+    // Who signed the request: the access key id and region of the SigV4 credential scope.
+    if let Some(scope) = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split("Credential=").nth(1))
+        .map(|c| c.split([',', ' ']).next().unwrap_or("").split('/').collect::<Vec<_>>())
+    {
+        if scope.len() >= 3 {
+            let mut w = lock(&world);
+            *w.stats.signers.entry(format!("{}/{}", scope[0], scope[2])).or_default() += 1;
+        }
+    }
+    if method == Method::POST && path == "/" {
+        // STS AssumeRole (query protocol), so that `role_arn` works against the emulator.
+        let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return assume_role(&world, &String::from_utf8_lossy(&body), &request_id);
     }
     let Some(route) = route(&method, &path) else {
         return error_response(&world, api_error(404, "UnknownOperationException", format!("no operation at {method} {path}")), &request_id);

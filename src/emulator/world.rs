@@ -93,6 +93,8 @@ impl Execution {
 pub struct Stats {
     pub requests: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
+    /// "access key id/region" of the SigV4 credential scope → requests signed with it.
+    pub signers: BTreeMap<String, u64>,
 }
 
 pub struct World {
@@ -292,6 +294,7 @@ impl World {
         json!({
             "requests": self.stats.requests,
             "errors": self.stats.errors,
+            "signers": self.stats.signers,
             "total_requests": self.stats.requests.values().sum::<u64>(),
             "executions": self.executions.len(),
         })

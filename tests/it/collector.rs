@@ -400,3 +400,57 @@ async fn listing_stops_early_only_when_the_order_is_proven() {
     let (calls, secs) = listing_calls(ListOrder::Shuffled, 4).await;
     assert!(calls >= 20 * (secs - 1), "{calls} listing calls in {secs} s of shuffled polling: full scans");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assumed_role_and_per_flow_region_and_endpoint_overrides() {
+    use bedrock_flow_exporter::emulator::ASSUMED_ACCESS_KEY_ID;
+    let finished = |flow: usize, region: &str| {
+        let mut s = Scenario::demo();
+        s.traffic.executions_per_minute = 0.0;
+        s.traffic.history = 4;
+        s.traffic.running_at_start = 0;
+        s.flows = vec![s.flows[flow].clone()];
+        s.region = region.into();
+        s
+    };
+    let us = support::emulator(finished(0, "us-east-1")).await;
+    let eu = support::emulator(finished(1, "eu-west-1")).await;
+    let otlp = OtlpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[state]\npath = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nrole_arn = \"arn:aws:iam::123456789012:role/flow-observer\"\nmax_requests_per_second = 200\n\
+             [poll]\ninterval_secs = 1\nsettle_secs = 0\n[traces]\nendpoint = \"http://{}\"\n\
+             [[flows]]\nid = \"SUPPORTTRI\"\n\
+             [[flows]]\nid = \"DOCBATCH01\"\nregion = \"eu-west-1\"\nendpoint_url = \"{}\"\n",
+            dir.path().join("state.sqlite").display(),
+            us.endpoint(),
+            otlp.grpc,
+            eu.endpoint()
+        ),
+    )
+    .unwrap();
+    let output = run_binary(vec!["run".into(), "--once".into(), "--config".into(), path.display().to_string()]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let roots = otlp.receiver.roots();
+    assert_eq!(roots.len(), 8, "both flows, each from its own endpoint");
+    assert_eq!(roots.iter().filter(|r| r.attr("cloud.region") == Some("eu-west-1")).count(), 4);
+    for (emulator, region) in [(&us, "us-east-1"), (&eu, "eu-west-1")] {
+        let stats = emulator.stats();
+        assert!(support::requests(&stats, "AssumeRole") >= 1, "the role was assumed through STS at {region}: {stats}");
+        let signers = stats["signers"].as_object().unwrap();
+        let assumed = signers.get(&format!("{ASSUMED_ACCESS_KEY_ID}/{region}")).and_then(|v| v.as_u64()).unwrap_or(0);
+        let api_calls: u64 = ["ListFlowExecutions", "ListFlowExecutionEvents", "GetExecutionFlowSnapshot", "GetFlowExecution"]
+            .iter()
+            .map(|op| support::requests(&stats, op))
+            .sum();
+        assert_eq!(assumed, api_calls, "every Bedrock call at {region} is signed with the assumed role's key for that region: {signers:?}");
+        let base = signers.get(&format!("AKIDTEST/{region}")).and_then(|v| v.as_u64()).unwrap_or(0);
+        assert_eq!(base, support::requests(&stats, "AssumeRole"), "the base credentials sign only the AssumeRole calls");
+    }
+    otlp.stop();
+    us.stop().await;
+    eu.stop().await;
+}
