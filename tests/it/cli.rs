@@ -87,7 +87,7 @@ fn demo_shows_live_executions_metrics_and_the_flows() {
         if let Some(url) = line.trim().strip_prefix("status page:") {
             status_page = Some(url.trim().trim_start_matches("http://").trim_end_matches('/').to_string());
         }
-        if line.contains(" spans  trace ") {
+        if line.contains(" spans  trace ") && !line.ends_with("trace id") {
             finished_lines += 1;
             if finished_lines >= 5 {
                 break;
