@@ -619,14 +619,11 @@ impl Collector {
         }
         self.metrics.spans_exported.inc_by(to_export.len() as u64);
         self.spans_here += to_export.len() as u64;
-        let exported_now: HashSet<[u8; 8]> = to_export.iter().map(|s| s.span_id).collect();
-        for span in to_export.iter().filter(|s| s.parent_span_id.is_some() && exported_now.contains(&s.span_id)) {
-            let arn = match span.attribute("aws.bedrock.flow.execution.arn") {
-                Some(crate::span::AttrValue::Str(a)) => a.clone(),
-                _ => continue,
-            };
-            if let Some((t, ..)) = marks.iter().find(|m| m.0.arn == arn) {
-                self.observe_node(&self.labels(t), span);
+        // Node metrics, once per span: these spans were exported for the first time.
+        let labels: HashMap<[u8; 16], FlowLabels> = marks.iter().map(|(t, ..)| (crate::span::trace_id(&t.arn), self.labels(t))).collect();
+        for span in to_export.iter().filter(|s| s.parent_span_id.is_some()) {
+            if let Some(labels) = labels.get(&span.trace_id) {
+                self.observe_node(labels, span);
             }
         }
         for (t, _, done, root, total) in marks {

@@ -243,11 +243,11 @@ impl Walker<'_> {
             let node = def.nodes.iter().find(|n| n.name == name).expect("node in order");
             match node.kind.as_str() {
                 "Input" => {
-                    self.output(node, chain, vec![("document", flow_input.clone())], &mut values);
+                    self.output(node, vec![("document", flow_input.clone())], &mut values);
                 }
                 "LoopInput" => {
                     let value = entry.cloned().unwrap_or(Value::Null);
-                    self.output(node, chain, vec![("loopInput", value)], &mut values);
+                    self.output(node, vec![("loopInput", value)], &mut values);
                 }
                 _ => {
                     let Some(fields) = self.gather_inputs(def, node, chain, &values, &chosen) else {
@@ -328,8 +328,8 @@ impl Walker<'_> {
         self.events.push(Event::NodeInput(NodeInputEvent { node_name: node.name.clone(), timestamp: Some(ts), fields }));
     }
 
-    fn output(&mut self, node: &FlowNode, chain: &[ExecutionChainItem], outputs: Vec<(&str, Value)>, values: &mut Values) {
-        let _ = chain;
+    /// A node output event. Output fields carry no execution chain on the wire.
+    fn output(&mut self, node: &FlowNode, outputs: Vec<(&str, Value)>, values: &mut Values) {
         let ts = self.now();
         let fields = outputs
             .into_iter()
@@ -419,7 +419,7 @@ impl Walker<'_> {
                            "stopReason": "end_turn",
                            "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens}}),
                 );
-                self.output(node, chain, vec![("modelCompletion", json!(completion))], values);
+                self.output(node, vec![("modelCompletion", json!(completion))], values);
             }
             "KnowledgeBase" => {
                 self.input_event(node, fields);
@@ -431,7 +431,7 @@ impl Walker<'_> {
                     json!({"input": {"text": text}}),
                     json!({"output": {"text": format!("Knowledge about {text}")}, "citations": []}),
                 );
-                self.output(node, chain, vec![("outputText", json!(format!("Knowledge about {text}")))], values);
+                self.output(node, vec![("outputText", json!(format!("Knowledge about {text}")))], values);
             }
             "Agent" => {
                 self.input_event(node, fields);
@@ -453,20 +453,20 @@ impl Walker<'_> {
                         })],
                     },
                 }));
-                self.output(node, chain, vec![("agentResponse", json!(format!("Billing answer for {text}")))], values);
+                self.output(node, vec![("agentResponse", json!(format!("Billing answer for {text}")))], values);
             }
             "LambdaFunction" => {
                 self.input_event(node, fields);
                 self.advance(0.05, 0.8);
                 let function = node.configuration.as_ref().and_then(|c| c.pointer("/lambdaFunction/lambdaArn")).cloned().unwrap_or(Value::Null);
                 self.action(node, "lambda", "Invoke", json!({"FunctionName": function}), json!({"StatusCode": 200, "ExecutedVersion": "$LATEST"}));
-                self.output(node, chain, vec![("functionResponse", json!(format!("text of {text}")))], values);
+                self.output(node, vec![("functionResponse", json!(format!("text of {text}")))], values);
             }
             "Storage" => {
                 self.input_event(node, fields);
                 self.advance(0.05, 0.3);
                 let key = self.rng.uuid();
-                self.output(node, chain, vec![("s3Uri", json!(format!("s3://bucket/{key}")))], values);
+                self.output(node, vec![("s3Uri", json!(format!("s3://bucket/{key}")))], values);
             }
             "Loop" => {
                 self.input_event(node, fields);
@@ -480,7 +480,7 @@ impl Walker<'_> {
                         carried = exit;
                     }
                 }
-                self.output(node, chain, vec![("loopOutput", carried)], values);
+                self.output(node, vec![("loopOutput", carried)], values);
             }
             "LoopController" => {
                 // A loop controller only receives: its run is its input (SPEC §10).
@@ -493,7 +493,7 @@ impl Walker<'_> {
                 self.input_event(node, fields);
                 self.advance(0.02, 0.3);
                 let output = node.outputs.first().map(|o| o.name.clone()).unwrap_or_else(|| "response".into());
-                self.output(node, chain, vec![(&output, json!(format!("{} of {text}", node.kind)))], values);
+                self.output(node, vec![(&output, json!(format!("{} of {text}", node.kind)))], values);
             }
         }
         None
@@ -527,7 +527,7 @@ impl Walker<'_> {
             inner.push(ExecutionChainItem { node_name: iterator.name.clone(), kind: "Iterator".into(), index: Some(index as i32) });
             self.advance(0.001, 0.01);
             let mut item_values = values.clone();
-            self.output(iterator, &inner, vec![("arrayItem", item), ("arraySize", json!(size))], &mut item_values);
+            self.output(iterator, vec![("arrayItem", item), ("arraySize", json!(size))], &mut item_values);
             let mut chosen = HashMap::new();
             for name in &body.nodes {
                 let node = def.nodes.iter().find(|n| &n.name == name).expect("body node");
@@ -549,7 +549,7 @@ impl Walker<'_> {
             let node = def.nodes.iter().find(|n| &n.name == collector).expect("collector");
             self.advance(0.001, 0.01);
             let items = collected.remove(collector).unwrap_or_default();
-            self.output(node, chain, vec![("collectedArray", Value::Array(items))], values);
+            self.output(node, vec![("collectedArray", Value::Array(items))], values);
         }
     }
 }
