@@ -454,3 +454,47 @@ async fn assumed_role_and_per_flow_region_and_endpoint_overrides() {
     us.stop().await;
     eu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_region_come_from_a_named_profile() {
+    let mut s = Scenario::demo();
+    s.traffic.executions_per_minute = 0.0;
+    s.traffic.history = 3;
+    s.traffic.running_at_start = 0;
+    s.flows.truncate(1);
+    let emulator = support::emulator(s).await;
+    let otlp = OtlpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("aws-config"), "[profile observer]\nregion = eu-central-1\n").unwrap();
+    std::fs::write(dir.path().join("aws-credentials"), "[observer]\naws_access_key_id = AKIDFROMPROFILE\naws_secret_access_key = secret\n").unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[state]\npath = \"{}\"\n[aws]\nprofile = \"observer\"\nendpoint_url = \"{}\"\nmax_requests_per_second = 200\n[poll]\nsettle_secs = 0\n[traces]\nendpoint = \"http://{}\"\n[[flows]]\nid = \"SUPPORTTRI\"\n",
+            dir.path().join("state.sqlite").display(),
+            emulator.endpoint(),
+            otlp.grpc
+        ),
+    )
+    .unwrap();
+    let (config_file, credentials_file) = (dir.path().join("aws-config"), dir.path().join("aws-credentials"));
+    let output = tokio::task::spawn_blocking(move || {
+        support::command(&["run", "--once", "--config", path.to_str().unwrap()])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_CONFIG_FILE", config_file)
+            .env("AWS_SHARED_CREDENTIALS_FILE", credentials_file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(otlp.receiver.roots().len(), 3);
+    let stats = emulator.stats();
+    let signers = stats["signers"].as_object().unwrap();
+    assert_eq!(signers.keys().collect::<Vec<_>>(), vec!["AKIDFROMPROFILE/eu-central-1"], "the profile's key and region sign every call");
+    otlp.stop();
+    emulator.stop().await;
+}
