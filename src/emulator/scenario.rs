@@ -71,6 +71,9 @@ pub struct Faults {
     pub malformed_ratio: f64,
     /// Flows whose every request is answered with AccessDeniedException (403).
     pub access_denied_flows: Vec<String>,
+    /// Share of executions whose event lists answer ResourceNotFoundException (404), as if
+    /// their history had been deleted while they are still listed.
+    pub vanished_ratio: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -138,7 +141,15 @@ impl Default for Outcomes {
 
 impl Default for Faults {
     fn default() -> Self {
-        Faults { throttle_ratio: 0.0, server_error_ratio: 0.0, latency_ms: 0, token_ttl_secs: 0, malformed_ratio: 0.0, access_denied_flows: Vec::new() }
+        Faults {
+            throttle_ratio: 0.0,
+            server_error_ratio: 0.0,
+            latency_ms: 0,
+            token_ttl_secs: 0,
+            malformed_ratio: 0.0,
+            access_denied_flows: Vec::new(),
+            vanished_ratio: 0.0,
+        }
     }
 }
 

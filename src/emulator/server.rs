@@ -454,6 +454,9 @@ fn answer(world: &Mutex<World>, route: Route, params: &[(String, String)], body:
             };
             let index = find_execution(&w, &flow, &alias, &execution)?;
             let e = &w.executions[index];
+            if e.vanished {
+                return Err(not_found(format!("Events of flow execution {} were not found.", e.name)));
+            }
             let stream = if event_type == "Flow" { &e.flow_stream } else { &e.node_stream };
             let visible = stream.visible(e.horizon(now));
             let list = list_key(&["events", &e.arn, &event_type]);

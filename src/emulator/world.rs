@@ -52,6 +52,8 @@ pub struct Execution {
     pub aborted_at: Option<i64>,
     /// Malformed: a status string the model does not know while running.
     pub unknown_status: bool,
+    /// Its event lists answer 404 (fault `vanished_ratio`).
+    pub vanished: bool,
     pub order_key: u64,
 }
 
@@ -224,6 +226,7 @@ impl World {
             Outcome::Succeed
         };
         let malformation = rng.chance(self.scenario.faults.malformed_ratio).then(|| *rng.pick(&Malformation::ALL));
+        let vanished = rng.chance(self.scenario.faults.vanished_ratio);
         let input = input.unwrap_or_else(|| sample_input(&self.flows[f].name, &mut rng));
         let nanos_per_second = 1e9 / self.scenario.time_scale;
         let timeout_nanos = (outcomes.timeout_secs * nanos_per_second) as i64;
@@ -257,6 +260,7 @@ impl World {
             node_stream,
             aborted_at: None,
             unknown_status: malformation == Some(Malformation::UnknownStatus),
+            vanished,
             order_key: rng.next_u64(),
         };
         let index = self.executions.len();

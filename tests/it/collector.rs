@@ -498,3 +498,32 @@ async fn credentials_and_region_come_from_a_named_profile() {
     otlp.stop();
     emulator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_whose_events_answer_404_are_finished_with_what_was_read() {
+    let mut s = Scenario::demo();
+    s.traffic.executions_per_minute = 0.0;
+    s.traffic.history = 20;
+    s.traffic.running_at_start = 0;
+    s.outcomes.failed = 0.0;
+    s.outcomes.timed_out = 0.0;
+    s.outcomes.aborted = 0.0;
+    s.faults.vanished_ratio = 0.3;
+    s.flows.truncate(1);
+    let h = support::Harness::start(s, &[("SUPPORTTRI", "support-triage")]).await;
+    let output = run_binary(vec!["run".into(), "--once".into(), "--config".into(), h.config_path()]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("run --once: 20 executions exported"), "{stdout}");
+    let spans = h.otlp.receiver.unique();
+    let roots = h.otlp.receiver.roots();
+    assert_eq!(roots.len(), 20, "every execution finished, the vanished ones too");
+    let childless = roots.iter().filter(|r| !spans.values().any(|s| s.parent_span_id == r.span_id)).count();
+    let stats = h.emulator.stats();
+    let not_found = stats["errors"]["ResourceNotFoundException"].as_u64().unwrap_or(0);
+    assert!(childless >= 2 && not_found >= 2 * childless as u64, "{childless} executions without node spans, {not_found} 404s");
+    for r in roots.iter().filter(|r| !spans.values().any(|s| s.parent_span_id == r.span_id)) {
+        assert_eq!(r.attr("aws.bedrock.flow.execution.status"), Some("Succeeded"), "a vanished finished execution keeps its listed status");
+    }
+    h.stop().await;
+}
