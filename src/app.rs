@@ -97,7 +97,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
         .map_err(|e| AppError::Runtime(format!("cannot listen on {} (server.listen): {e}", config.server.listen)))?;
     let address = listener.local_addr().map_err(|e| AppError::Runtime(e.to_string()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(crate::http::serve(listener, metrics.clone(), board.clone(), stop_rx.clone()));
+    // The endpoint outlives the collector's last cycle, so that /-/ready answers 503 (and
+    // /metrics stays scrapable) while the process drains after SIGTERM.
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let server = tokio::spawn(crate::http::serve(listener, metrics.clone(), board.clone(), http_stop_rx));
     let mut collector = Collector::new(flows, store, exporter.clone(), metrics.clone(), board.clone(), &config, options.on_finished)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     tracing::info!(listen = %address, tracked = collector.tracked_count(), startup_ms = started.elapsed().as_millis() as u64, traces = %exporter.endpoint, "bedrock-flow-exporter started");
@@ -133,9 +136,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
         EXIT_OK
     };
     board.set_shutting_down();
-    // Dropping the signal task drops the stop sender: the HTTP endpoint drains and stops.
     signals.abort();
     let _ = signals.await;
+    let _ = http_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(6), server).await;
     Ok(code)
 }

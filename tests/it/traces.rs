@@ -255,3 +255,31 @@ async fn bad_data_from_the_api_is_counted_and_skipped_without_a_panic() {
     assert!(duplicate_lines <= 1, "each kind of bad data is logged once: {duplicate_lines}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_cycle_while_ready_answers_503() {
+    let mut s = finished_scenario(0);
+    s.traffic.running_at_start = 12;
+    s.traffic.running_secs = 600;
+    s.faults.latency_ms = 150;
+    s.flows.truncate(1);
+    let mut h = Harness::start(s, &FLOWS[..1]).await;
+    h.config.concurrency = 1;
+    let (child, exporter) = h.serve();
+    // Ready after the first cycle (12 executions x 2 streams x 150 ms, one at a time).
+    assert!(support::eventually(Duration::from_secs(30), || support::http_get(exporter, "/-/ready", None).0 == 200).await);
+    // The next cycle starts at once; signal in the middle of its first chunk (8 executions,
+    // 2.4 s): the chunk finishes and is checkpointed, then the process exits.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pid = child.0.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alive = std::net::TcpStream::connect(exporter).is_ok();
+    assert!(alive, "the endpoint serves while the cycle drains: {}", h.log());
+    assert_eq!(support::http_get(exporter, "/-/ready", None).0, 503, "not ready while draining");
+    assert_eq!(support::http_get(exporter, "/-/healthy", None).0, 200, "still alive while draining");
+    let mut child = child;
+    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "exits cleanly after its cycle: {status:?}");
+    h.stop().await;
+}
