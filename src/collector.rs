@@ -763,7 +763,7 @@ impl Collector {
             self.cycle(any_running, false, &stop).await;
             let left: Vec<String> = targets.iter().filter(|a| self.tracked.contains_key(*a)).cloned().collect();
             if show_progress {
-                eprint!("\r{} of {} executions exported", total - left.len(), total);
+                eprint!("\r{}", progress_bar(total - left.len(), total, 30));
             }
             if left.is_empty() || *stop.borrow() || started.elapsed() >= wait {
                 if show_progress {
@@ -782,6 +782,13 @@ impl Collector {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// `[#######-------]  45% 4500/10000 executions exported`, for a terminal.
+fn progress_bar(done: usize, total: usize, width: usize) -> String {
+    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
+    format!("[{}{}] {percent:>3}% {done}/{total} executions exported", "#".repeat(filled), "-".repeat(width - filled))
 }
 
 /// Reads one execution's new events (and errors at the end) without touching shared state.
@@ -889,5 +896,18 @@ async fn reread_all(source: &FlowSource, t: &Tracked, flow_stream: bool, already
                 return Ok((new, Cursor { token, consumed: page_len, total: total.max(already) }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_bar;
+
+    #[test]
+    fn progress_bar_fills_in_proportion() {
+        assert_eq!(progress_bar(0, 4, 8), "[--------]   0% 0/4 executions exported");
+        assert_eq!(progress_bar(1, 4, 8), "[##------]  25% 1/4 executions exported");
+        assert_eq!(progress_bar(4, 4, 8), "[########] 100% 4/4 executions exported");
+        assert_eq!(progress_bar(0, 0, 4), "[####] 100% 0/0 executions exported");
     }
 }
