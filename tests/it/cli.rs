@@ -108,3 +108,26 @@ fn demo_shows_live_executions_metrics_and_the_flows() {
     let status = child.wait().unwrap();
     assert!(status.success(), "Ctrl-C stops the demo cleanly: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_with_log_format_json() {
+    let mut s = bedrock_flow_exporter::emulator::Scenario::demo();
+    s.traffic.executions_per_minute = 0.0;
+    s.traffic.history = 2;
+    s.traffic.running_at_start = 0;
+    s.flows.truncate(1);
+    let h = support::Harness::start(s, &[("SUPPORTTRI", "support-triage")]).await;
+    let path = h.config_path();
+    let output =
+        tokio::task::spawn_blocking(move || support::command(&["--log-format", "json", "run", "--once", "--config", &path]).output().unwrap()).await.unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{stderr}");
+    for line in lines {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(value["level"].is_string() && value["timestamp"].is_string(), "{line}");
+    }
+    assert!(stderr.contains("\"message\":\"execution exported\""), "{stderr}");
+    h.stop().await;
+}
