@@ -187,8 +187,9 @@ async fn otlp_outage_loses_nothing_and_export_resumes_by_itself() {
         "every execution arrives after the outage: {}",
         otlp.receiver.roots().len()
     );
-    let (_, text) = support::http_get(exporter, "/metrics", None);
-    assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]), 45.0);
+    // Counted right after the checkpoint that follows the accepted export.
+    let counted = || support::sum_samples(&support::http_get(exporter, "/metrics", None).1, "bedrock_flow_executions_total", &[]);
+    assert!(support::eventually(Duration::from_secs(10), || counted() == 45.0).await, "counted: {}", counted());
     let spans = otlp.receiver.unique();
     for trace in by_trace(&spans).values() {
         let root = root(trace);
