@@ -215,8 +215,7 @@ impl Collector {
     /// Lists one flow's executions: admits new ones (when `admit`), updates the status of known
     /// ones. Stops early only when the pages seen prove newest-first order and nothing new or
     /// active can follow; `full` reads every page.
-    async fn discover(&mut self, f: usize, now: i64, full: bool, admit: bool) -> Result<(), ApiError> {
-        let (last_poll, _) = self.store.flow_marks(&self.flows[f].id).unwrap_or((None, None));
+    async fn discover(&mut self, f: usize, now: i64, last_poll: Option<i64>, full: bool, admit: bool) -> Result<(), ApiError> {
         let lookback = self.poll.lookback_secs as i64 * SECOND;
         // After downtime, reach back to the last poll too (with an hour of margin).
         let cutoff = match last_poll {
@@ -313,9 +312,9 @@ impl Collector {
         let now = now_nanos();
         for f in 0..self.flows.len() {
             let flow_id = self.flows[f].id.clone();
-            let (_, last_full) = self.store.flow_marks(&flow_id).unwrap_or((None, None));
+            let (last_poll, last_full) = self.store.flow_marks(&flow_id).unwrap_or((None, None));
             let full = full_scan || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
-            match self.discover(f, now, full, admit).await {
+            match self.discover(f, now, last_poll, full, admit).await {
                 Ok(()) => {
                     let _ = self.store.set_flow_marks(&flow_id, now, full.then_some(now));
                     self.metrics.last_successful_poll.get_or_create(&vec![("flow_id", flow_id.clone())]).set(now as f64 / 1e9);

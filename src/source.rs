@@ -345,6 +345,11 @@ fn content_of(d: Option<&Document>) -> Option<Content> {
     d.map(|d| Content { document: document_to_json(d) })
 }
 
+/// A field of a flow input or output event (two SDK types of one shape).
+fn flow_field(name: &str, content: Option<&bar::types::FlowExecutionContent>) -> FlowField {
+    FlowField { name: name.to_string(), content: content_of(content.and_then(|c| c.as_document().ok())) }
+}
+
 fn agent_trace_json(part: &bar::types::TracePart) -> Value {
     use bar::types::{OrchestrationTrace, PostProcessingTrace, PreProcessingTrace, Trace};
     let usage = |m: Option<&bar::types::Metadata>| {
@@ -385,20 +390,12 @@ pub fn event_from_sdk(event: &bar::types::FlowExecutionEvent) -> Event {
         E::FlowInputEvent(e) => Event::FlowInput(FlowIoEvent {
             node_name: e.node_name().to_string(),
             timestamp: ts(e.timestamp()),
-            fields: e
-                .fields()
-                .iter()
-                .map(|f| FlowField { name: f.name().to_string(), content: content_of(f.content().and_then(|c| c.as_document().ok())) })
-                .collect(),
+            fields: e.fields().iter().map(|f| flow_field(f.name(), f.content())).collect(),
         }),
         E::FlowOutputEvent(e) => Event::FlowOutput(FlowIoEvent {
             node_name: e.node_name().to_string(),
             timestamp: ts(e.timestamp()),
-            fields: e
-                .fields()
-                .iter()
-                .map(|f| FlowField { name: f.name().to_string(), content: content_of(f.content().and_then(|c| c.as_document().ok())) })
-                .collect(),
+            fields: e.fields().iter().map(|f| flow_field(f.name(), f.content())).collect(),
         }),
         E::FlowFailureEvent(e) => Event::FlowFailure(FlowFailureEvent {
             timestamp: ts(e.timestamp()),

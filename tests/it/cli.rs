@@ -111,10 +111,7 @@ fn demo_shows_live_executions_metrics_and_the_flows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_json_lines_with_log_format_json() {
-    let mut s = bedrock_flow_exporter::emulator::Scenario::demo();
-    s.traffic.executions_per_minute = 0.0;
-    s.traffic.history = 2;
-    s.traffic.running_at_start = 0;
+    let mut s = support::history_scenario(2);
     s.flows.truncate(1);
     let h = support::Harness::start(s, &[("SUPPORTTRI", "support-triage")]).await;
     let path = h.config_path();

@@ -274,10 +274,8 @@ async fn throttling_server_errors_and_expiring_tokens_change_nothing_over_http()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_from_checkpoints_without_exporting_or_counting_twice() {
-    let mut s = Scenario::demo();
+    let mut s = support::history_scenario(3);
     s.time_scale = 3.0;
-    s.traffic.executions_per_minute = 0.0;
-    s.traffic.history = 3;
     s.traffic.running_at_start = 2;
     s.traffic.running_secs = 5;
     let emulator = support::emulator(s).await;
@@ -361,11 +359,8 @@ async fn sigkill_at_random_moments_loses_no_span_and_counts_nothing_twice() {
 /// Listing calls of a service run over `secs` with the given order; a new execution started
 /// half-way must be found either way.
 async fn listing_calls(order: ListOrder, secs: u64) -> (u64, u64) {
-    let mut s = Scenario::demo();
+    let mut s = support::history_scenario(200);
     s.list_order = order;
-    s.traffic.executions_per_minute = 0.0;
-    s.traffic.history = 200;
-    s.traffic.running_at_start = 0;
     s.flows.truncate(1);
     let mut h = support::Harness::start(s, &[("SUPPORTTRI", "support-triage")]).await;
     h.config.poll_extra = "full_scan_secs = 3600".into();
@@ -405,10 +400,7 @@ async fn listing_stops_early_only_when_the_order_is_proven() {
 async fn assumed_role_and_per_flow_region_and_endpoint_overrides() {
     use bedrock_flow_exporter::emulator::ASSUMED_ACCESS_KEY_ID;
     let finished = |flow: usize, region: &str| {
-        let mut s = Scenario::demo();
-        s.traffic.executions_per_minute = 0.0;
-        s.traffic.history = 4;
-        s.traffic.running_at_start = 0;
+        let mut s = support::history_scenario(4);
         s.flows = vec![s.flows[flow].clone()];
         s.region = region.into();
         s
@@ -457,10 +449,7 @@ async fn assumed_role_and_per_flow_region_and_endpoint_overrides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_and_region_come_from_a_named_profile() {
-    let mut s = Scenario::demo();
-    s.traffic.executions_per_minute = 0.0;
-    s.traffic.history = 3;
-    s.traffic.running_at_start = 0;
+    let mut s = support::history_scenario(3);
     s.flows.truncate(1);
     let emulator = support::emulator(s).await;
     let otlp = OtlpServer::start().await;
@@ -501,10 +490,7 @@ async fn credentials_and_region_come_from_a_named_profile() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executions_whose_events_answer_404_are_finished_with_what_was_read() {
-    let mut s = Scenario::demo();
-    s.traffic.executions_per_minute = 0.0;
-    s.traffic.history = 20;
-    s.traffic.running_at_start = 0;
+    let mut s = support::history_scenario(20);
     s.outcomes.failed = 0.0;
     s.outcomes.timed_out = 0.0;
     s.outcomes.aborted = 0.0;

@@ -21,10 +21,7 @@ pub async fn client(endpoint: &str) -> Client {
 }
 
 fn scenario(history: usize) -> Scenario {
-    let mut s = Scenario::demo();
-    s.traffic.executions_per_minute = 0.0;
-    s.traffic.history = history;
-    s.traffic.running_at_start = 0;
+    let mut s = support::history_scenario(history);
     s.outcomes.failed = 0.3;
     s
 }
@@ -219,23 +216,23 @@ async fn every_error_kind_reaches_the_sdk_as_its_type() {
     assert!(gone.as_service_error().unwrap().is_resource_not_found_exception());
     emulator.stop().await;
 
-    let mut s = scenario(3);
-    s.faults.throttle_ratio = 1.0;
-    let emulator = support::emulator(s).await;
-    let c = client(&emulator.endpoint()).await;
-    let e = c.list_flow_executions().flow_identifier("SUPPORTTRI").send().await.unwrap_err();
-    assert!(e.as_service_error().unwrap().is_throttling_exception());
-    emulator.stop().await;
-
-    let mut s = scenario(3);
-    s.faults.server_error_ratio = 1.0;
-    let emulator = support::emulator(s).await;
-    let c = client(&emulator.endpoint()).await;
-    let e = c.list_flow_executions().flow_identifier("SUPPORTTRI").send().await.unwrap_err();
-    assert!(e.as_service_error().unwrap().is_internal_server_exception());
-    let stats = emulator.stats();
-    assert_eq!(stats["errors"]["InternalServerException"], 1);
-    emulator.stop().await;
+    // Injected faults: every request fails with the modeled type (one attempt, no retry).
+    type IsKind = fn(&aws_sdk_bedrockagentruntime::operation::list_flow_executions::ListFlowExecutionsError) -> bool;
+    type Inject = fn(&mut Scenario);
+    let faults: [(Inject, &str, IsKind); 2] = [
+        (|s| s.faults.throttle_ratio = 1.0, "ThrottlingException", |e| e.is_throttling_exception()),
+        (|s| s.faults.server_error_ratio = 1.0, "InternalServerException", |e| e.is_internal_server_exception()),
+    ];
+    for (inject, code, is_kind) in faults {
+        let mut s = scenario(3);
+        inject(&mut s);
+        let emulator = support::emulator(s).await;
+        let c = client(&emulator.endpoint()).await;
+        let e = c.list_flow_executions().flow_identifier("SUPPORTTRI").send().await.unwrap_err();
+        assert!(is_kind(e.as_service_error().unwrap()), "{code}");
+        assert_eq!(emulator.stats()["errors"][code], 1, "{code} counted once");
+        emulator.stop().await;
+    }
 }
 
 #[tokio::test]

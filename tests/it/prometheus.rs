@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use bedrock_flow_exporter::emulator::scenario::Scenario;
 use bedrock_flow_exporter::model::Event;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
@@ -76,9 +75,7 @@ fn sum_usage(value: &Value, key: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_scrapes_and_every_dashboard_query_returns_data() {
-    let mut scenario = Scenario::demo();
-    scenario.traffic.executions_per_minute = 0.0;
-    scenario.traffic.history = 20;
+    let mut scenario = support::history_scenario(20);
     scenario.traffic.running_at_start = 1;
     scenario.traffic.running_secs = 600;
     scenario.outcomes.failed = 0.15;

@@ -195,6 +195,16 @@ fn tokio_stream_listener(listener: tokio::net::TcpListener) -> impl futures_util
     })
 }
 
+/// The demo's flows and outcomes with no live traffic: `history` finished executions per flow
+/// and nothing running at start. Tests adjust from there.
+pub fn history_scenario(history: usize) -> Scenario {
+    let mut s = Scenario::demo();
+    s.traffic.executions_per_minute = 0.0;
+    s.traffic.history = history;
+    s.traffic.running_at_start = 0;
+    s
+}
+
 pub async fn emulator(scenario: Scenario) -> EmulatorHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     emulator::start(listener, scenario).await.unwrap()
