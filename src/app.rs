@@ -66,7 +66,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// The grace period after SIGTERM: the current cycle finishes and checkpoints within it.
+/// The grace period after SIGTERM: the chunk of executions in progress finishes and is
+/// checkpointed within it (the state store stays consistent if it does not).
 const GRACE: Duration = Duration::from_secs(25);
 
 pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {

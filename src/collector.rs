@@ -365,6 +365,8 @@ impl Collector {
         if discover {
             self.discover_all(false, admit).await;
         }
+        // Ready once every flow has been polled (successfully or not), not after the backlog.
+        self.board.set_ready();
         let now = now_nanos();
         self.update_running_gauges();
         let work = self.plan(now);
@@ -509,6 +511,11 @@ impl Collector {
                 if let Some(ts) = event.timestamp() {
                     self.metrics.event_lag.observe(((now - ts.0) as f64 / 1e9).max(0.0));
                 }
+            }
+            // A read that brought nothing (a running execution without new events) changes
+            // neither the stored state nor the spans: no write, no conversion.
+            if self.tracked.get(&f.arn) == Some(&f.tracked) && f.new_node.is_empty() && f.new_flow.is_empty() {
+                continue;
             }
             if let Err(e) = self.store.save(&f.tracked, &f.new_node, &f.new_flow, f.first_seq) {
                 tracing::error!(error = %e, "cannot save events to the state store; retried next cycle");
@@ -728,7 +735,6 @@ impl Collector {
         loop {
             let started = Instant::now();
             self.cycle(true, true, &stop).await;
-            self.board.set_ready();
             cycles += 1;
             if cycles % 100 == 0 {
                 self.prune();
@@ -752,7 +758,6 @@ impl Collector {
     pub async fn run_once(&mut self, wait: Duration, stop: watch::Receiver<bool>) -> Vec<String> {
         let started = Instant::now();
         self.discover_all(true, true).await;
-        self.board.set_ready();
         let targets: HashSet<String> = self.tracked.keys().cloned().collect();
         let total = targets.len();
         let show_progress = std::io::stderr().is_terminal();

@@ -281,3 +281,18 @@ async fn sigterm_drains_the_cycle_while_ready_answers_503() {
     assert!(status.success(), "exits cleanly after its cycle: {status:?}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_after_the_first_poll_not_after_the_backlog() {
+    let mut s = finished_scenario(40);
+    s.faults.latency_ms = 25;
+    s.flows.truncate(1);
+    let mut h = Harness::start(s, &FLOWS[..1]).await;
+    h.config.concurrency = 1;
+    let (_child, exporter) = h.serve();
+    assert!(support::eventually(Duration::from_secs(10), || support::http_get(exporter, "/-/ready", None).0 == 200).await);
+    let exported = h.otlp.receiver.roots().len();
+    assert!(exported < 40, "ready while the backlog is still being exported ({exported} of 40 done)");
+    assert!(support::eventually(Duration::from_secs(30), || h.otlp.receiver.roots().len() == 40).await);
+    h.stop().await;
+}
