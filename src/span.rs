@@ -133,7 +133,7 @@ mod tests {
 
     #[test]
     fn ids_are_sha256_prefixes() {
-        // echo -n 'arn:x' | sha256sum → 2f2f5c6a...; checked against Python's hashlib below.
+        // The derivation itself; tests/python/test_phoenix.py checks the same ids with hashlib.
         let arn = "arn:aws:bedrock:us-east-1:123456789012:flow/ABCDEFGHIJ/alias/KLMNOPQRST/execution/e1";
         assert_eq!(hex(&trace_id(arn)).len(), 32);
         assert_eq!(&Sha256::digest(arn.as_bytes())[..16], &trace_id(arn));
