@@ -227,6 +227,10 @@ impl Collector {
         let flow_id = self.flows[f].id.clone();
         let settle = self.poll.settle_secs as i64 * SECOND;
         let mut changed: Vec<String> = Vec::new();
+        // Taken once per scan: executions only turn terminal during it, so this bound can only
+        // be older than the current one, which pages further, never less far.
+        let oldest_active =
+            self.tracked.values().filter(|t| t.flow_id == flow_id && !ExecutionStatus::parse(&t.status).is_terminal()).map(|t| t.created_at).min();
         for alias in aliases {
             let mut token = None;
             let mut previous_created = i64::MAX;
@@ -291,12 +295,8 @@ impl Collector {
                 let Some(next_token) = next else { break };
                 // Stop only past every tracked running execution (strictly older: on a tie, one
                 // may still be on a later page).
-                if !full && descending && !page_has_new {
-                    let oldest_active =
-                        self.tracked.values().filter(|t| t.flow_id == flow_id && !ExecutionStatus::parse(&t.status).is_terminal()).map(|t| t.created_at).min();
-                    if oldest_active.is_none_or(|a| page_oldest < a) && page_oldest < i64::MAX {
-                        break;
-                    }
+                if !full && descending && !page_has_new && oldest_active.is_none_or(|a| page_oldest < a) && page_oldest < i64::MAX {
+                    break;
                 }
                 token = Some(next_token);
             }
