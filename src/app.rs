@@ -28,6 +28,9 @@ pub struct RunOptions {
     pub on_finished: Option<FinishedHook>,
     /// Reports the bound address of the HTTP endpoint (the demo prints it).
     pub on_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+    /// A listener bound already (the demo's, which falls back to a free port); else
+    /// `server.listen` is bound.
+    pub listener: Option<tokio::net::TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +96,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
         flows.push(Flow { name: flow.name.clone().unwrap_or_else(|| id.clone()), id, aliases: flow.aliases.clone(), source });
     }
     let board = Arc::new(StatusBoard::new(&flows.iter().map(|f| (f.id.clone(), f.name.clone())).collect::<Vec<_>>()));
-    let listener = tokio::net::TcpListener::bind(&config.server.listen)
-        .await
-        .map_err(|e| AppError::Runtime(format!("cannot listen on {} (server.listen): {e}", config.server.listen)))?;
+    let listener = match options.listener {
+        Some(listener) => listener,
+        None => tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|e| AppError::Runtime(format!("cannot listen on {} (server.listen): {e}", config.server.listen)))?,
+    };
     let address = listener.local_addr().map_err(|e| AppError::Runtime(e.to_string()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     // The endpoint outlives the collector's last cycle, so that /-/ready answers 503 (and
@@ -121,15 +127,29 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
         std::process::exit(EXIT_RUNTIME as i32);
     });
     let code = if options.once {
-        let unfinished = collector.run_once(Duration::from_secs(options.wait_secs), stop_rx.clone()).await;
+        let outcome = collector.run_once(Duration::from_secs(options.wait_secs), stop_rx.clone()).await;
         println!("run --once: {}", collector.summary());
-        if unfinished.is_empty() {
-            EXIT_OK
-        } else {
-            eprintln!("{} execution(s) not finished within --wait-secs {}; the next run resumes from the checkpoints:", unfinished.len(), options.wait_secs);
-            for arn in &unfinished {
+        if !outcome.never_listed.is_empty() {
+            eprintln!("{} flow(s) could not be listed within --wait-secs {}; their executions were not read:", outcome.never_listed.len(), options.wait_secs);
+            let errors: std::collections::HashMap<String, Option<String>> = board.flows().into_iter().map(|f| (f.flow_id, f.last_error)).collect();
+            for flow_id in &outcome.never_listed {
+                let error = errors.get(flow_id).cloned().flatten().unwrap_or_default();
+                eprintln!("  flow {flow_id}: {error}");
+            }
+        }
+        if !outcome.unfinished.is_empty() {
+            eprintln!(
+                "{} execution(s) not finished within --wait-secs {}; the next run resumes from the checkpoints:",
+                outcome.unfinished.len(),
+                options.wait_secs
+            );
+            for arn in &outcome.unfinished {
                 eprintln!("  {arn}");
             }
+        }
+        if outcome.complete() {
+            EXIT_OK
+        } else {
             EXIT_TEMPFAIL
         }
     } else {

@@ -309,8 +309,15 @@ impl Collector {
     }
 
     async fn discover_all(&mut self, full_scan: bool, admit: bool) {
+        let all: Vec<usize> = (0..self.flows.len()).collect();
+        self.discover_flows(&all, full_scan, admit).await;
+    }
+
+    /// Lists the given flows; returns those whose listing failed (shown on `/` and logged).
+    async fn discover_flows(&mut self, flows: &[usize], full_scan: bool, admit: bool) -> Vec<usize> {
         let now = now_nanos();
-        for f in 0..self.flows.len() {
+        let mut failed = Vec::new();
+        for &f in flows {
             let flow_id = self.flows[f].id.clone();
             let (last_poll, last_full) = self.store.flow_marks(&flow_id).unwrap_or((None, None));
             let full = full_scan || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
@@ -326,9 +333,11 @@ impl Collector {
                 Err(e) => {
                     tracing::warn!(flow_id = %flow_id, error = %e, "listing executions failed; other flows go on");
                     self.board.update(&flow_id, |s| s.last_error = Some(e.to_string()));
+                    failed.push(f);
                 }
             }
         }
+        failed
     }
 
     /// What each tracked execution needs now.
@@ -684,7 +693,11 @@ impl Collector {
         let trace_id = hex(&root.trace_id);
         self.metrics.executions_total.get_or_create(&with_status).inc();
         self.metrics.execution_duration.get_or_create(&with_status).observe(duration, Some(vec![("trace_id", trace_id.clone())]), None);
-        self.metrics.last_execution_end.get_or_create(&with_status).set(root.end as f64 / 1e9);
+        // The latest end seen: a backlog is processed in ARN order, not in the order it ended.
+        let last_end = self.metrics.last_execution_end.get_or_create(&with_status);
+        if last_end.get() < root.end as f64 / 1e9 {
+            last_end.set(root.end as f64 / 1e9);
+        }
         let failure_code = match status {
             "TimedOut" => Some("ExecutionTimedOut".to_string()),
             "Failed" => Some(match root.attribute("error.type") {
@@ -753,40 +766,81 @@ impl Collector {
         }
     }
 
-    /// `run --once`: list each flow once, then work until every execution found is finished
-    /// and exported. Returns the ARNs still unfinished when `wait` ran out (empty: all done).
-    pub async fn run_once(&mut self, wait: Duration, stop: watch::Receiver<bool>) -> Vec<String> {
+    /// `run --once`: list each flow once (again with backoff while its listing fails), then
+    /// work until every execution found is finished and exported, polling running ones once
+    /// per `interval_secs` as the service does. Stops when `wait` runs out.
+    pub async fn run_once(&mut self, wait: Duration, stop: watch::Receiver<bool>) -> OnceOutcome {
         let started = Instant::now();
-        self.discover_all(true, true).await;
-        let targets: HashSet<String> = self.tracked.keys().cloned().collect();
-        let total = targets.len();
+        let interval = Duration::from_secs(self.poll.interval_secs);
+        let mut unlisted: Vec<usize> = (0..self.flows.len()).collect();
+        let mut listed: Vec<usize> = Vec::new();
+        let mut listing_backoff = ONCE_LISTING_BACKOFF;
+        let mut next_listing = started;
+        let mut targets: HashSet<String> = HashSet::new();
         let show_progress = std::io::stderr().is_terminal();
         loop {
+            let cycle_started = Instant::now();
             // Re-list (without admitting new executions) only while some target still runs.
             let any_running = targets.iter().any(|a| self.tracked.get(a).is_some_and(|t| !ExecutionStatus::parse(&t.status).is_terminal()));
-            self.cycle(any_running, false, &stop).await;
+            if any_running {
+                self.discover_flows(&listed, false, false).await;
+            }
+            if !unlisted.is_empty() && cycle_started >= next_listing {
+                let failed = self.discover_flows(&unlisted, true, true).await;
+                listed.extend(unlisted.iter().filter(|f| !failed.contains(f)));
+                targets.extend(self.tracked.keys().cloned());
+                if !failed.is_empty() {
+                    next_listing = Instant::now() + listing_backoff;
+                    listing_backoff = (listing_backoff * 2).min(ONCE_LISTING_BACKOFF_MAX);
+                }
+                unlisted = failed;
+            }
+            self.cycle(false, false, &stop).await;
             let left: Vec<String> = targets.iter().filter(|a| self.tracked.contains_key(*a)).cloned().collect();
             if show_progress {
-                eprint!("\r{}", progress_bar(total - left.len(), total, 30));
+                eprint!("\r{}", progress_bar(targets.len() - left.len(), targets.len(), 30));
             }
-            if left.is_empty() || *stop.borrow() || started.elapsed() >= wait {
+            if (left.is_empty() && unlisted.is_empty()) || *stop.borrow() || started.elapsed() >= wait {
                 if show_progress {
                     eprintln!();
                 }
-                let mut left = left;
-                left.sort();
-                return left;
+                let mut unfinished = left;
+                unfinished.sort();
+                let never_listed = unlisted.iter().map(|&f| self.flows[f].id.clone()).collect();
+                return OnceOutcome { unfinished, never_listed };
             }
-            // Wait a little when only settling executions remain, else go straight on.
-            let pause = if self.plan(now_nanos()).iter().any(|(_, w)| *w != Work::ExportOnly) && self.export_backoff.is_none() {
-                Duration::from_millis(50)
-            } else {
-                Duration::from_millis(500).min(Duration::from_secs(self.poll.interval_secs))
-            };
-            tokio::time::sleep(pause).await;
+            // The next poll is due one interval after this one started; a failed listing is
+            // retried at its backoff, when that comes first.
+            let mut due = cycle_started + interval;
+            if !unlisted.is_empty() {
+                due = due.min(next_listing);
+            }
+            let deadline = started + wait;
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.min(deadline).max(Instant::now()).into()) => {}
+                _ = stop.changed() => {}
+            }
         }
     }
 }
+
+/// What `run --once` leaves undone: executions not finished (ARNs) and flows never listed.
+#[derive(Debug, Default)]
+pub struct OnceOutcome {
+    pub unfinished: Vec<String>,
+    pub never_listed: Vec<String>,
+}
+
+impl OnceOutcome {
+    pub fn complete(&self) -> bool {
+        self.unfinished.is_empty() && self.never_listed.is_empty()
+    }
+}
+
+/// `run --once`: the first retry of a failed listing, doubled up to the maximum.
+const ONCE_LISTING_BACKOFF: Duration = Duration::from_secs(1);
+const ONCE_LISTING_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// `[#######-------]  45% 4500/10000 executions exported`, for a terminal.
 fn progress_bar(done: usize, total: usize, width: usize) -> String {

@@ -16,6 +16,7 @@ pub async fn run(listen: String) -> Result<u8, AppError> {
     let handle = emulator::start(emulator_listener, scenario).await.map_err(|e| AppError::Runtime(e.to_string()))?;
     let state_dir = std::env::temp_dir().join(format!("bedrock-flow-exporter-demo-{}", std::process::id()));
     let mut config = Config { flows, ..Config::default() };
+    let listener = bind_or_fall_back(&listen).await?;
     config.server.listen = listen;
     config.state.path = state_dir.join("state.sqlite");
     config.aws.endpoint_url = Some(handle.endpoint());
@@ -42,6 +43,7 @@ pub async fn run(listen: String) -> Result<u8, AppError> {
     });
     let options = RunOptions {
         on_finished: Some(on_finished),
+        listener: Some(listener),
         static_credentials: Some(StaticCredentials { access_key_id: "AKIDDEMO".into(), secret_access_key: "demo".into() }),
         on_listening: Some(Box::new(|address| {
             let host = if address.ip().is_unspecified() { "127.0.0.1".to_string() } else { address.ip().to_string() };
@@ -56,4 +58,18 @@ pub async fn run(listen: String) -> Result<u8, AppError> {
     handle.stop().await;
     let _ = std::fs::remove_dir_all(&state_dir);
     result
+}
+
+/// Binds `listen`; when its port is taken, a free port on the same address instead (printed
+/// with the URLs), so that a second demo or another exporter on 9464 does not stop the demo.
+async fn bind_or_fall_back(listen: &str) -> Result<tokio::net::TcpListener, AppError> {
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let address: std::net::SocketAddr = listen.parse().map_err(|_| AppError::Runtime(format!("cannot listen on {listen}: {e}")))?;
+            println!("  note: {listen} is in use; the status page takes a free port instead (choose one with --listen)");
+            tokio::net::TcpListener::bind((address.ip(), 0)).await.map_err(|e| AppError::Runtime(format!("cannot listen on {}:0: {e}", address.ip())))
+        }
+        Err(e) => Err(AppError::Runtime(format!("cannot listen on {listen} (--listen): {e}"))),
+    }
 }

@@ -24,7 +24,22 @@ pub async fn serve(listener: TcpListener, handler: Handler, mut stop: watch::Rec
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // A connection that failed before it was accepted concerns that client
+                        // only; anything else (EMFILE, ENFILE, ENOMEM) does not go away by
+                        // retrying at once, so back off instead of spinning (as axum does).
+                        if !is_connection_error(&e) {
+                            tracing::error!(error = %e, "cannot accept a connection; retrying in 1s");
+                            tokio::select! {
+                                _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                                _ = stop.changed() => break,
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let service = hyper::service::service_fn(move |request| {
@@ -48,6 +63,12 @@ pub async fn serve(listener: TcpListener, handler: Handler, mut stop: watch::Rec
     }
     drop(listener);
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset)
 }
 
 /// A response with a body and a content type.

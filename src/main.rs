@@ -133,6 +133,16 @@ fn main() -> ExitCode {
                 let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| AppError::Runtime(format!("cannot listen on {listen}: {e}")))?;
                 let handle = emulator::start(listener, scenario).await.map_err(|e| AppError::Runtime(e.to_string()))?;
                 println!("emulator listening on {}", handle.endpoint());
+                for flow in handle.flows().as_array().into_iter().flatten() {
+                    let aliases: Vec<String> = flow["aliases"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| format!("{} (version {})", a["id"].as_str().unwrap_or(""), a["version"].as_str().unwrap_or("")))
+                        .collect();
+                    println!("  flow {}  name {}  aliases {}", flow["id"].as_str().unwrap_or(""), flow["name"].as_str().unwrap_or(""), aliases.join(", "));
+                }
+                println!("stats: {}/_emulator/stats", handle.endpoint());
                 let _ = tokio::signal::ctrl_c().await;
                 handle.stop().await;
                 Ok(EXIT_OK)

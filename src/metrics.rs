@@ -126,7 +126,7 @@ impl Metrics {
         registry.register("bedrock_flow_node_tokens", "Model tokens used by nodes, where the usage is known.", m.node_tokens.clone());
         registry.register(
             "bedrock_flow_last_execution_end_timestamp_seconds",
-            "End time of the latest terminal execution, by status.",
+            "Latest endedAt seen among terminal executions, by status; executions processed out of order never move it back.",
             m.last_execution_end.clone(),
         );
         registry.register(
@@ -135,10 +135,14 @@ impl Metrics {
             m.oldest_running_start.clone(),
         );
         registry.register("bedrock_flow_exporter_build_info", "Build of the exporter; the value is 1.", m.build_info.clone());
-        registry.register("bedrock_flow_exporter_api_requests", "AWS API calls made, by operation.", m.api_requests.clone());
+        registry.register(
+            "bedrock_flow_exporter_api_requests",
+            "AWS API HTTP attempts made, SDK retries included (what AWS throttles and bills), by operation.",
+            m.api_requests.clone(),
+        );
         registry.register(
             "bedrock_flow_exporter_api_request_errors",
-            "AWS API calls that failed, by operation and kind of error.",
+            "AWS API HTTP attempts that failed, SDK retries included, by operation and kind of error.",
             m.api_request_errors.clone(),
         );
         registry.register("bedrock_flow_exporter_api_request_duration_seconds", "Duration of AWS API calls, retries included.", m.api_request_duration.clone());
@@ -278,13 +282,21 @@ pub struct ProcessStats {
     pub max_fds: f64,
 }
 
+/// A positive `sysconf` value (clock ticks per second, page size) as the system reports it.
+fn system_value(name: libc::c_int) -> Option<f64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let value = unsafe { libc::sysconf(name) };
+    (value > 0).then_some(value as f64)
+}
+
 /// This process's CPU time, memory and descriptors from /proc (Linux); `None` elsewhere.
 pub fn process_stats() -> Option<ProcessStats> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // Fields after the command name start at field 3 (state): utime is 14, so index 11.
-    let ticks = 100.0;
+    let ticks = system_value(libc::_SC_CLK_TCK)?;
+    let page_size = system_value(libc::_SC_PAGESIZE)?;
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     let starttime: f64 = fields.get(19)?.parse().ok()?;
@@ -299,7 +311,7 @@ pub fn process_stats() -> Option<ProcessStats> {
         .unwrap_or(0.0);
     Some(ProcessStats {
         cpu_seconds: (utime + stime) / ticks,
-        rss_bytes: rss_pages * 4096.0,
+        rss_bytes: rss_pages * page_size,
         vsize_bytes: vsize,
         start_time: boot + starttime / ticks,
         open_fds,
@@ -310,6 +322,30 @@ pub fn process_stats() -> Option<ProcessStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_stats_agree_with_the_kernel_accounting() {
+        // Burn some CPU so that the comparison is not between two zeros.
+        let mut x = 0u64;
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        }
+        std::hint::black_box(x);
+        let stats = process_stats().unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_rss_kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
+        let rss = vm_rss_kib * 1024.0;
+        // The stat counters lag VmRSS a little; a wrong page size is off by a factor of 4 or 16.
+        assert!(stats.rss_bytes > rss * 0.5 && stats.rss_bytes < rss * 2.0, "rss {} vs VmRSS {rss}", stats.rss_bytes);
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
+        let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let rusage_cpu = cpu(usage.ru_utime) + cpu(usage.ru_stime);
+        assert!(stats.cpu_seconds >= 0.2 && (stats.cpu_seconds - rusage_cpu).abs() < 0.1, "cpu {} vs getrusage {rusage_cpu}", stats.cpu_seconds);
+        let boot_relative = stats.start_time - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(boot_relative <= 0.0 && boot_relative > -3600.0, "started within the hour: {boot_relative}");
+    }
 
     #[test]
     fn prometheus_text_has_total_names_and_no_exemplars() {

@@ -9,9 +9,14 @@ use std::time::{Duration, Instant};
 use aws_config::BehaviorVersion;
 use aws_sdk_bedrockagentruntime as bar;
 use aws_sdk_bedrockagentruntime::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::{HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector};
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::Document;
 use serde_json::{json, Value};
 
@@ -145,18 +150,78 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The kind of a modeled AWS error code (`x-amzn-errortype`, or the body's `__type`).
+fn kind_of_code(code: &str) -> ErrorKind {
+    match code {
+        "ThrottlingException" | "TooManyRequestsException" | "ThrottledException" => ErrorKind::Throttled,
+        "AccessDeniedException" | "UnrecognizedClientException" | "ExpiredTokenException" => ErrorKind::AccessDenied,
+        "ResourceNotFoundException" => ErrorKind::NotFound,
+        "ValidationException" => ErrorKind::Validation,
+        "InternalServerException" | "ServiceUnavailableException" => ErrorKind::Server,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// The kind of a failed HTTP attempt from its status and error-type header; `None` for a
+/// success. A bare status without a modeled type is classified by the status alone.
+pub fn attempt_error_kind(status: u16, error_type: Option<&str>) -> Option<ErrorKind> {
+    if (200..300).contains(&status) {
+        return None;
+    }
+    // `x-amzn-errortype` may carry a namespace prefix and a `:url` suffix.
+    let code = error_type.map(|t| t.split(':').next().unwrap_or(t)).map(|t| t.rsplit('#').next().unwrap_or(t)).filter(|t| !t.is_empty());
+    Some(match (code.map(kind_of_code), status) {
+        (Some(kind), _) if kind != ErrorKind::Other => kind,
+        (_, 429) => ErrorKind::Throttled,
+        (_, 403) => ErrorKind::AccessDenied,
+        (_, 404) => ErrorKind::NotFound,
+        (_, 400) => ErrorKind::Validation,
+        (_, 408) => ErrorKind::Timeout,
+        (_, s) if s >= 500 => ErrorKind::Server,
+        _ => ErrorKind::Other,
+    })
+}
+
+/// Counts every HTTP attempt the SDK makes (its retries included: what AWS throttles and
+/// bills) and every failed attempt by kind, so throttling that the retries absorb still shows.
+struct AttemptCounter {
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for AttemptCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttemptCounter")
+    }
+}
+
+impl Intercept for AttemptCounter {
+    fn name(&self) -> &'static str {
+        "AttemptCounter"
+    }
+
+    fn read_after_attempt(&self, context: &FinalizerInterceptorContextRef<'_>, _: &RuntimeComponents, cfg: &mut ConfigBag) -> Result<(), BoxError> {
+        let operation = cfg.load::<Metadata>().map(|m| m.name().to_string()).unwrap_or_else(|| "unknown".into());
+        let failure = match context.response() {
+            Some(response) => attempt_error_kind(response.status().as_u16(), response.headers().get("x-amzn-errortype")),
+            None => match context.output_or_error() {
+                Some(Err(e)) if e.is_timeout_error() || e.as_connector_error().is_some_and(|c| c.is_timeout()) => Some(ErrorKind::Timeout),
+                Some(Err(_)) => Some(ErrorKind::Other),
+                _ => None,
+            },
+        };
+        self.metrics.api_requests.get_or_create(&vec![("operation", operation.clone())]).inc();
+        if let Some(kind) = failure {
+            self.metrics.api_request_errors.get_or_create(&vec![("operation", operation), ("error_kind", kind.label().to_string())]).inc();
+        }
+        Ok(())
+    }
+}
+
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(operation: &'static str, error: SdkError<E, R>) -> ApiError {
     let (kind, message) = match &error {
         SdkError::ServiceError(service) => {
             let e = service.err();
-            let kind = match e.code() {
-                Some("ThrottlingException" | "TooManyRequestsException" | "ThrottledException") => ErrorKind::Throttled,
-                Some("AccessDeniedException" | "UnrecognizedClientException" | "ExpiredTokenException") => ErrorKind::AccessDenied,
-                Some("ResourceNotFoundException") => ErrorKind::NotFound,
-                Some("ValidationException") => ErrorKind::Validation,
-                Some("InternalServerException" | "ServiceUnavailableException") => ErrorKind::Server,
-                _ => ErrorKind::Other,
-            };
+            let kind = e.code().map_or(ErrorKind::Other, kind_of_code);
             (kind, format!("{}: {}", e.code().unwrap_or("unknown error"), e.message().unwrap_or("")))
         }
         SdkError::TimeoutError(_) => (ErrorKind::Timeout, "request timed out".to_string()),
@@ -215,10 +280,12 @@ impl FlowSource {
             let provider = aws_config::sts::AssumeRoleProvider::builder(role).session_name("bedrock-flow-exporter").configure(&sdk_config).build().await;
             sdk_config = sdk_config.into_builder().credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider)).build();
         }
-        FlowSource { client: bar::Client::new(&sdk_config), metrics }
+        let client_config = bar::config::Builder::from(&sdk_config).interceptor(AttemptCounter { metrics: metrics.clone() }).build();
+        FlowSource { client: bar::Client::from_conf(client_config), metrics }
     }
 
-    /// Awaits one SDK call and records it: request count, duration, and the kind of error.
+    /// Awaits one SDK call (its retries included) and records its duration; the attempts and
+    /// their errors are counted by `AttemptCounter`.
     async fn call<T, E, R>(&self, operation: &'static str, request: impl std::future::Future<Output = Result<T, SdkError<E, R>>>) -> Result<T, ApiError>
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -226,12 +293,7 @@ impl FlowSource {
     {
         let started = Instant::now();
         let result = request.await.map_err(|e| classify(operation, e));
-        let labels = vec![("operation", operation.to_string())];
-        self.metrics.api_requests.get_or_create(&labels).inc();
-        self.metrics.api_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            self.metrics.api_request_errors.get_or_create(&vec![("operation", operation.to_string()), ("error_kind", e.kind.label().to_string())]).inc();
-        }
+        self.metrics.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -482,6 +544,25 @@ pub fn event_from_sdk(event: &bar::types::FlowExecutionEvent) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_attempts_are_classified_by_error_type_then_status() {
+        let cases: [(u16, Option<&str>, Option<ErrorKind>); 10] = [
+            (200, None, None),
+            (429, Some("ThrottlingException"), Some(ErrorKind::Throttled)),
+            (400, Some("ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"), Some(ErrorKind::Throttled)),
+            (400, Some("com.amazon.coral#ValidationException"), Some(ErrorKind::Validation)),
+            (429, None, Some(ErrorKind::Throttled)),
+            (500, Some("InternalServerException"), Some(ErrorKind::Server)),
+            (503, None, Some(ErrorKind::Server)),
+            (403, Some("AccessDeniedException"), Some(ErrorKind::AccessDenied)),
+            (404, None, Some(ErrorKind::NotFound)),
+            (418, Some("TeapotException"), Some(ErrorKind::Other)),
+        ];
+        for (status, error_type, expected) in cases {
+            assert_eq!(attempt_error_kind(status, error_type), expected, "{status} {error_type:?}");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn budget_never_starts_more_than_the_limit_in_a_second() {

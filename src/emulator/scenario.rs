@@ -74,6 +74,9 @@ pub struct Faults {
     /// Share of executions whose event lists answer ResourceNotFoundException (404), as if
     /// their history had been deleted while they are still listed.
     pub vanished_ratio: f64,
+    /// The first this many API requests are answered with InternalServerException (500), as
+    /// if the service were unavailable for a moment (past the SDK's retries).
+    pub fail_first_requests: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -149,6 +152,7 @@ impl Default for Faults {
             malformed_ratio: 0.0,
             access_denied_flows: Vec::new(),
             vanished_ratio: 0.0,
+            fail_first_requests: 0,
         }
     }
 }

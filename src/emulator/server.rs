@@ -56,6 +56,11 @@ impl EmulatorHandle {
         lock(&self.world).stats_json()
     }
 
+    /// The flows served: id, name, and aliases with their versions.
+    pub fn flows(&self) -> Value {
+        lock(&self.world).flows_json()
+    }
+
     /// Every execution with its final status, as (ARN, status, node events, flow events) at
     /// `now`: what a client can read of it. For tests and benchmarks.
     pub fn executions(&self, now: i64) -> Vec<ExecutionFacts> {
@@ -378,7 +383,10 @@ async fn handle(world: Arc<Mutex<World>>, rng: Arc<Mutex<Rng>>, request: Request
         w.count_request(route.operation());
         let faults = w.scenario.faults.clone();
         let mut r = rng.lock().unwrap_or_else(|p| p.into_inner());
-        let fault = if r.chance(faults.throttle_ratio) {
+        let served = w.stats.requests.values().sum::<u64>();
+        let fault = if served <= faults.fail_first_requests {
+            Some(api_error(500, "InternalServerException", "The service is unavailable for a moment."))
+        } else if r.chance(faults.throttle_ratio) {
             Some(api_error(429, "ThrottlingException", "Rate exceeded"))
         } else if r.chance(faults.server_error_ratio) {
             Some(api_error(500, "InternalServerException", "An internal error occurred. Try again."))

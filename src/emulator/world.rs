@@ -294,12 +294,26 @@ impl World {
         *self.stats.errors.entry(code.to_string()).or_default() += 1;
     }
 
+    /// The flows served, with their aliases and the version each routes to: what a user
+    /// needs to write a config for the emulator.
+    pub fn flows_json(&self) -> Value {
+        Value::Array(
+            self.flows
+                .iter()
+                .map(
+                    |f| json!({"id": f.id, "name": f.name, "aliases": f.aliases.iter().map(|a| json!({"id": a.id, "version": a.version})).collect::<Vec<_>>()}),
+                )
+                .collect(),
+        )
+    }
+
     pub fn stats_json(&self) -> Value {
         json!({
             "requests": self.stats.requests,
             "errors": self.stats.errors,
             "signers": self.stats.signers,
             "total_requests": self.stats.requests.values().sum::<u64>(),
+            "flows": self.flows_json(),
             "executions": self.executions.len(),
         })
     }

@@ -73,20 +73,40 @@ fn help_version_and_check_config() {
     assert_eq!(from_env.status.code(), Some(0), "the config path comes from the environment too");
 }
 
+type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Starts `args` with its stdout piped: the child and its stdout lines.
+fn start_printing(args: &[&str]) -> (std::process::Child, Lines) {
+    use std::io::BufRead;
+    let mut child = support::command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// Reads the demo's output up to the status page URL and returns its address.
+fn demo_status_page(lines: &mut Lines) -> std::net::SocketAddr {
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(url) = line.trim().strip_prefix("status page:") {
+            return url.trim().trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+        }
+    }
+    panic!("the demo prints its URLs");
+}
+
+/// Ctrl-C, then a clean exit.
+fn interrupt(mut child: std::process::Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "Ctrl-C stops it cleanly: {status:?}");
+}
+
 #[test]
 fn demo_shows_live_executions_metrics_and_the_flows() {
-    use std::io::{BufRead, BufReader};
-    let mut child =
-        support::command(&["demo", "--listen", "127.0.0.1:0"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let pid = child.id() as i32;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut status_page = None;
+    let (child, mut lines) = start_printing(&["demo", "--listen", "127.0.0.1:0"]);
+    let address = demo_status_page(&mut lines);
     let mut finished_lines = 0;
     let started = std::time::Instant::now();
-    while let Some(Ok(line)) = lines.next() {
-        if let Some(url) = line.trim().strip_prefix("status page:") {
-            status_page = Some(url.trim().trim_start_matches("http://").trim_end_matches('/').to_string());
-        }
+    for line in lines.by_ref().map_while(Result::ok) {
         if line.contains(" spans  trace ") && !line.ends_with("trace id") {
             finished_lines += 1;
             if finished_lines >= 5 {
@@ -96,7 +116,6 @@ fn demo_shows_live_executions_metrics_and_the_flows() {
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "live executions within a minute");
     }
     assert!(finished_lines >= 5, "the demo prints one line per finished execution");
-    let address: std::net::SocketAddr = status_page.expect("the demo prints its URLs").parse().unwrap();
     let (status, page) = support::http_get(address, "/", None);
     assert_eq!(status, 200);
     for flow in ["support-triage", "doc-batch", "refine-loop"] {
@@ -104,9 +123,42 @@ fn demo_shows_live_executions_metrics_and_the_flows() {
     }
     let (_, metrics) = support::http_get(address, "/metrics", None);
     assert!(support::sum_samples(&metrics, "bedrock_flow_executions_total", &[]) >= 5.0, "non-zero executions_total");
-    unsafe { libc::kill(pid, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "Ctrl-C stops the demo cleanly: {status:?}");
+    interrupt(child);
+}
+
+#[test]
+fn demo_takes_a_free_port_when_its_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (child, mut lines) = start_printing(&["demo", "--listen", &format!("127.0.0.1:{port}")]);
+    let address = demo_status_page(&mut lines);
+    assert_ne!(address.port(), port, "another port than the taken one");
+    assert_eq!(support::http_get(address, "/-/healthy", None).0, 200, "the status page serves on the printed port");
+    interrupt(child);
+}
+
+#[test]
+fn emulate_names_its_flows_at_start_and_in_its_stats() {
+    let (child, mut lines) = start_printing(&["emulate", "--listen", "127.0.0.1:0"]);
+    let mut printed = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let last = line.starts_with("stats:");
+        printed.push(line);
+        if last {
+            break;
+        }
+    }
+    let address: std::net::SocketAddr = printed[0].trim_start_matches("emulator listening on http://").parse().unwrap();
+    let expected = [("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")];
+    for (id, name) in expected {
+        assert!(printed.iter().any(|l| l.contains(&format!("flow {id}  name {name}  aliases ")) && l.contains("TSTALIASID (version DRAFT)")), "{printed:?}");
+    }
+    let (_, stats) = support::http_get(address, "/_emulator/stats", None);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let served: Vec<(&str, &str)> = stats["flows"].as_array().unwrap().iter().map(|f| (f["id"].as_str().unwrap(), f["name"].as_str().unwrap())).collect();
+    assert_eq!(served, expected);
+    assert!(stats["flows"][0]["aliases"].as_array().unwrap().iter().any(|a| a["id"] == "TSTALIASID" && a["version"] == "DRAFT"));
+    interrupt(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
