@@ -13,7 +13,7 @@ use bedrock_flow_exporter::emulator::{flows, ExecutionFacts};
 use bedrock_flow_exporter::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
 use bedrock_flow_exporter::timefmt::now_nanos;
 
-use crate::support::{self, OtlpServer, TestConfig};
+use crate::support::{self, run_binary, OtlpServer, TestConfig};
 
 /// The spans the SPEC derives from what the emulator served: span id → (name, parent id).
 pub fn expected_spans(facts: &ExecutionFacts, definition: &FlowDefinition, flow_name: &str) -> BTreeMap<String, (String, String)> {
@@ -51,15 +51,6 @@ fn min_calls(facts: &[ExecutionFacts]) -> u64 {
             f.node_events.len().div_ceil(10) as u64 + f.flow_events.len().div_ceil(10) as u64 + extra
         })
         .sum()
-}
-
-async fn run_binary(args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        support::command(&args).output().unwrap()
-    })
-    .await
-    .unwrap()
 }
 
 fn config_path(dir: &Path, config: &TestConfig) -> String {

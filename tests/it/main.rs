@@ -3,6 +3,7 @@
 mod cli;
 mod collector;
 mod emulator_sdk;
+mod faults;
 mod prometheus;
 mod support;
 mod traces;

@@ -138,6 +138,16 @@ async fn real_prometheus_scrapes_and_every_dashboard_query_returns_data() {
         assert_eq!(support::sum_samples(&text, "bedrock_flow_execution_duration_seconds_count", &[("flow_id", flow_id), ("status", status)]), *n);
     }
     assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]), 60.0);
+    // The latest end per series, whatever order the executions were processed in (ARN order).
+    let mut last_end: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    for f in &facts {
+        let end = last_end.entry((f.flow_id.as_str(), f.alias.as_str(), f.status.as_str())).or_default();
+        *end = (*end).max(f.ended_at.unwrap());
+    }
+    for ((flow_id, alias, status), end) in &last_end {
+        let gauge = support::sample(&text, "bedrock_flow_last_execution_end_timestamp_seconds", &[("flow_id", flow_id), ("alias", alias), ("status", status)]);
+        assert!(gauge.is_some_and(|g| (g - *end as f64 / 1e9).abs() < 1e-3), "{flow_id} {alias} {status}: {gauge:?} vs {}", *end as f64 / 1e9);
+    }
     let measured_sum = support::sum_samples(&text, "bedrock_flow_execution_duration_seconds_sum", &[]);
     assert!((measured_sum - duration_sum).abs() < 0.01, "duration sum {measured_sum} vs {duration_sum}");
     assert!(!node_failures.is_empty(), "the scenario failed some executions");
@@ -238,4 +248,59 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     ] {
         assert!(tests.contains(&format!("alertname: {alert}")), "{alert} has a test");
     }
+}
+
+/// The expression of one alert rule in the shipped rules file.
+fn alert_expr(alert: &str) -> String {
+    let rules = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/bedrock-flows-alerts.yml")).unwrap();
+    let rest = rules.split(&format!("alert: {alert}\n")).nth(1).unwrap_or_else(|| panic!("{alert} in the rules"));
+    let body = rest.split("expr: |\n").nth(1).unwrap();
+    body.lines().take_while(|l| !l.trim_start().starts_with("for:")).map(str::trim).collect::<Vec<_>>().join(" ")
+}
+
+/// The expression of the dashboard panel with this title, as Prometheus takes it.
+fn panel_expr(title: &str) -> String {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/bedrock-flows.json")).unwrap()).unwrap();
+    let panel = dashboard["panels"].as_array().unwrap().iter().find(|p| p["title"] == title).unwrap_or_else(|| panic!("panel {title}"));
+    panel["targets"][0]["expr"].as_str().unwrap().replace("$__rate_interval", "1m")
+}
+
+fn scalar(answer: &Value) -> Option<f64> {
+    answer["data"]["result"].as_array()?.first()?["value"][1].as_str()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_that_the_sdk_retries_absorb_shows_on_the_panel_and_fires_the_alert() {
+    let mut scenario = support::history_scenario(10);
+    scenario.traffic.running_at_start = 5;
+    scenario.traffic.running_secs = 600;
+    scenario.faults.throttle_ratio = 0.3;
+    let h = Harness::start(scenario, &[("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")]).await;
+    let (_exporter, exporter) = h.serve();
+    let (_prom, prometheus) = start_prometheus(h.dir.path(), exporter);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    // Every attempt the emulator served is counted, and every throttled one as an error.
+    let (_, before) = support::http_get(exporter, "/metrics", None);
+    let stats = h.emulator.stats();
+    let (_, after) = support::http_get(exporter, "/metrics", None);
+    let served = stats["total_requests"].as_f64().unwrap();
+    let throttled = stats["errors"]["ThrottlingException"].as_f64().unwrap();
+    let attempts = |text: &str| support::sum_samples(text, "bedrock_flow_exporter_api_requests_total", &[]);
+    let throttled_attempts = |text: &str| support::sum_samples(text, "bedrock_flow_exporter_api_request_errors_total", &[("error_kind", "throttled")]);
+    assert!(attempts(&before) <= served && served <= attempts(&after), "attempts {} ≤ served {served} ≤ {}", attempts(&before), attempts(&after));
+    assert!(
+        throttled_attempts(&before) <= throttled && throttled <= throttled_attempts(&after),
+        "throttled attempts {} ≤ {throttled} ≤ {}",
+        throttled_attempts(&before),
+        throttled_attempts(&after)
+    );
+    assert!(served > 200.0, "enough attempts for a share: {served}");
+
+    let share = scalar(&query(prometheus, "/api/v1/query", &panel_expr("Throttled share of API calls")));
+    assert!(share.is_some_and(|s| (0.2..0.4).contains(&s)), "the Throttled share panel shows about 0.3: {share:?}");
+    let alert = query(prometheus, "/api/v1/query", &alert_expr("BedrockFlowExporterThrottled"));
+    assert!(scalar(&alert).is_some_and(|s| s > 0.2), "the alert's expression is true: {alert}");
+    h.stop().await;
 }

@@ -1,0 +1,101 @@
+//! Faults told truthfully: what `run --once` reports when AWS fails, what it costs while
+//! executions run, and an HTTP endpoint that does not spin when it cannot accept.
+
+use std::time::Duration;
+
+use bedrock_flow_exporter::timefmt::now_nanos;
+
+use crate::support::{self, run_binary, Harness};
+
+const ONE_FLOW: [(&str, &str); 1] = [("SUPPORTTRI", "support-triage")];
+
+fn once_args(h: &Harness, wait_secs: u64) -> Vec<String> {
+    ["run", "--once", "--wait-secs", &wait_secs.to_string(), "--config", &h.config_path()].iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_lists_a_flow_again_until_its_listing_succeeds() {
+    let mut scenario = support::history_scenario(5);
+    // Two listings' worth of attempts fail (the SDK makes four per call), the third succeeds.
+    scenario.faults.fail_first_requests = 8;
+    let h = Harness::start(scenario, &ONE_FLOW).await;
+    let output = run_binary(once_args(&h, 60)).await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("run --once: 5 executions exported"), "{stdout}");
+    assert_eq!(h.otlp.receiver.roots().len(), 5);
+    let listings = support::requests(&h.emulator.stats(), "ListFlowExecutions");
+    assert!(listings > 8, "listed after the failures: {listings} attempts");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_names_a_flow_never_listed_and_exits_75() {
+    let mut scenario = support::history_scenario(5);
+    scenario.faults.fail_first_requests = u64::MAX;
+    let h = Harness::start(scenario, &ONE_FLOW).await;
+    let output = run_binary(once_args(&h, 3)).await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(75), "never 0 when a flow was never listed: {stdout}\n{stderr}");
+    assert!(stderr.contains("1 flow(s) could not be listed") && stderr.contains("flow SUPPORTTRI: ListFlowExecutions failed (server)"), "{stderr}");
+    // Listed again with backoff within the 3 s: more than one SDK call's 4 attempts, far
+    // fewer than a tight loop would make.
+    let listings = support::requests(&h.emulator.stats(), "ListFlowExecutions");
+    assert!((8..=16).contains(&listings), "{listings} listing attempts");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_polls_a_running_execution_once_per_interval() {
+    let mut scenario = support::history_scenario(0);
+    scenario.traffic.running_at_start = 1;
+    scenario.traffic.running_secs = 600;
+    let h = Harness::start(scenario, &ONE_FLOW).await;
+    let wait_secs = 4;
+    let output = run_binary(once_args(&h, wait_secs)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(75), "{stderr}");
+    let facts: Vec<_> = h.emulator.executions(now_nanos()).into_iter().filter(|f| f.flow_id == "SUPPORTTRI").collect();
+    assert_eq!(facts.len(), 1);
+    assert!(stderr.contains("1 execution(s) not finished") && stderr.contains(&facts[0].arn), "{stderr}");
+    // Every page read once, plus one re-read of each stream's tail page per poll: one poll a
+    // second (interval_secs = 1) for the wait, and one at the start.
+    let pages = (facts[0].node_events.len().div_ceil(10) + facts[0].flow_events.len().div_ceil(10)) as u64;
+    let polls = wait_secs + 1;
+    let stats = h.emulator.stats();
+    let event_calls = support::requests(&stats, "ListFlowExecutionEvents");
+    assert!(event_calls <= pages + 2 * polls, "{event_calls} event calls for {pages} pages and {polls} polls");
+    let listings = support::requests(&stats, "ListFlowExecutions");
+    assert!(listings <= polls, "one listing per poll while it runs: {listings}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_backs_off_when_it_cannot_accept_instead_of_spinning() {
+    let h = Harness::start(support::history_scenario(0), &ONE_FLOW).await;
+    let (child, exporter) = h.serve();
+    let pid = child.0.id();
+    assert!(support::eventually(Duration::from_secs(20), || support::http_get(exporter, "/-/ready", None).0 == 200).await);
+    // Leave the process two descriptors to spare, then queue more connections than that.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let mut original = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let tight = libc::rlimit { rlim_cur: open + 2, rlim_max: libc::RLIM_INFINITY };
+    assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut original) }, 0);
+    let tight = libc::rlimit { rlim_max: original.rlim_max, ..tight };
+    assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &tight, std::ptr::null_mut()) }, 0);
+    let held: Vec<std::net::TcpStream> = (0..8).map(|_| std::net::TcpStream::connect(exporter).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = support::cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = support::cpu_seconds(pid) - before;
+    assert!(used < 0.4, "{used:.2} CPU-s in 2 s while accept fails: the loop spins");
+    drop(held);
+    assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &original, std::ptr::null_mut()) }, 0);
+    assert!(
+        support::eventually(Duration::from_secs(10), || support::http_get(exporter, "/-/healthy", None).0 == 200).await,
+        "accepting again once descriptors are free"
+    );
+    assert!(h.log().contains("cannot accept a connection"), "the cause is logged");
+    drop(child);
+    h.stop().await;
+}
