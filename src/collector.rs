@@ -559,7 +559,14 @@ impl Collector {
                     continue;
                 }
             };
-            let exported = self.store.exported(&arn).unwrap_or_default();
+            // Unknown is not "nothing exported": that would send and observe every span again.
+            let exported = match self.store.exported(&arn) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::error!(arn = %arn, error = %e, "cannot read which spans were exported; the execution waits for the next cycle");
+                    continue;
+                }
+            };
             let status = ExecutionStatus::parse(&t.status);
             let finished = status.is_terminal() && t.final_read;
             let labels = self.labels(&t);
@@ -580,8 +587,11 @@ impl Collector {
                 flow_events: &flow_events,
             };
             let conversion = convert::convert(&view, &self.policy);
-            // Count the problems of events not checked before, once.
+            // Count the problems of events not checked before, once: the marks are kept (and
+            // saved when something was counted) before the export, so that an export retried
+            // during an outage does not count them again.
             let mut t = t;
+            let mut counted = false;
             for p in &conversion.problems {
                 let new = match p.event {
                     Some((false, i)) => i >= t.node_checked,
@@ -590,6 +600,7 @@ impl Collector {
                 };
                 if new {
                     self.count_problem(p.reason, &p.detail);
+                    counted = true;
                 }
             }
             t.node_checked = node_events.len();
@@ -598,8 +609,15 @@ impl Collector {
                 if !t.unknown_status_counted {
                     self.count_problem("unknown_status", s);
                     t.unknown_status_counted = true;
+                    counted = true;
                 }
             }
+            if counted {
+                if let Err(e) = self.store.save_all(&[&t]) {
+                    tracing::error!(error = %e, "cannot save which problems were counted");
+                }
+            }
+            self.tracked.insert(arn.clone(), t.clone());
             let total = conversion.spans.len();
             let mut ids = Vec::new();
             let mut root = None;

@@ -25,6 +25,8 @@ pub enum StateError {
     FutureSchema { path: String, found: i64 },
     #[error("state store: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("state store: {0}")]
+    Corrupt(String),
     #[error("cannot create the directory of {path}: {source}")]
     Directory { path: String, source: std::io::Error },
 }
@@ -241,8 +243,14 @@ impl StateStore {
     pub fn exported(&self, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
         let c = lock(&self.connection);
         let mut statement = c.prepare_cached("SELECT span_id FROM exported WHERE arn = ?1")?;
-        let ids =
-            statement.query_map([arn], |r| r.get::<_, Vec<u8>>(0))?.filter_map(|r| r.ok()).filter_map(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).collect();
+        // A row that cannot be read is an error, never a span "not exported": that would send
+        // and observe it again.
+        let mut ids = HashSet::new();
+        for row in statement.query_map([arn], |r| r.get::<_, Vec<u8>>(0))? {
+            let bytes = row?;
+            let id = <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| StateError::Corrupt(format!("exported span id of {arn} has {} bytes", bytes.len())))?;
+            ids.insert(id);
+        }
         Ok(ids)
     }
 
@@ -375,5 +383,18 @@ mod tests {
         assert!(loaded.finished.contains("a"));
         assert!(store.events("a").unwrap().1.is_empty());
         assert_eq!(store.prune(2).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_exported_set_is_an_error_not_an_empty_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state.sqlite")).unwrap();
+        store.mark_exported(&[(&tracked("a"), vec![[1; 8]], false)]).unwrap();
+        assert_eq!(store.exported("a").unwrap().len(), 1);
+        for bad in ["INSERT INTO exported (arn, span_id) VALUES ('a', 'not a blob')", "INSERT INTO exported (arn, span_id) VALUES ('a', x'0102')"] {
+            lock(&store.connection).execute(bad, []).unwrap();
+            assert!(store.exported("a").is_err(), "{bad}");
+            lock(&store.connection).execute("DELETE FROM exported WHERE span_id != x'0101010101010101'", []).unwrap();
+        }
     }
 }

@@ -99,3 +99,26 @@ async fn the_endpoint_backs_off_when_it_cannot_accept_instead_of_spinning() {
     drop(child);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_problem_is_counted_once_while_the_export_of_its_spans_is_retried() {
+    let mut scenario = support::history_scenario(6);
+    scenario.faults.malformed_ratio = 1.0;
+    let h = Harness::start(scenario, &[("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")]).await;
+    h.otlp.receiver.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (child, exporter) = h.serve();
+    let problems = || support::sum_samples(&support::http_get(exporter, "/metrics", None).1, "bedrock_flow_exporter_invalid_events_total", &[]);
+    assert!(support::eventually(Duration::from_secs(20), || problems() > 0.0).await, "bad data counted");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = problems();
+    // The export backs off 1 s, 2 s, 4 s: three or more retries in the next 8 s.
+    let refused = h.otlp.receiver.refused.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(h.otlp.receiver.refused.load(std::sync::atomic::Ordering::SeqCst) >= refused + 2, "the export was retried");
+    assert_eq!(problems(), during, "retried exports count nothing again");
+    h.otlp.receiver.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(support::eventually(Duration::from_secs(30), || h.otlp.receiver.roots().len() == 18).await, "roots: {}", h.otlp.receiver.roots().len());
+    assert_eq!(problems(), during, "nor does the export that succeeds");
+    drop(child);
+    h.stop().await;
+}
