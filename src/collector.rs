@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, PollConfig};
 use crate::convert::{self, ContentPolicy, ExecutionView};
-use crate::export::Exporter;
+use crate::export::{ExportError, Exporter};
 use crate::metrics::{FlowLabels, Metrics};
 use crate::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
 use crate::source::{ApiError, ErrorKind, FlowSource};
@@ -44,6 +44,17 @@ struct BoardInner {
     ready: bool,
     shutting_down: bool,
     flows: Vec<FlowStatus>,
+    parked: Vec<ParkedExecution>,
+}
+
+/// An execution whose spans the OTLP endpoint refused for good.
+#[derive(Clone, Debug)]
+pub struct ParkedExecution {
+    pub flow_id: String,
+    pub arn: String,
+    pub reason: String,
+    pub message: String,
+    pub since: i64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -79,6 +90,17 @@ impl StatusBoard {
     pub fn flows(&self) -> Vec<FlowStatus> {
         self.lock().flows.clone()
     }
+    pub fn parked(&self) -> Vec<ParkedExecution> {
+        self.lock().parked.clone()
+    }
+    fn park(&self, flow_id: &str, arn: &str, reason: &str, message: &str) {
+        let mut b = self.lock();
+        b.parked.retain(|p| p.arn != arn);
+        b.parked.push(ParkedExecution { flow_id: flow_id.into(), arn: arn.into(), reason: reason.into(), message: message.into(), since: now_nanos() });
+    }
+    fn unpark(&self, arn: &str) {
+        self.lock().parked.retain(|p| p.arn != arn);
+    }
     fn update(&self, flow_id: &str, f: impl FnOnce(&mut FlowStatus)) {
         if let Some(s) = self.lock().flows.iter_mut().find(|s| s.flow_id == flow_id) {
             f(s);
@@ -111,6 +133,8 @@ pub struct Collector {
     finished: HashSet<String>,
     snapshots: HashMap<(String, String), Option<Arc<FlowDefinition>>>,
     export_backoff: Option<(Instant, Duration)>,
+    /// Executions the OTLP endpoint refused for good, with when to offer them again.
+    parked: HashMap<String, Instant>,
     /// Executions with spans that may still need exporting (all active ones after a start).
     pending: HashSet<String>,
     on_finished: Option<FinishedHook>,
@@ -121,6 +145,22 @@ pub struct Collector {
     spans_here: u64,
     /// (flow, alias) pairs seen: their gauges stay (at 0) when nothing runs.
     seen_aliases: HashSet<(String, String)>,
+}
+
+/// How long an execution refused for good waits before its spans are offered again.
+const PARK_RETRY: Duration = Duration::from_secs(15 * 60);
+
+/// What became of one execution's spans in one export.
+#[derive(Clone, Debug)]
+enum Delivery {
+    Accepted,
+    /// Refused for good: the execution is parked.
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+    /// Not sent, or not accepted yet (a retryable failure): retried after the backoff.
+    NotSent,
 }
 
 /// Work on one execution in one cycle.
@@ -183,6 +223,7 @@ impl Collector {
             finished: loaded.finished,
             snapshots: HashMap::new(),
             export_backoff: None,
+            parked: HashMap::new(),
             pending,
             on_finished,
             logged_problems: HashSet::new(),
@@ -544,9 +585,14 @@ impl Collector {
             }
         }
         let mut to_export: Vec<SpanRecord> = Vec::new();
+        // Where each execution's spans start in `to_export` (and, last, where they end).
+        let mut bounds: Vec<usize> = Vec::new();
         let mut marks: Vec<Mark> = Vec::new();
         for arn in arns {
             if !self.pending.contains(&arn) {
+                continue;
+            }
+            if self.parked.get(&arn).is_some_and(|retry_at| Instant::now() < *retry_at) {
                 continue;
             }
             let Some(t) = self.tracked.get(&arn).cloned() else {
@@ -621,6 +667,7 @@ impl Collector {
             let total = conversion.spans.len();
             let mut ids = Vec::new();
             let mut root = None;
+            bounds.push(to_export.len());
             for span in conversion.spans {
                 if span.parent_span_id.is_none() {
                     root = Some(span.clone());
@@ -635,31 +682,48 @@ impl Collector {
         if marks.is_empty() {
             return;
         }
-        if !to_export.is_empty() {
-            if let Err(e) = self.exporter.export(&to_export).await {
-                self.metrics.span_export_errors.inc();
+        bounds.push(to_export.len());
+        let (deliveries, retry_error) = self.send(&mut to_export, &bounds).await;
+        match retry_error {
+            Some(e) => {
                 let delay = self.export_backoff.map(|(_, d)| (d * 2).min(Duration::from_secs(60))).unwrap_or(Duration::from_secs(1));
                 self.export_backoff = Some((Instant::now() + delay, delay));
-                tracing::warn!(error = %e, retry_in = ?delay, spans = to_export.len(), "span export failed; nothing is checkpointed, retried later");
-                return;
+                tracing::warn!(error = %e, retry_in = ?delay, "span export failed; what was not accepted is not checkpointed and is retried later");
+            }
+            None => self.export_backoff = None,
+        }
+        // Executions refused for good wait aside; the others go on.
+        let mut accepted_marks = Vec::new();
+        let mut accepted_spans = Vec::new();
+        for ((mark, delivery), range) in marks.into_iter().zip(deliveries).zip(bounds.windows(2).map(|w| w[0]..w[1])) {
+            match delivery {
+                Delivery::Accepted => {
+                    accepted_spans.extend(range);
+                    accepted_marks.push(mark);
+                }
+                Delivery::Refused { reason, message } => self.park(&mark.0, reason, message),
+                Delivery::NotSent => {}
             }
         }
-        self.export_backoff = None;
-        let batch: Vec<(&Tracked, Vec<[u8; 8]>, bool)> = marks.iter().map(|(t, ids, done, _, _)| (t, ids.clone(), *done)).collect();
+        if accepted_marks.is_empty() {
+            return;
+        }
+        let batch: Vec<(&Tracked, Vec<[u8; 8]>, bool)> = accepted_marks.iter().map(|(t, ids, done, _, _)| (t, ids.clone(), *done)).collect();
         if let Err(e) = self.store.mark_exported(&batch) {
             tracing::error!(error = %e, "cannot checkpoint exported spans; they will be exported again");
             return;
         }
-        self.metrics.spans_exported.inc_by(to_export.len() as u64);
-        self.spans_here += to_export.len() as u64;
+        self.metrics.spans_exported.inc_by(accepted_spans.len() as u64);
+        self.spans_here += accepted_spans.len() as u64;
         // Node metrics, once per span: these spans were exported for the first time.
-        let labels: HashMap<[u8; 16], FlowLabels> = marks.iter().map(|(t, ..)| (crate::span::trace_id(&t.arn), self.labels(t))).collect();
-        for span in to_export.iter().filter(|s| s.parent_span_id.is_some()) {
+        let labels: HashMap<[u8; 16], FlowLabels> = accepted_marks.iter().map(|(t, ..)| (crate::span::trace_id(&t.arn), self.labels(t))).collect();
+        for span in accepted_spans.into_iter().map(|i| &to_export[i]).filter(|s| s.parent_span_id.is_some()) {
             if let Some(labels) = labels.get(&span.trace_id) {
                 self.observe_node(labels, span);
             }
         }
-        for (t, _, done, root, total) in marks {
+        for (t, _, done, root, total) in accepted_marks {
+            self.unpark(&t.arn);
             if done {
                 if let Some(root) = root {
                     self.observe_finished(&t, &root, total);
@@ -672,6 +736,67 @@ impl Collector {
                 self.pending.remove(&t.arn);
                 self.tracked.insert(t.arn.clone(), t);
             }
+        }
+    }
+
+    /// Sends the spans of several executions (`spans[bounds[i]..bounds[i + 1]]` is execution
+    /// i's) in requests bounded by span count and encoded bytes, cutting down any span larger
+    /// than a request. A permanent refusal is narrowed down by halving the executions sent
+    /// together until the one responsible is found; a retryable failure stops the sending (the
+    /// rest waits for the backoff). Returns each execution's delivery and the retryable error.
+    async fn send(&self, spans: &mut [SpanRecord], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
+        let (max_spans, max_bytes) = (self.exporter.batch_size(), self.exporter.max_batch_bytes());
+        for span in spans.iter_mut() {
+            if crate::export::cut_to_fit(span, max_bytes.saturating_sub(crate::export::REQUEST_OVERHEAD)) {
+                self.metrics.spans_cut.inc();
+                tracing::warn!(span = %span.name, trace_id = %hex(&span.trace_id), max_bytes, "span larger than traces.max_batch_bytes; its content was cut to fit");
+            }
+        }
+        let executions = bounds.len() - 1;
+        let mut deliveries = vec![Delivery::NotSent; executions];
+        let mut queue: VecDeque<std::ops::Range<usize>> = VecDeque::new();
+        queue.push_back(0..executions);
+        while let Some(group) = queue.pop_front() {
+            let first = bounds[group.start];
+            let sizes: Vec<usize> = spans[first..bounds[group.end]].iter().map(crate::export::encoded_len_estimate).collect();
+            let mut failure = None;
+            for batch in crate::export::pack(&sizes, max_spans, max_bytes) {
+                if let Err(e) = self.exporter.export(&spans[first + batch.start..first + batch.end]).await {
+                    self.metrics.span_export_errors.inc();
+                    failure = Some(e);
+                    break;
+                }
+            }
+            match failure {
+                None => deliveries[group].fill(Delivery::Accepted),
+                Some(ExportError::Permanent { reason, message }) if group.len() == 1 => deliveries[group.start] = Delivery::Refused { reason, message },
+                Some(ExportError::Permanent { .. }) => {
+                    let middle = group.start + group.len() / 2;
+                    queue.push_front(middle..group.end);
+                    queue.push_front(group.start..middle);
+                }
+                Some(e) => return (deliveries, Some(e)),
+            }
+        }
+        (deliveries, None)
+    }
+
+    /// Sets an execution the endpoint refused for good aside, counted and shown on `/`; its
+    /// spans are offered again after `PARK_RETRY`, while the others go on.
+    fn park(&mut self, t: &Tracked, reason: &'static str, message: String) {
+        tracing::error!(arn = %t.arn, reason, error = %message, retry_in = ?PARK_RETRY, "the OTLP endpoint refused this execution's spans for good; it is set aside and retried rarely");
+        if !self.parked.contains_key(&t.arn) {
+            self.metrics.span_export_refused.get_or_create(&vec![("reason", reason.to_string())]).inc();
+        }
+        self.parked.insert(t.arn.clone(), Instant::now() + PARK_RETRY);
+        self.metrics.executions_parked.set(self.parked.len() as i64);
+        self.board.park(&t.flow_id, &t.arn, reason, &message);
+    }
+
+    fn unpark(&mut self, arn: &str) {
+        if self.parked.remove(arn).is_some() {
+            self.metrics.executions_parked.set(self.parked.len() as i64);
+            self.board.unpark(arn);
         }
     }
 

@@ -105,6 +105,9 @@ pub struct TracesConfig {
     pub headers: BTreeMap<String, String>,
     /// Spans per OTLP request.
     pub batch_size: usize,
+    /// Encoded bytes per OTLP request (4 MiB: what a gRPC receiver accepts by default); a
+    /// span larger than this is cut down, captured content first.
+    pub max_batch_bytes: usize,
     pub timeout_secs: u64,
 }
 
@@ -172,6 +175,7 @@ impl Default for TracesConfig {
             redact: Vec::new(),
             headers: BTreeMap::new(),
             batch_size: 512,
+            max_batch_bytes: 4 << 20,
             timeout_secs: 10,
         }
     }
@@ -265,6 +269,9 @@ impl Config {
         }
         if self.traces.max_content_bytes < 128 {
             return Err(invalid("traces.max_content_bytes", "must be at least 128"));
+        }
+        if self.traces.max_batch_bytes < 64 << 10 {
+            return Err(invalid("traces.max_batch_bytes", "must be at least 65536"));
         }
         if self.traces.batch_size < 1 {
             return Err(invalid("traces.batch_size", "must be at least 1"));

@@ -18,8 +18,116 @@ use crate::span::{AttrValue, SpanRecord, SpanStatus};
 pub enum ExportError {
     #[error("cannot build the OTLP exporter for {endpoint}: {message}")]
     Build { endpoint: String, message: String },
+    /// The endpoint may accept later (unavailable, 429, 5xx, timeouts, network errors, auth):
+    /// back off and retry everything.
     #[error("OTLP export failed: {0}")]
-    Rejected(String),
+    Retryable(String),
+    /// The endpoint refuses this batch for good (a 4xx other than 408 and 429; gRPC
+    /// InvalidArgument, or a message too large): retrying it as it is cannot succeed.
+    #[error("OTLP export refused: {message}")]
+    Permanent { reason: &'static str, message: String },
+}
+
+/// Tells a permanent refusal from a retryable failure by what the OTLP exporter reports:
+/// `... gRPC code: InvalidArgument ...` or `... status code: 400`. The reason is a bounded
+/// label value.
+pub fn classify_failure(message: &str) -> ExportError {
+    let permanent = |reason| ExportError::Permanent { reason, message: message.to_string() };
+    if let Some(code) = message.split("gRPC code: ").nth(1) {
+        let code = code.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap_or("");
+        return match code {
+            "InvalidArgument" => permanent("invalid_argument"),
+            // A message over the receiver's limit: tonic answers OutOfRange, grpc-go
+            // ResourceExhausted.
+            "OutOfRange" | "ResourceExhausted" => permanent("too_large"),
+            "Unimplemented" => permanent("unimplemented"),
+            _ => ExportError::Retryable(message.to_string()),
+        };
+    }
+    if let Some(status) = message.split("status code: ").nth(1).and_then(|c| c.get(..3)).and_then(|c| c.parse::<u16>().ok()) {
+        return match status {
+            413 => permanent("too_large"),
+            408 | 429 | 401 | 403 => ExportError::Retryable(message.to_string()),
+            400..=499 => permanent("bad_request"),
+            _ => ExportError::Retryable(message.to_string()),
+        };
+    }
+    ExportError::Retryable(message.to_string())
+}
+
+/// Bytes of protobuf framing counted per field (tag and length), an upper bound for fields
+/// under 2 MiB and close for larger ones.
+const FIELD_OVERHEAD: usize = 5;
+
+fn attribute_len(key: &str, value: &AttrValue) -> usize {
+    let value_len = match value {
+        AttrValue::Str(s) => s.len(),
+        AttrValue::Int(_) | AttrValue::Bool(_) => 10,
+        AttrValue::StrArray(items) => items.iter().map(|i| i.len() + 2 * FIELD_OVERHEAD).sum(),
+    };
+    key.len() + value_len + 4 * FIELD_OVERHEAD
+}
+
+/// An upper bound of the span's encoded OTLP size (ids, times, name, attributes, events,
+/// links, status), so that batches stay under a receiver's message limit.
+pub fn encoded_len_estimate(span: &SpanRecord) -> usize {
+    let attributes: usize = span.attributes.iter().map(|(k, v)| attribute_len(k, v)).sum();
+    let events: usize =
+        span.events.iter().map(|e| e.name.len() + 9 + 3 * FIELD_OVERHEAD + e.attributes.iter().map(|(k, v)| attribute_len(k, v)).sum::<usize>()).sum();
+    let status = match &span.status {
+        SpanStatus::Error(description) => description.len() + 4 * FIELD_OVERHEAD,
+        _ => 2 * FIELD_OVERHEAD,
+    };
+    16 + 8 + 8 + 2 * 9 + span.name.len() + 10 * FIELD_OVERHEAD + attributes + events + span.links.len() * (16 + 8 + 4 * FIELD_OVERHEAD) + status
+}
+
+/// The resource and scope around each batch, counted once per request.
+pub const REQUEST_OVERHEAD: usize = 1024;
+
+/// Cuts a span down to `max_bytes` (estimated): captured content first, then its events from
+/// the last. Returns whether anything was cut.
+pub fn cut_to_fit(span: &mut SpanRecord, max_bytes: usize) -> bool {
+    let size = encoded_len_estimate(span);
+    if size <= max_bytes {
+        return false;
+    }
+    let contents: usize = span.events.iter().flat_map(|e| &e.attributes).filter(|(k, _)| k == "content").map(|(_, v)| attribute_len("content", v)).sum();
+    if contents > 0 {
+        // Share what is left for content among the content attributes (markers included).
+        let count = span.events.iter().flat_map(|e| &e.attributes).filter(|(k, _)| k == "content").count();
+        let room = max_bytes.saturating_sub(size - contents) / count;
+        let keep = room.saturating_sub(attribute_len("content", &AttrValue::Str(String::new())) + 64);
+        for (_, value) in span.events.iter_mut().flat_map(|e| e.attributes.iter_mut()).filter(|(k, _)| k == "content") {
+            if let AttrValue::Str(text) = value {
+                *text = crate::convert::truncate(text, keep);
+            }
+        }
+    }
+    while encoded_len_estimate(span) > max_bytes && !span.events.is_empty() {
+        span.events.pop();
+    }
+    true
+}
+
+/// Splits spans (grouped by execution, in order) into requests of at most `max_spans` spans
+/// and `max_bytes` estimated bytes each; a group goes whole into one request when it fits.
+/// Returns the ranges of `sizes` that form each request.
+pub fn pack(sizes: &[usize], max_spans: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut bytes = REQUEST_OVERHEAD;
+    for (i, size) in sizes.iter().enumerate() {
+        if i > start && (i - start >= max_spans.max(1) || bytes + size > max_bytes) {
+            batches.push(start..i);
+            start = i;
+            bytes = REQUEST_OVERHEAD;
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        batches.push(start..sizes.len());
+    }
+    batches
 }
 
 /// Where spans go: a real OTLP exporter, or nowhere (traces disabled).
@@ -27,6 +135,7 @@ pub struct Exporter {
     inner: Option<tokio::sync::Mutex<opentelemetry_otlp::SpanExporter>>,
     scope: InstrumentationScope,
     batch_size: usize,
+    max_batch_bytes: usize,
     pub endpoint: String,
 }
 
@@ -42,7 +151,7 @@ pub fn http_traces_url(endpoint: &str) -> String {
 
 impl Exporter {
     pub fn disabled() -> Exporter {
-        Exporter { inner: None, scope: scope(), batch_size: usize::MAX, endpoint: String::new() }
+        Exporter { inner: None, scope: scope(), batch_size: usize::MAX, max_batch_bytes: usize::MAX, endpoint: String::new() }
     }
 
     /// Builds the exporter. Must run inside a Tokio runtime (tonic's channel needs one).
@@ -96,24 +205,35 @@ impl Exporter {
         }
         let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).with_attributes(attributes).build();
         exporter.set_resource(&resource);
-        Ok(Exporter { inner: Some(tokio::sync::Mutex::new(exporter)), scope: scope(), batch_size: config.batch_size, endpoint })
+        Ok(Exporter {
+            inner: Some(tokio::sync::Mutex::new(exporter)),
+            scope: scope(),
+            batch_size: config.batch_size,
+            max_batch_bytes: config.max_batch_bytes,
+            endpoint,
+        })
     }
 
     pub fn enabled(&self) -> bool {
         self.inner.is_some()
     }
 
-    /// Exports all `spans`, in batches; `Ok` only when every batch was accepted.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    pub fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes
+    }
+
+    /// Exports `spans` as one OTLP request; the caller keeps it within the batch bounds.
     pub async fn export(&self, spans: &[SpanRecord]) -> Result<(), ExportError> {
         let Some(inner) = &self.inner else {
             return Ok(());
         };
-        for chunk in spans.chunks(self.batch_size.max(1)) {
-            let batch: Vec<SpanData> = chunk.iter().map(|s| to_span_data(s, &self.scope)).collect();
-            let exporter = inner.lock().await;
-            exporter.export(batch).await.map_err(|e| ExportError::Rejected(e.to_string()))?;
-        }
-        Ok(())
+        let batch: Vec<SpanData> = spans.iter().map(|s| to_span_data(s, &self.scope)).collect();
+        let exporter = inner.lock().await;
+        exporter.export(batch).await.map_err(|e| classify_failure(&e.to_string()))
     }
 }
 
@@ -178,6 +298,94 @@ pub fn to_span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::span::SpanEventRecord;
+    use prost::Message;
+
+    fn span(content_bytes: usize, events: usize) -> SpanRecord {
+        SpanRecord {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: Some([3; 8]),
+            name: "Prompt Summarize".into(),
+            start: 1_700_000_000_000_000_000,
+            end: 1_700_000_001_000_000_000,
+            attributes: vec![
+                ("aws.bedrock.flow.node.name".into(), AttrValue::Str("Summarize".into())),
+                ("aws.bedrock.flow.node.execution_chain".into(), AttrValue::StrArray(vec!["Iterate[3]".into(), "Loop[1]".into()])),
+                ("gen_ai.usage.input_tokens".into(), AttrValue::Int(1234)),
+                ("flag".into(), AttrValue::Bool(true)),
+            ],
+            events: (0..events)
+                .map(|i| SpanEventRecord {
+                    name: "aws.bedrock.flow.node.output".into(),
+                    time: 1_700_000_000_500_000_000 + i as i64,
+                    attributes: vec![("field".into(), AttrValue::Str("document".into())), ("content".into(), AttrValue::Str("é".repeat(content_bytes / 2)))],
+                })
+                .collect(),
+            links: vec![[4; 8], [5; 8]],
+            status: SpanStatus::Error("node failed".into()),
+            facts: Default::default(),
+        }
+    }
+
+    fn real_len(span: &SpanRecord) -> usize {
+        opentelemetry_proto::tonic::trace::v1::Span::from(to_span_data(span, &scope())).encoded_len()
+    }
+
+    #[test]
+    fn the_size_estimate_bounds_the_real_encoding_closely() {
+        for (content, events) in [(0, 0), (10, 1), (1000, 3), (200_000, 2), (3 << 20, 1)] {
+            let s = span(content, events);
+            let (estimate, real) = (encoded_len_estimate(&s), real_len(&s));
+            assert!(estimate >= real && estimate <= real + real / 4 + 256, "{content} bytes x {events}: estimate {estimate}, real {real}");
+        }
+    }
+
+    #[test]
+    fn a_span_too_large_is_cut_content_first() {
+        let mut s = span(3 << 20, 2);
+        assert!(cut_to_fit(&mut s, 1 << 20));
+        assert!(real_len(&s) <= 1 << 20, "{}", real_len(&s));
+        assert_eq!(s.events.len(), 2, "the events stay; their content is cut");
+        let AttrValue::Str(content) = &s.events[0].attributes[1].1 else { panic!() };
+        assert!(content.contains("…[truncated ") && content.len() > 300_000, "{}", content.len());
+        let mut small = span(100, 1);
+        assert!(!cut_to_fit(&mut small, 1 << 20), "a span that fits is left alone");
+        // Without content to cut, events go from the last.
+        let mut many = span(0, 20_000);
+        assert!(cut_to_fit(&mut many, 100_000));
+        assert!(real_len(&many) <= 100_000 && many.events.len() > 100);
+    }
+
+    #[test]
+    fn batches_are_bounded_by_spans_and_bytes() {
+        assert_eq!(pack(&[10, 10, 10, 10, 10], 2, usize::MAX), vec![0..2, 2..4, 4..5]);
+        let b = REQUEST_OVERHEAD;
+        assert_eq!(pack(&[100, 100, 100], 512, b + 200), vec![0..2, 2..3]);
+        // A span over the bound alone goes alone (it was cut to fit before).
+        assert_eq!(pack(&[50, 10_000, 50], 512, b + 200), vec![0..1, 1..2, 2..3]);
+        assert!(pack(&[], 512, b).is_empty());
+    }
+
+    #[test]
+    fn refusals_for_good_are_told_from_failures_worth_retrying() {
+        let permanent = |m: &str| match classify_failure(m) {
+            ExportError::Permanent { reason, .. } => Some(reason),
+            _ => None,
+        };
+        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: InvalidArgument"), Some("invalid_argument"));
+        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: OutOfRange: decoded message length too large"), Some("too_large"));
+        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: ResourceExhausted"), Some("too_large"));
+        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: Unavailable: transport error"), None);
+        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: DeadlineExceeded"), None);
+        assert_eq!(permanent("HTTP export failed with status code: 400"), Some("bad_request"));
+        assert_eq!(permanent("HTTP export failed with status code: 413"), Some("too_large"));
+        for retryable in
+            ["HTTP export failed with status code: 429", "HTTP export failed with status code: 503", "HTTP export failed: network error", "timed out"]
+        {
+            assert_eq!(permanent(retryable), None, "{retryable}");
+        }
+    }
 
     #[test]
     fn http_endpoint_gets_the_signal_path_once() {

@@ -77,13 +77,35 @@ fn landing_page(board: &StatusBoard) -> String {
             escape(flow.last_error.as_deref().unwrap_or("")),
         ));
     }
+    let parked = board.parked();
+    let parked_section = if parked.is_empty() {
+        String::new()
+    } else {
+        let mut rows = String::new();
+        for p in &parked {
+            rows.push_str(&format!(
+                "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(&p.flow_id),
+                escape(&p.arn),
+                escape(&p.reason),
+                escape(&p.message),
+                escape(&format_nanos(p.since)),
+            ));
+        }
+        format!(
+            "<h2>Parked executions ({})</h2>\n<p>The OTLP endpoint refused their spans for good; they are offered again every 15 minutes while the others go on.</p>\n\
+<table><tr><th>Flow</th><th>Execution</th><th>Reason</th><th>Error</th><th>Since</th></tr>\n{rows}</table>\n",
+            parked.len()
+        )
+    };
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>bedrock-flow-exporter</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>\n\
 <body><h1>bedrock-flow-exporter {}</h1>\n<p><a href=\"/metrics\">Metrics</a> · <a href=\"/-/healthy\">Health</a> · <a href=\"/-/ready\">Readiness</a> ({})</p>\n\
-<table><tr><th>Flow</th><th>Id</th><th>Last successful poll</th><th>Running now</th><th>Finished in the last hour</th><th>Last error</th></tr>\n{}</table>\n</body></html>\n",
+<table><tr><th>Flow</th><th>Id</th><th>Last successful poll</th><th>Running now</th><th>Finished in the last hour</th><th>Last error</th></tr>\n{}</table>\n{}</body></html>\n",
         env!("CARGO_PKG_VERSION"),
         if board.ready() { "ready" } else { "not ready" },
-        rows
+        rows,
+        parked_section
     )
 }

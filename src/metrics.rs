@@ -37,6 +37,9 @@ pub const INVALID_REASONS: [&str; 10] = [
     "bad_snapshot",
 ];
 
+/// Why the OTLP endpoint refused spans for good (`export::classify_failure`).
+pub const REFUSAL_REASONS: [&str; 4] = ["invalid_argument", "too_large", "bad_request", "unimplemented"];
+
 const EXECUTION_BUCKETS: [f64; 16] = [1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0];
 const NODE_BUCKETS: [f64; 14] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 const API_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -64,6 +67,9 @@ pub struct Metrics {
     pub invalid_events: Family<Labels, Counter>,
     pub spans_exported: Counter,
     pub span_export_errors: Counter,
+    pub span_export_refused: Family<Labels, Counter>,
+    pub executions_parked: Gauge,
+    pub spans_cut: Counter,
     pub event_lag: Histogram,
     pub node_labels: bool,
 }
@@ -108,6 +114,9 @@ impl Metrics {
             invalid_events: Family::default(),
             spans_exported: Counter::default(),
             span_export_errors: Counter::default(),
+            span_export_refused: Family::default(),
+            executions_parked: Gauge::default(),
+            spans_cut: Counter::default(),
             event_lag: Histogram::new(LAG_BUCKETS),
             node_labels,
             registry: Registry::default(),
@@ -155,7 +164,22 @@ impl Metrics {
         registry.register("bedrock_flow_exporter_events_received", "Flow execution events read from the API, by kind.", m.events_received.clone());
         registry.register("bedrock_flow_exporter_invalid_events", "Bad data from the API, counted and skipped, by reason.", m.invalid_events.clone());
         registry.register("bedrock_flow_exporter_spans_exported", "Spans accepted by the OTLP endpoint.", m.spans_exported.clone());
-        registry.register("bedrock_flow_exporter_span_export_errors", "OTLP export attempts that failed.", m.span_export_errors.clone());
+        registry.register("bedrock_flow_exporter_span_export_errors", "OTLP export requests that failed, retryable or not.", m.span_export_errors.clone());
+        registry.register(
+            "bedrock_flow_exporter_span_export_refused",
+            "Executions whose spans the OTLP endpoint refused for good (a 4xx other than 408/429, gRPC InvalidArgument, a message too large), by reason; each is set aside and retried every 15 minutes.",
+            m.span_export_refused.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_executions_parked",
+            "Executions set aside because the OTLP endpoint refused their spans for good.",
+            m.executions_parked.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_spans_cut",
+            "Spans larger than traces.max_batch_bytes, cut down to fit (captured content first).",
+            m.spans_cut.clone(),
+        );
         registry.register("bedrock_flow_exporter_event_lag_seconds", "Processing time minus event time.", m.event_lag.clone());
         registry.register_collector(Box::new(ProcessCollector));
         m.build_info
@@ -172,6 +196,9 @@ impl Metrics {
         }
         for t in EVENT_TYPES {
             let _ = m.events_received.get_or_create(&vec![("event_type", t.to_string())]);
+        }
+        for reason in REFUSAL_REASONS {
+            let _ = m.span_export_refused.get_or_create(&vec![("reason", reason.to_string())]);
         }
         for r in INVALID_REASONS {
             let _ = m.invalid_events.get_or_create(&vec![("reason", r.to_string())]);

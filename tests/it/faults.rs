@@ -122,3 +122,71 @@ async fn a_problem_is_counted_once_while_the_export_of_its_spans_is_retried() {
     drop(child);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_refused_for_good_is_parked_and_the_others_go_on() {
+    for protocol in ["grpc", "http/protobuf"] {
+        let mut h = Harness::start(support::history_scenario(12), &ONE_FLOW).await;
+        h.config.protocol = protocol;
+        if protocol != "grpc" {
+            h.config.otlp = format!("http://{}", h.otlp.http);
+        }
+        // Small requests, so that the refused execution shares them with others.
+        h.config.extra = "batch_size = 40\n".into();
+        let facts: Vec<_> = h.emulator.executions(now_nanos()).into_iter().filter(|f| f.flow_id == "SUPPORTTRI").collect();
+        assert_eq!(facts.len(), 12);
+        let refused = &facts[5].arn;
+        h.otlp.receiver.reject_traces.lock().unwrap().insert(support::expected_trace_id(refused));
+        let (child, exporter) = h.serve();
+        assert!(
+            support::eventually(Duration::from_secs(30), || h.otlp.receiver.roots().len() == 11).await,
+            "{protocol}: every other execution arrives: {}",
+            h.otlp.receiver.roots().len()
+        );
+        let metrics = || support::http_get(exporter, "/metrics", None).1;
+        assert!(
+            support::eventually(Duration::from_secs(10), || support::sample(&metrics(), "bedrock_flow_exporter_executions_parked", &[]) == Some(1.0)).await,
+            "{protocol}: the refused execution is parked"
+        );
+        let text = metrics();
+        let reason = if protocol == "grpc" { "invalid_argument" } else { "bad_request" };
+        assert_eq!(support::sample(&text, "bedrock_flow_exporter_span_export_refused_total", &[("reason", reason)]), Some(1.0), "{protocol}");
+        assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]), 11.0, "the parked one is not counted yet");
+        assert!(!h.otlp.receiver.roots().iter().any(|r| r.trace_id == support::expected_trace_id(refused)));
+        let (_, page) = support::http_get(exporter, "/", None);
+        assert!(page.contains("Parked executions (1)") && page.contains(refused.as_str()) && page.contains(reason), "{page}");
+        // Retryable failures do not park anything.
+        assert!(h.log().contains("refused this execution's spans for good"));
+        drop(child);
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_stay_within_the_byte_bound_and_a_huge_span_is_cut_to_fit() {
+    let mut scenario = support::history_scenario(6);
+    // Every execution carries one kind of bad data, among them megabyte documents.
+    scenario.faults.malformed_ratio = 1.0;
+    let mut h = Harness::start(scenario, &[("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")]).await;
+    let max_bytes = 256 * 1024;
+    h.config.extra = format!("capture_content = \"full\"\nmax_content_bytes = 4000000\nmax_batch_bytes = {max_bytes}\n");
+    let (child, exporter) = h.serve();
+    assert!(support::eventually(Duration::from_secs(40), || h.otlp.receiver.roots().len() == 18).await, "roots: {}", h.otlp.receiver.roots().len());
+    let sizes = h.otlp.receiver.request_bytes.lock().unwrap().clone();
+    assert!(sizes.len() > 1 && sizes.iter().all(|s| *s <= max_bytes), "every request within {max_bytes} bytes: {sizes:?}");
+    let (_, text) = support::http_get(exporter, "/metrics", None);
+    let cut = support::sample(&text, "bedrock_flow_exporter_spans_cut_total", &[]).unwrap();
+    assert!(cut >= 1.0, "the megabyte spans were cut: {cut}");
+    let truncated = h
+        .otlp
+        .receiver
+        .spans()
+        .iter()
+        .flat_map(|s| s.events.clone())
+        .filter(|(_, attrs)| attrs.get("content").is_some_and(|c| c.contains("…[truncated ")))
+        .count();
+    assert!(truncated as f64 >= cut, "their content carries the marker");
+    assert_eq!(support::sample(&text, "bedrock_flow_exporter_executions_parked", &[]), Some(0.0), "nothing refused");
+    drop(child);
+    h.stop().await;
+}

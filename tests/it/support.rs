@@ -66,14 +66,34 @@ pub struct Receiver {
     pub requests: Arc<AtomicUsize>,
     /// Headers (HTTP) or metadata (gRPC) of the last export request.
     pub headers: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Requests carrying a span of these traces (hex ids) are refused for good
+    /// (INVALID_ARGUMENT / 400), as a backend does with data it cannot take.
+    pub reject_traces: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// The encoded size of every request received.
+    pub request_bytes: Arc<Mutex<Vec<usize>>>,
+}
+
+/// What the receiver answers to one request.
+#[derive(PartialEq)]
+enum Answer {
+    Accepted,
+    /// Retryable: UNAVAILABLE / 503.
+    Refused,
+    /// For good: INVALID_ARGUMENT / 400.
+    Rejected,
 }
 
 impl Receiver {
-    fn accept(&self, request: ExportTraceServiceRequest) -> bool {
+    fn accept(&self, request: ExportTraceServiceRequest) -> Answer {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        self.request_bytes.lock().unwrap().push(request.encoded_len());
         if self.refuse.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            return false;
+            return Answer::Refused;
+        }
+        let rejected = self.reject_traces.lock().unwrap().clone();
+        if request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).any(|s| rejected.contains(&hex(&s.trace_id))) {
+            return Answer::Rejected;
         }
         let mut out = self.spans.lock().unwrap();
         for rs in request.resource_spans {
@@ -103,7 +123,7 @@ impl Receiver {
                 }
             }
         }
-        true
+        Answer::Accepted
     }
 
     pub fn spans(&self) -> Vec<Received> {
@@ -125,10 +145,10 @@ impl TraceService for Receiver {
     async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         *self.headers.lock().unwrap() =
             request.metadata().clone().into_headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
-        if self.accept(request.into_inner()) {
-            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-        } else {
-            Err(tonic::Status::unavailable("receiver refuses for the test"))
+        match self.accept(request.into_inner()) {
+            Answer::Accepted => Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None })),
+            Answer::Refused => Err(tonic::Status::unavailable("receiver refuses for the test")),
+            Answer::Rejected => Err(tonic::Status::invalid_argument("receiver rejects this trace for the test")),
         }
     }
 }
@@ -169,12 +189,13 @@ impl OtlpServer {
                 *receiver.headers.lock().unwrap() = request.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
                 let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                 match ExportTraceServiceRequest::decode(body).map(|req| receiver.accept(req)) {
-                    Ok(true) => bedrock_flow_exporter::httpserve::respond(
+                    Ok(Answer::Accepted) => bedrock_flow_exporter::httpserve::respond(
                         200,
                         "application/x-protobuf",
                         ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
                     ),
-                    Ok(false) => bedrock_flow_exporter::httpserve::respond(503, "text/plain", "refusing"),
+                    Ok(Answer::Refused) => bedrock_flow_exporter::httpserve::respond(503, "text/plain", "refusing"),
+                    Ok(Answer::Rejected) => bedrock_flow_exporter::httpserve::respond(400, "text/plain", "rejected for the test"),
                     Err(_) => bedrock_flow_exporter::httpserve::respond(400, "text/plain", "bad protobuf"),
                 }
             })
