@@ -50,22 +50,26 @@ impl AppError {
     }
 }
 
-/// Resolves once SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+/// SIGTERM and SIGINT, installed at once (before the process reports its address), so that
+/// a signal sent right after that report is never lost to the default action.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<ShutdownSignals, AppError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind| signal(kind).map_err(|e| AppError::Runtime(format!("cannot handle signals: {e}")));
+        Ok(ShutdownSignals { term: install(SignalKind::terminate())?, interrupt: install(SignalKind::interrupt())? })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves once SIGTERM or SIGINT arrives.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 
@@ -111,18 +115,19 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
     let mut collector = Collector::new(flows, store, exporter.clone(), metrics.clone(), board.clone(), &config, options.on_finished)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     tracing::info!(listen = %address, tracked = collector.tracked_count(), startup_ms = started.elapsed().as_millis() as u64, traces = %exporter.endpoint, "bedrock-flow-exporter started");
+    let mut shutdown = ShutdownSignals::install()?;
     if let Some(report) = options.on_listening {
         report(address);
     }
     let signal_board = board.clone();
     let signals = tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown.next().await;
         tracing::info!("shutting down: finishing the current cycle");
         signal_board.set_shutting_down();
         let _ = stop_tx.send(true);
         tokio::select! {
             _ = tokio::time::sleep(GRACE) => tracing::warn!("grace period over; exiting (the state store is consistent)"),
-            _ = shutdown_signal() => tracing::warn!("second signal; exiting now"),
+            _ = shutdown.next() => tracing::warn!("second signal; exiting now"),
         }
         std::process::exit(EXIT_RUNTIME as i32);
     });

@@ -130,7 +130,6 @@ pub struct Collector {
     policy: ContentPolicy,
     poll: PollConfig,
     tracked: HashMap<String, Tracked>,
-    finished: HashSet<String>,
     snapshots: HashMap<(String, String), Option<Arc<FlowDefinition>>>,
     export_backoff: Option<(Instant, Duration)>,
     /// Executions the OTLP endpoint refused for good, with when to offer them again.
@@ -146,6 +145,9 @@ pub struct Collector {
     /// (flow, alias) pairs seen: their gauges stay (at 0) when nothing runs.
     seen_aliases: HashSet<(String, String)>,
 }
+
+/// Flow definitions kept parsed in memory; DRAFT ones (one per execution) are dropped first.
+const SNAPSHOT_CACHE_ENTRIES: usize = 256;
 
 /// How long an execution refused for good waits before its spans are offered again.
 const PARK_RETRY: Duration = Duration::from_secs(15 * 60);
@@ -220,7 +222,6 @@ impl Collector {
             policy,
             poll: config.poll.clone(),
             tracked,
-            finished: loaded.finished,
             snapshots: HashMap::new(),
             export_backoff: None,
             parked: HashMap::new(),
@@ -280,6 +281,17 @@ impl Collector {
                 let (items, next) = self.flows[f].source.list_executions(&flow_id, alias.as_deref(), token.take()).await?;
                 let mut page_has_new = false;
                 let mut page_oldest = i64::MAX;
+                // Finished executions are asked of the store (one look-up per page), not kept in
+                // memory: memory does not grow with the number of finished executions. When
+                // the store cannot tell, nothing new is admitted from the page.
+                let untracked: Vec<&str> = items.iter().map(|s| s.execution_arn.as_str()).filter(|a| !self.tracked.contains_key(*a)).collect();
+                let finished = match self.store.finished_among(&untracked) {
+                    Ok(finished) => Some(finished),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot look up finished executions; new ones are admitted on a later poll");
+                        None
+                    }
+                };
                 for s in items {
                     let created = s.created_at.0;
                     if created > previous_created {
@@ -287,9 +299,6 @@ impl Collector {
                     }
                     previous_created = created;
                     page_oldest = page_oldest.min(created);
-                    if self.finished.contains(&s.execution_arn) {
-                        continue;
-                    }
                     if let Some(t) = self.tracked.get_mut(&s.execution_arn) {
                         let status = s.status.as_str().to_string();
                         if t.status != status || t.ended_at != s.ended_at.map(|e| e.0) {
@@ -302,7 +311,7 @@ impl Collector {
                         }
                         continue;
                     }
-                    if !admit || created < cutoff || created == 0 {
+                    if !admit || created < cutoff || created == 0 || finished.as_ref().is_none_or(|f| f.contains(&s.execution_arn)) {
                         continue;
                     }
                     page_has_new = true;
@@ -501,6 +510,10 @@ impl Collector {
                 }
             }
         };
+        // A DRAFT snapshot is one per execution: bound the cache (the store keeps them all).
+        if self.snapshots.len() >= SNAPSHOT_CACHE_ENTRIES {
+            self.snapshots.retain(|(_, key), _| !key.starts_with("DRAFT:"));
+        }
         self.snapshots.insert(cache_key, definition.clone());
         Ok(definition)
     }
@@ -731,7 +744,9 @@ impl Collector {
                 *self.finished_here.entry(t.status.clone()).or_default() += 1;
                 self.tracked.remove(&t.arn);
                 self.pending.remove(&t.arn);
-                self.finished.insert(t.arn.clone());
+                if t.version == "DRAFT" {
+                    self.snapshots.remove(&(t.flow_id.clone(), format!("DRAFT:{}", t.arn)));
+                }
             } else {
                 self.pending.remove(&t.arn);
                 self.tracked.insert(t.arn.clone(), t);
@@ -876,11 +891,6 @@ impl Collector {
     /// Forgets finished executions older than twice the lookback window.
     pub fn prune(&mut self) {
         let before = now_nanos() - 2 * self.poll.lookback_secs as i64 * SECOND;
-        if let Ok(arns) = self.store.finished_arns_before(before) {
-            for arn in arns {
-                self.finished.remove(&arn);
-            }
-        }
         let _ = self.store.prune(before);
     }
 

@@ -132,6 +132,9 @@ fn main() -> ExitCode {
                 }
                 let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| AppError::Runtime(format!("cannot listen on {listen}: {e}")))?;
                 let handle = emulator::start(listener, scenario).await.map_err(|e| AppError::Runtime(e.to_string()))?;
+                // Installed before the address is printed: whoever reads it may interrupt at once.
+                let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                    .map_err(|e| AppError::Runtime(format!("cannot handle SIGINT: {e}")))?;
                 println!("emulator listening on {}", handle.endpoint());
                 for flow in handle.flows().as_array().into_iter().flatten() {
                     let aliases: Vec<String> = flow["aliases"]
@@ -143,7 +146,7 @@ fn main() -> ExitCode {
                     println!("  flow {}  name {}  aliases {}", flow["id"].as_str().unwrap_or(""), flow["name"].as_str().unwrap_or(""), aliases.join(", "));
                 }
                 println!("stats: {}/_emulator/stats", handle.endpoint());
-                let _ = tokio::signal::ctrl_c().await;
+                interrupt.recv().await;
                 handle.stop().await;
                 Ok(EXIT_OK)
             }))

@@ -71,8 +71,6 @@ pub struct StateStore {
 /// What a startup finds in the store.
 pub struct Loaded {
     pub active: Vec<Tracked>,
-    /// ARNs of finished executions still remembered (never collected again).
-    pub finished: HashSet<String>,
 }
 
 fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
@@ -124,11 +122,6 @@ impl StateStore {
 
     pub fn load(&self) -> Result<Loaded, StateError> {
         let c = lock(&self.connection);
-        let mut finished = HashSet::new();
-        let mut statement = c.prepare("SELECT arn FROM executions WHERE done = 1")?;
-        for arn in statement.query_map([], |r| r.get::<_, String>(0))? {
-            finished.insert(arn?);
-        }
         let mut statement = c.prepare(
             "SELECT arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
                     node_cursor, flow_cursor, node_checked, flow_checked, final_read, unknown_status_counted
@@ -159,7 +152,7 @@ impl StateStore {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Loaded { active, finished })
+        Ok(Loaded { active })
     }
 
     fn upsert(c: &Connection, t: &Tracked) -> Result<(), rusqlite::Error> {
@@ -325,11 +318,17 @@ impl StateStore {
         Ok(c.execute("DELETE FROM executions WHERE done = 1 AND created_at < ?1", [before])?)
     }
 
-    pub fn finished_arns_before(&self, before: i64) -> Result<Vec<String>, StateError> {
+    /// Which of `arns` are finished (never collected again).
+    pub fn finished_among(&self, arns: &[&str]) -> Result<HashSet<String>, StateError> {
         let c = lock(&self.connection);
-        let mut statement = c.prepare("SELECT arn FROM executions WHERE done = 1 AND created_at < ?1")?;
-        let arns = statement.query_map([before], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
-        Ok(arns)
+        let mut statement = c.prepare_cached("SELECT 1 FROM executions WHERE arn = ?1 AND done = 1")?;
+        let mut finished = HashSet::new();
+        for arn in arns {
+            if statement.exists([arn])? {
+                finished.insert(arn.to_string());
+            }
+        }
+        Ok(finished)
     }
 }
 
@@ -380,7 +379,7 @@ mod tests {
         store.mark_exported(&[(&tracked("a"), vec![], true)]).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.active.len(), 1);
-        assert!(loaded.finished.contains("a"));
+        assert_eq!(store.finished_among(&["a", "b", "c"]).unwrap(), HashSet::from(["a".to_string()]));
         assert!(store.events("a").unwrap().1.is_empty());
         assert_eq!(store.prune(2).unwrap(), 1);
     }

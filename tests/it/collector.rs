@@ -320,7 +320,8 @@ async fn sigkill_at_random_moments_loses_no_span_and_counts_nothing_twice() {
         drop(child); // SIGKILL
     }
     let state = bedrock_flow_exporter::state::StateStore::open(&dir.path().join("state.sqlite")).unwrap();
-    let finished_before = state.load().unwrap().finished.len();
+    let arns: Vec<String> = emulator.executions(now_nanos()).into_iter().map(|f| f.arn).collect();
+    let finished_before = state.finished_among(&arns.iter().map(String::as_str).collect::<Vec<_>>()).unwrap().len();
     drop(state);
     let before_final = otlp.receiver.roots().len();
     assert!(finished_before <= before_final, "an execution is finished only after its root was accepted");
