@@ -273,6 +273,58 @@ async fn main() {
     writeln!(report, "## Startup\n\nWith {startup_rows} finished executions in the state store: **{startup_ms} ms** from process start to serving (state loaded, clients built, port bound).\n").unwrap();
     emulator.stop().await;
 
+    // 4. Memory with the number of finished executions: steady arrivals that finish within a
+    // second, a third through the DRAFT alias (one snapshot per execution).
+    let memory_executions = env_or("BENCH_MEMORY_EXECUTIONS", 20_000);
+    let mut scenario = Scenario::backlog(0, 6);
+    scenario.flows[0].aliases.push(bedrock_flow_exporter::emulator::scenario::AliasSpec { id: "TSTALIASID".into(), version: "DRAFT".into() });
+    scenario.traffic.executions_per_minute = 6_000.0;
+    scenario.traffic.second_alias_share = 1.0 / 3.0;
+    let emulator = support::emulator(scenario).await;
+    let otlp = support::OtlpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 1, "");
+    let log = dir.path().join("memory.log");
+    let child = support::spawn(&["run", "--config", &path], &log);
+    let address = support::wait_for_listen(&log, Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(memory_executions as u64 / 50 + 120);
+    let mut marks = Vec::new();
+    for target in [memory_executions / 10, memory_executions] {
+        loop {
+            let (_, text) = support::http_get(address, "/metrics", None);
+            let finished = support::sum_samples(&text, "bedrock_flow_executions_total", &[]) as usize;
+            if finished >= target {
+                let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))
+                    .ok()
+                    .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+                    .unwrap_or(0.0);
+                let tracked = support::sample(&text, "bedrock_flow_exporter_executions_tracked", &[]).unwrap_or(0.0);
+                marks.push((finished, rss_kib / 1024.0, tracked));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{finished} of {target} executions finished in time: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop(child);
+    let drafts = emulator.executions(now_nanos()).iter().filter(|f| f.version == "DRAFT").count();
+    let created = emulator.stats()["executions"].as_u64().unwrap_or(0);
+    writeln!(
+        report,
+        "## Memory with the number of finished executions
+
+The service (`run`, interval 1 s) on 100 new executions a second of ~6 events that finish within a second; {drafts} of the {created} created ran on DRAFT (one snapshot each).
+"
+    )
+    .unwrap();
+    writeln!(report, "| finished executions | RSS | tracked at that moment |\n|---|---|---|").unwrap();
+    for (finished, rss, tracked) in &marks {
+        writeln!(report, "| {finished} | {rss:.1} MiB | {tracked} |").unwrap();
+    }
+    writeln!(report, "\nRSS after {} / RSS after {}: **{:.3}**.\n", marks[1].0, marks[0].0, marks[1].1 / marks[0].1).unwrap();
+    otlp.stop();
+    emulator.stop().await;
+
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-report.md");
     std::fs::write(&out, &report).unwrap();
     println!("{report}\n(written to {})", out.display());

@@ -44,6 +44,9 @@ pub struct Traffic {
     pub running_at_start: usize,
     /// For `running_at_start`: how long (real seconds) they keep running.
     pub running_secs: u64,
+    /// Share of new executions started through the flow's second alias (by default
+    /// `TSTALIASID`, on DRAFT), when it has one.
+    pub second_alias_share: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -132,7 +135,7 @@ impl Default for Scenario {
 
 impl Default for Traffic {
     fn default() -> Self {
-        Traffic { executions_per_minute: 0.0, history: 0, history_window_secs: 3600, running_at_start: 0, running_secs: 60 }
+        Traffic { executions_per_minute: 0.0, history: 0, history_window_secs: 3600, running_at_start: 0, running_secs: 60, second_alias_share: 0.2 }
     }
 }
 
@@ -176,7 +179,7 @@ impl Scenario {
         Scenario {
             seed: 7,
             time_scale: 1.0,
-            traffic: Traffic { executions_per_minute: 6.0, history: 12, history_window_secs: 1800, running_at_start: 1, running_secs: 20 },
+            traffic: Traffic { executions_per_minute: 6.0, history: 12, history_window_secs: 1800, running_at_start: 1, running_secs: 20, second_alias_share: 0.2 },
             outcomes: Outcomes { failed: 0.06, timed_out: 0.01, aborted: 0.01, timeout_secs: 45.0 },
             flows: vec![
                 flow("SUPPORTTRI", "support-triage", "support_triage"),
@@ -197,7 +200,7 @@ impl Scenario {
         Scenario {
             seed: 11,
             time_scale: 50.0,
-            traffic: Traffic { executions_per_minute: 0.0, history: executions, history_window_secs: 43_200, running_at_start: 0, running_secs: 0 },
+            traffic: Traffic { executions_per_minute: 0.0, history: executions, history_window_secs: 43_200, running_at_start: 0, running_secs: 0, second_alias_share: 0.2 },
             flows: vec![backlog],
             ..Scenario::default()
         }
@@ -208,7 +211,7 @@ impl Scenario {
     pub fn steady(executions: usize, running_secs: u64) -> Scenario {
         Scenario {
             seed: 13,
-            traffic: Traffic { executions_per_minute: 0.0, history: 0, history_window_secs: 60, running_at_start: executions, running_secs },
+            traffic: Traffic { executions_per_minute: 0.0, history: 0, history_window_secs: 60, running_at_start: executions, running_secs, second_alias_share: 0.2 },
             flows: vec![flow("STEADY0001", "steady", "support_triage")],
             ..Scenario::default()
         }

@@ -205,7 +205,7 @@ impl World {
             Some(a) => a.to_string(),
             None => {
                 let aliases = &self.flows[f].aliases;
-                if aliases.len() > 1 && rng.chance(0.2) {
+                if aliases.len() > 1 && rng.chance(self.flows[f].traffic.second_alias_share) {
                     aliases[1].id.clone()
                 } else {
                     aliases[0].id.clone()
