@@ -24,9 +24,16 @@ struct Usage {
     code: i32,
 }
 
-/// The binary cargo built for this bench (optimized, the `bench` profile).
+/// The binary cargo built for this bench (optimized, the `bench` profile), or BENCH_BINARY:
+/// another build to compare with in the same run of the harness.
 fn release_binary() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_bedrock-flow-exporter"))
+    std::env::var_os("BENCH_BINARY").map(std::path::PathBuf::from).unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_bedrock-flow-exporter")))
+}
+
+/// Whether a section runs: all by default, else those named in BENCH_SECTIONS
+/// (`drain,steady,startup,memory`).
+fn section(name: &str) -> bool {
+    std::env::var("BENCH_SECTIONS").map(|v| v.split(',').any(|s| s.trim() == name)).unwrap_or(true)
 }
 
 fn env_or(key: &str, default: usize) -> usize {
@@ -151,179 +158,195 @@ async fn main() {
     )
     .unwrap();
 
-    // 1. Backlog drain with run --once.
-    let emulator = support::emulator(Scenario::backlog(executions, 45)).await;
-    let otlp = support::OtlpServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 15, "");
-    let binary_for_drain = binary.clone();
-    let log = dir.path().join("drain.log");
-    let log_for_drain = log.clone();
-    let drain = tokio::task::spawn_blocking(move || measure(&binary_for_drain, &["run", "--once", "--config", &path], None, &log_for_drain)).await.unwrap();
-    assert_eq!(drain.code, 0, "{}", std::fs::read_to_string(&log).unwrap_or_default());
-    let facts = emulator.executions(now_nanos());
-    let events: usize = facts.iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
-    let minimum: u64 =
-        facts.iter().map(|f| (f.node_events.len().div_ceil(10) + f.flow_events.len().div_ceil(10)) as u64).sum::<u64>() + (facts.len() as u64).div_ceil(10) + 1;
-    let stats = emulator.stats();
-    let calls = stats["total_requests"].as_u64().unwrap();
-    let spans = otlp.receiver.unique().len();
-    writeln!(
-        report,
-        "## Backlog drain (`run --once`)\n\n{} finished executions, {events} events ({:.1} per execution), {spans} spans received over OTLP/gRPC.\n",
-        facts.len(),
-        events as f64 / facts.len() as f64
-    )
-    .unwrap();
-    writeln!(report, "| figure | value |\n|---|---|").unwrap();
-    writeln!(report, "| wall time | {:.2} s |", drain.wall.as_secs_f64()).unwrap();
-    writeln!(report, "| events/s | {:.0} |", events as f64 / drain.wall.as_secs_f64()).unwrap();
-    writeln!(report, "| CPU seconds per 1,000 events (collector) | {:.4} |", drain.cpu_secs / (events as f64 / 1000.0)).unwrap();
-    writeln!(report, "| peak RSS (collector) | {:.1} MiB |", drain.max_rss_kib as f64 / 1024.0).unwrap();
-    for (op, n) in stats["requests"].as_object().unwrap() {
-        writeln!(report, "| API calls: {op} | {n} |").unwrap();
-    }
-    writeln!(report, "| API calls / minimum of SPEC §9 | {calls} / {minimum} = {:.4} |", calls as f64 / minimum as f64).unwrap();
-    writeln!(report, "| emulator requests served per second during the drain | {:.0} |\n", calls as f64 / drain.wall.as_secs_f64()).unwrap();
-    let address = emulator.addr;
-    let arn = facts[0].arn.clone();
-    let events_path = format!("/flows/BACKLOG001/aliases/BACKLOGLIV/executions/{}/events?eventType=Node&maxResults=10", arn.rsplit('/').next().unwrap());
-    let throughput = emulator_throughput(address, events_path, 8, 5).await;
-    writeln!(report, "Emulator capacity, `backlog` scenario, 8 keep-alive clients on ListFlowExecutionEvents for 5 s: **{throughput:.0} requests/s**.\n")
+    if section("drain") {
+        // 1. Backlog drain with run --once.
+        let emulator = support::emulator(Scenario::backlog(executions, 45)).await;
+        let otlp = support::OtlpServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 15, "");
+        let binary_for_drain = binary.clone();
+        let log = dir.path().join("drain.log");
+        let log_for_drain = log.clone();
+        let drain = tokio::task::spawn_blocking(move || measure(&binary_for_drain, &["run", "--once", "--config", &path], None, &log_for_drain)).await.unwrap();
+        assert_eq!(drain.code, 0, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        let facts = emulator.executions(now_nanos());
+        let events: usize = facts.iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
+        let minimum: u64 = facts.iter().map(|f| (f.node_events.len().div_ceil(10) + f.flow_events.len().div_ceil(10)) as u64).sum::<u64>()
+            + (facts.len() as u64).div_ceil(10)
+            + 1;
+        let stats = emulator.stats();
+        let calls = stats["total_requests"].as_u64().unwrap();
+        let spans = otlp.receiver.unique().len();
+        writeln!(
+            report,
+            "## Backlog drain (`run --once`)\n\n{} finished executions, {events} events ({:.1} per execution), {spans} spans received over OTLP/gRPC.\n",
+            facts.len(),
+            events as f64 / facts.len() as f64
+        )
         .unwrap();
-    otlp.stop();
-    emulator.stop().await;
-
-    // 2. Steady state: running executions without new events.
-    let empty = support::emulator(Scenario::steady(0, 600)).await;
-    let otlp = support::OtlpServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), &empty.endpoint(), &format!("http://{}", otlp.grpc), &[("STEADY0001", "steady")], 5, "");
-    let b = binary.clone();
-    let log = dir.path().join("empty.log");
-    let baseline = tokio::task::spawn_blocking(move || measure(&b, &["run", "--config", &path], Some(Duration::from_secs(12)), &log)).await.unwrap();
-    empty.stop().await;
-    let emulator = support::emulator(Scenario::steady(steady, 600)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("STEADY0001", "steady")], 5, "");
-    let b = binary.clone();
-    let log = dir.path().join("steady.log");
-    let before = emulator.stats();
-    let run = tokio::task::spawn_blocking(move || measure(&b, &["run", "--config", &path], Some(Duration::from_secs(steady_secs)), &log)).await.unwrap();
-    let after = emulator.stats();
-    let polls = (steady_secs / 5) as f64;
-    let events_calls = support::requests(&after, "ListFlowExecutionEvents") - support::requests(&before, "ListFlowExecutionEvents");
-    let list_calls = support::requests(&after, "ListFlowExecutions") - support::requests(&before, "ListFlowExecutions");
-    writeln!(report, "## Steady state\n\n{steady} Running executions without new events, polled every 5 s for {steady_secs} s (about {polls:.0} polls).\n")
-        .unwrap();
-    writeln!(report, "| figure | value |\n|---|---|").unwrap();
-    writeln!(report, "| ListFlowExecutionEvents calls per poll | {:.0} (SPEC: one per stream per execution = {}) |", events_calls as f64 / polls, 2 * steady)
-        .unwrap();
-    writeln!(report, "| ListFlowExecutions calls per poll | {:.1} |", list_calls as f64 / polls).unwrap();
-    writeln!(report, "| CPU seconds per poll (collector) | {:.3} |", run.cpu_secs / polls).unwrap();
-    writeln!(report, "| peak RSS with {steady} tracked | {:.1} MiB |", run.max_rss_kib as f64 / 1024.0).unwrap();
-    writeln!(report, "| peak RSS with none tracked | {:.1} MiB |", baseline.max_rss_kib as f64 / 1024.0).unwrap();
-    writeln!(report, "| memory per tracked execution | {:.1} KiB |\n", (run.max_rss_kib - baseline.max_rss_kib) as f64 / steady as f64).unwrap();
-    otlp.stop();
-    emulator.stop().await;
-
-    // 3. Startup with many executions in the state store.
-    let dir = tempfile::tempdir().unwrap();
-    let state_path = dir.path().join("state.sqlite");
-    {
-        let store = bedrock_flow_exporter::state::StateStore::open(&state_path).unwrap();
-        let rows: Vec<bedrock_flow_exporter::state::Tracked> = (0..startup_rows)
-            .map(|i| bedrock_flow_exporter::state::Tracked {
-                arn: format!("arn:aws:bedrock:us-east-1:123456789012:flow/STARTUP001/alias/LIVE/execution/{i:036}"),
-                flow_id: "STARTUP001".into(),
-                alias: "LIVE".into(),
-                version: "1".into(),
-                created_at: now_nanos(),
-                ended_at: Some(now_nanos()),
-                status: "Succeeded".into(),
-                needs_settle: false,
-                terminal_seen_at: None,
-                errors: None,
-                node_cursor: Default::default(),
-                flow_cursor: Default::default(),
-                node_checked: 45,
-                flow_checked: 5,
-                final_read: true,
-                unknown_status_counted: false,
-            })
-            .collect();
-        let refs: Vec<&bedrock_flow_exporter::state::Tracked> = rows.iter().collect();
-        store.save_all(&refs).unwrap();
-        let done: Vec<(&bedrock_flow_exporter::state::Tracked, Vec<[u8; 8]>, bool)> = refs.iter().map(|t| (*t, Vec::new(), true)).collect();
-        store.mark_exported(&done).unwrap();
-    }
-    let emulator = support::emulator(Scenario::steady(0, 1)).await;
-    let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), "http://127.0.0.1:9", &[("STARTUP001", "startup")]);
-    c.state = state_path;
-    c.extra = "enabled = false\n".into();
-    let path = dir.path().join("config.toml");
-    c.write(&path);
-    let b = binary.clone();
-    let log = dir.path().join("startup.log");
-    let log2 = log.clone();
-    let p = path.display().to_string();
-    tokio::task::spawn_blocking(move || measure(&b, &["run", "--config", &p], Some(Duration::from_secs(4)), &log2)).await.unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    let startup_ms: u64 = text.split("startup_ms=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("startup line");
-    writeln!(report, "## Startup\n\nWith {startup_rows} finished executions in the state store: **{startup_ms} ms** from process start to serving (state loaded, clients built, port bound).\n").unwrap();
-    emulator.stop().await;
-
-    // 4. Memory with the number of finished executions: steady arrivals that finish within a
-    // second, a third through the DRAFT alias (one snapshot per execution).
-    let memory_executions = env_or("BENCH_MEMORY_EXECUTIONS", 20_000);
-    let mut scenario = Scenario::backlog(0, 6);
-    scenario.flows[0].aliases.push(bedrock_flow_exporter::emulator::scenario::AliasSpec { id: "TSTALIASID".into(), version: "DRAFT".into() });
-    scenario.traffic.executions_per_minute = 6_000.0;
-    scenario.traffic.second_alias_share = 1.0 / 3.0;
-    let emulator = support::emulator(scenario).await;
-    let otlp = support::OtlpServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 1, "");
-    let log = dir.path().join("memory.log");
-    let child = support::spawn(&["run", "--config", &path], &log);
-    let address = support::wait_for_listen(&log, Duration::from_secs(20));
-    let deadline = Instant::now() + Duration::from_secs(memory_executions as u64 / 50 + 120);
-    let mut marks = Vec::new();
-    for target in [memory_executions / 10, memory_executions] {
-        loop {
-            let (_, text) = support::http_get(address, "/metrics", None);
-            let finished = support::sum_samples(&text, "bedrock_flow_executions_total", &[]) as usize;
-            if finished >= target {
-                let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))
-                    .ok()
-                    .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-                    .unwrap_or(0.0);
-                let tracked = support::sample(&text, "bedrock_flow_exporter_executions_tracked", &[]).unwrap_or(0.0);
-                marks.push((finished, rss_kib / 1024.0, tracked));
-                break;
-            }
-            assert!(Instant::now() < deadline, "{finished} of {target} executions finished in time: {}", std::fs::read_to_string(&log).unwrap_or_default());
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        writeln!(report, "| figure | value |\n|---|---|").unwrap();
+        writeln!(report, "| wall time | {:.2} s |", drain.wall.as_secs_f64()).unwrap();
+        writeln!(report, "| events/s | {:.0} |", events as f64 / drain.wall.as_secs_f64()).unwrap();
+        writeln!(report, "| CPU seconds per 1,000 events (collector) | {:.4} |", drain.cpu_secs / (events as f64 / 1000.0)).unwrap();
+        writeln!(report, "| peak RSS (collector) | {:.1} MiB |", drain.max_rss_kib as f64 / 1024.0).unwrap();
+        for (op, n) in stats["requests"].as_object().unwrap() {
+            writeln!(report, "| API calls: {op} | {n} |").unwrap();
         }
+        writeln!(report, "| API calls / minimum of SPEC §9 | {calls} / {minimum} = {:.4} |", calls as f64 / minimum as f64).unwrap();
+        writeln!(report, "| emulator requests served per second during the drain | {:.0} |\n", calls as f64 / drain.wall.as_secs_f64()).unwrap();
+        let address = emulator.addr;
+        let arn = facts[0].arn.clone();
+        let events_path = format!("/flows/BACKLOG001/aliases/BACKLOGLIV/executions/{}/events?eventType=Node&maxResults=10", arn.rsplit('/').next().unwrap());
+        let throughput = emulator_throughput(address, events_path, 8, 5).await;
+        writeln!(report, "Emulator capacity, `backlog` scenario, 8 keep-alive clients on ListFlowExecutionEvents for 5 s: **{throughput:.0} requests/s**.\n")
+            .unwrap();
+        otlp.stop();
+        emulator.stop().await;
     }
-    drop(child);
-    let drafts = emulator.executions(now_nanos()).iter().filter(|f| f.version == "DRAFT").count();
-    let created = emulator.stats()["executions"].as_u64().unwrap_or(0);
-    writeln!(
-        report,
-        "## Memory with the number of finished executions
 
-The service (`run`, interval 1 s) on 100 new executions a second of ~6 events that finish within a second; {drafts} of the {created} created ran on DRAFT (one snapshot each).
-"
-    )
-    .unwrap();
-    writeln!(report, "| finished executions | RSS | tracked at that moment |\n|---|---|---|").unwrap();
-    for (finished, rss, tracked) in &marks {
-        writeln!(report, "| {finished} | {rss:.1} MiB | {tracked} |").unwrap();
+    if section("steady") {
+        // 2. Steady state: running executions without new events.
+        let empty = support::emulator(Scenario::steady(0, 600)).await;
+        let otlp = support::OtlpServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = config(dir.path(), &empty.endpoint(), &format!("http://{}", otlp.grpc), &[("STEADY0001", "steady")], 5, "");
+        let b = binary.clone();
+        let log = dir.path().join("empty.log");
+        let baseline = tokio::task::spawn_blocking(move || measure(&b, &["run", "--config", &path], Some(Duration::from_secs(12)), &log)).await.unwrap();
+        empty.stop().await;
+        let emulator = support::emulator(Scenario::steady(steady, 600)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("STEADY0001", "steady")], 5, "");
+        let b = binary.clone();
+        let log = dir.path().join("steady.log");
+        let before = emulator.stats();
+        let run = tokio::task::spawn_blocking(move || measure(&b, &["run", "--config", &path], Some(Duration::from_secs(steady_secs)), &log)).await.unwrap();
+        let after = emulator.stats();
+        let polls = (steady_secs / 5) as f64;
+        let events_calls = support::requests(&after, "ListFlowExecutionEvents") - support::requests(&before, "ListFlowExecutionEvents");
+        let list_calls = support::requests(&after, "ListFlowExecutions") - support::requests(&before, "ListFlowExecutions");
+        writeln!(report, "## Steady state\n\n{steady} Running executions without new events, polled every 5 s for {steady_secs} s (about {polls:.0} polls).\n")
+            .unwrap();
+        writeln!(report, "| figure | value |\n|---|---|").unwrap();
+        writeln!(
+            report,
+            "| ListFlowExecutionEvents calls per poll | {:.0} (SPEC: one per stream per execution = {}) |",
+            events_calls as f64 / polls,
+            2 * steady
+        )
+        .unwrap();
+        writeln!(report, "| ListFlowExecutions calls per poll | {:.1} |", list_calls as f64 / polls).unwrap();
+        writeln!(report, "| CPU seconds per poll (collector) | {:.3} |", run.cpu_secs / polls).unwrap();
+        writeln!(report, "| peak RSS with {steady} tracked | {:.1} MiB |", run.max_rss_kib as f64 / 1024.0).unwrap();
+        writeln!(report, "| peak RSS with none tracked | {:.1} MiB |", baseline.max_rss_kib as f64 / 1024.0).unwrap();
+        writeln!(report, "| memory per tracked execution | {:.1} KiB |\n", (run.max_rss_kib - baseline.max_rss_kib) as f64 / steady as f64).unwrap();
+        otlp.stop();
+        emulator.stop().await;
     }
-    writeln!(report, "\nRSS after {} / RSS after {}: **{:.3}**.\n", marks[1].0, marks[0].0, marks[1].1 / marks[0].1).unwrap();
-    otlp.stop();
-    emulator.stop().await;
+
+    if section("startup") {
+        // 3. Startup with many executions in the state store.
+        let dir = tempfile::tempdir().unwrap();
+        let state_path = dir.path().join("state.sqlite");
+        {
+            let store = bedrock_flow_exporter::state::StateStore::open(&state_path).unwrap();
+            let rows: Vec<bedrock_flow_exporter::state::Tracked> = (0..startup_rows)
+                .map(|i| bedrock_flow_exporter::state::Tracked {
+                    arn: format!("arn:aws:bedrock:us-east-1:123456789012:flow/STARTUP001/alias/LIVE/execution/{i:036}"),
+                    flow_id: "STARTUP001".into(),
+                    alias: "LIVE".into(),
+                    version: "1".into(),
+                    created_at: now_nanos(),
+                    ended_at: Some(now_nanos()),
+                    status: "Succeeded".into(),
+                    needs_settle: false,
+                    terminal_seen_at: None,
+                    errors: None,
+                    node_cursor: Default::default(),
+                    flow_cursor: Default::default(),
+                    node_checked: 45,
+                    flow_checked: 5,
+                    final_read: true,
+                    unknown_status_counted: false,
+                })
+                .collect();
+            let refs: Vec<&bedrock_flow_exporter::state::Tracked> = rows.iter().collect();
+            store.save_all(&refs).unwrap();
+            let done: Vec<(&bedrock_flow_exporter::state::Tracked, Vec<[u8; 8]>, bool)> = refs.iter().map(|t| (*t, Vec::new(), true)).collect();
+            store.mark_exported(&done).unwrap();
+        }
+        let emulator = support::emulator(Scenario::steady(0, 1)).await;
+        let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), "http://127.0.0.1:9", &[("STARTUP001", "startup")]);
+        c.state = state_path;
+        c.extra = "enabled = false\n".into();
+        let path = dir.path().join("config.toml");
+        c.write(&path);
+        let b = binary.clone();
+        let log = dir.path().join("startup.log");
+        let log2 = log.clone();
+        let p = path.display().to_string();
+        tokio::task::spawn_blocking(move || measure(&b, &["run", "--config", &p], Some(Duration::from_secs(4)), &log2)).await.unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let startup_ms: u64 = text.split("startup_ms=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("startup line");
+        writeln!(report, "## Startup\n\nWith {startup_rows} finished executions in the state store: **{startup_ms} ms** from process start to serving (state loaded, clients built, port bound).\n").unwrap();
+        emulator.stop().await;
+    }
+
+    if section("memory") {
+        // 4. Memory with the number of finished executions: steady arrivals that finish within a
+        // second, a third through the DRAFT alias (one snapshot per execution).
+        let memory_executions = env_or("BENCH_MEMORY_EXECUTIONS", 20_000);
+        let mut scenario = Scenario::backlog(0, 6);
+        scenario.flows[0].aliases.push(bedrock_flow_exporter::emulator::scenario::AliasSpec { id: "TSTALIASID".into(), version: "DRAFT".into() });
+        scenario.traffic.executions_per_minute = 6_000.0;
+        scenario.traffic.second_alias_share = 1.0 / 3.0;
+        let emulator = support::emulator(scenario).await;
+        let otlp = support::OtlpServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 1, "");
+        let log = dir.path().join("memory.log");
+        let child = support::Running(
+            support::command_with(&binary, &["run", "--config", &path]).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap(),
+        );
+        let address = support::wait_for_listen(&log, Duration::from_secs(20));
+        let deadline = Instant::now() + Duration::from_secs(memory_executions as u64 / 50 + 120);
+        let mut marks = Vec::new();
+        for target in [memory_executions / 10, memory_executions] {
+            loop {
+                let (_, text) = support::http_get(address, "/metrics", None);
+                let finished = support::sum_samples(&text, "bedrock_flow_executions_total", &[]) as usize;
+                if finished >= target {
+                    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))
+                        .ok()
+                        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+                        .unwrap_or(0.0);
+                    let tracked = support::sample(&text, "bedrock_flow_exporter_executions_tracked", &[]).unwrap_or(0.0);
+                    marks.push((finished, rss_kib / 1024.0, tracked));
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{finished} of {target} executions finished in time: {}", std::fs::read_to_string(&log).unwrap_or_default());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        drop(child);
+        let drafts = emulator.executions(now_nanos()).iter().filter(|f| f.version == "DRAFT").count();
+        let created = emulator.stats()["executions"].as_u64().unwrap_or(0);
+        writeln!(
+            report,
+            "## Memory with the number of finished executions
+
+    The service (`run`, interval 1 s) on 100 new executions a second of ~6 events that finish within a second; {drafts} of the {created} created ran on DRAFT (one snapshot each).
+    "
+        )
+        .unwrap();
+        writeln!(report, "| finished executions | RSS | tracked at that moment |\n|---|---|---|").unwrap();
+        for (finished, rss, tracked) in &marks {
+            writeln!(report, "| {finished} | {rss:.1} MiB | {tracked} |").unwrap();
+        }
+        writeln!(report, "\nRSS after {} / RSS after {}: **{:.3}**.\n", marks[1].0, marks[0].0, marks[1].1 / marks[0].1).unwrap();
+        otlp.stop();
+        emulator.stop().await;
+    }
 
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-report.md");
     std::fs::write(&out, &report).unwrap();

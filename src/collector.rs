@@ -65,7 +65,7 @@ pub struct FlowStatus {
     pub last_error: Option<String>,
     pub running: usize,
     /// (end time, status) of executions finished in the last hour.
-    pub recent: VecDeque<(i64, String)>,
+    pub recent: VecDeque<(i64, &'static str)>,
 }
 
 impl StatusBoard {
@@ -869,7 +869,8 @@ impl Collector {
         }
         let end = root.end;
         self.board.update(&t.flow_id, |s| {
-            s.recent.push_back((end, status.to_string()));
+            // A static status: the deque holds an hour of executions, without a String each.
+            s.recent.push_back((end, crate::metrics::STATUSES.iter().copied().find(|known| *known == status).unwrap_or("other")));
             let hour_ago = now_nanos() - 3600 * SECOND;
             while s.recent.front().is_some_and(|(e, _)| *e < hour_ago) {
                 s.recent.pop_front();

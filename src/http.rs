@@ -61,7 +61,7 @@ fn landing_page(board: &StatusBoard) -> String {
         let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
         for (end, status) in &flow.recent {
             if *end >= now - 3_600_000_000_000 {
-                *by_status.entry(status.as_str()).or_default() += 1;
+                *by_status.entry(status).or_default() += 1;
             }
         }
         let recent = if by_status.is_empty() { "none".to_string() } else { by_status.iter().map(|(s, n)| format!("{s}: {n}")).collect::<Vec<_>>().join(", ") };

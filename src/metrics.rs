@@ -352,11 +352,20 @@ mod tests {
 
     #[test]
     fn process_stats_agree_with_the_kernel_accounting() {
-        // Burn some CPU so that the comparison is not between two zeros.
+        // Burn CPU (not wall time: the machine may be busy) so that the comparison is not
+        // between two zeros.
+        let rusage_cpu = || {
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
+            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            seconds(usage.ru_utime) + seconds(usage.ru_stime)
+        };
         let mut x = 0u64;
         let started = std::time::Instant::now();
-        while started.elapsed() < std::time::Duration::from_millis(300) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        while rusage_cpu() < 0.3 && started.elapsed() < std::time::Duration::from_secs(10) {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            }
         }
         std::hint::black_box(x);
         let stats = process_stats().unwrap();
@@ -365,10 +374,8 @@ mod tests {
         let rss = vm_rss_kib * 1024.0;
         // The stat counters lag VmRSS a little; a wrong page size is off by a factor of 4 or 16.
         assert!(stats.rss_bytes > rss * 0.5 && stats.rss_bytes < rss * 2.0, "rss {} vs VmRSS {rss}", stats.rss_bytes);
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
-        let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        let rusage_cpu = cpu(usage.ru_utime) + cpu(usage.ru_stime);
+        let rusage_cpu = rusage_cpu();
+        // A wrong clock-tick rate is off by a factor (100 vs 250 or 1000).
         assert!(stats.cpu_seconds >= 0.2 && (stats.cpu_seconds - rusage_cpu).abs() < 0.1, "cpu {} vs getrusage {rusage_cpu}", stats.cpu_seconds);
         let boot_relative = stats.start_time - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         assert!(boot_relative <= 0.0 && boot_relative > -3600.0, "started within the hour: {boot_relative}");

@@ -179,7 +179,14 @@ impl Scenario {
         Scenario {
             seed: 7,
             time_scale: 1.0,
-            traffic: Traffic { executions_per_minute: 6.0, history: 12, history_window_secs: 1800, running_at_start: 1, running_secs: 20, second_alias_share: 0.2 },
+            traffic: Traffic {
+                executions_per_minute: 6.0,
+                history: 12,
+                history_window_secs: 1800,
+                running_at_start: 1,
+                running_secs: 20,
+                second_alias_share: 0.2,
+            },
             outcomes: Outcomes { failed: 0.06, timed_out: 0.01, aborted: 0.01, timeout_secs: 45.0 },
             flows: vec![
                 flow("SUPPORTTRI", "support-triage", "support_triage"),
@@ -200,7 +207,14 @@ impl Scenario {
         Scenario {
             seed: 11,
             time_scale: 50.0,
-            traffic: Traffic { executions_per_minute: 0.0, history: executions, history_window_secs: 43_200, running_at_start: 0, running_secs: 0, second_alias_share: 0.2 },
+            traffic: Traffic {
+                executions_per_minute: 0.0,
+                history: executions,
+                history_window_secs: 43_200,
+                running_at_start: 0,
+                running_secs: 0,
+                second_alias_share: 0.2,
+            },
             flows: vec![backlog],
             ..Scenario::default()
         }
@@ -211,7 +225,14 @@ impl Scenario {
     pub fn steady(executions: usize, running_secs: u64) -> Scenario {
         Scenario {
             seed: 13,
-            traffic: Traffic { executions_per_minute: 0.0, history: 0, history_window_secs: 60, running_at_start: executions, running_secs, second_alias_share: 0.2 },
+            traffic: Traffic {
+                executions_per_minute: 0.0,
+                history: 0,
+                history_window_secs: 60,
+                running_at_start: executions,
+                running_secs,
+                second_alias_share: 0.2,
+            },
             flows: vec![flow("STEADY0001", "steady", "support_triage")],
             ..Scenario::default()
         }

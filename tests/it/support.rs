@@ -302,7 +302,12 @@ impl TestConfig {
 
 /// The binary with a clean environment: test credentials, no instance metadata, no OTEL_*.
 pub fn command(args: &[&str]) -> Command {
-    let mut c = Command::new(binary());
+    command_with(&binary(), args)
+}
+
+/// `command` for another build of the binary (the benchmark compares builds).
+pub fn command_with(binary: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(binary);
     c.args(args);
     for (k, _) in std::env::vars() {
         if k.starts_with("AWS_") || k.starts_with("OTEL_") || k == "BEDROCK_FLOW_EXPORTER_CONFIG" {
