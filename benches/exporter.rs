@@ -333,10 +333,7 @@ async fn main() {
         let created = emulator.stats()["executions"].as_u64().unwrap_or(0);
         writeln!(
             report,
-            "## Memory with the number of finished executions
-
-    The service (`run`, interval 1 s) on 100 new executions a second of ~6 events that finish within a second; {drafts} of the {created} created ran on DRAFT (one snapshot each).
-    "
+            "## Memory with the number of finished executions\n\nThe service (`run`, interval 1 s) on 100 new executions a second of ~6 events that finish within a second; {drafts} of the {created} created ran on DRAFT (one snapshot each).\n"
         )
         .unwrap();
         writeln!(report, "| finished executions | RSS | tracked at that moment |\n|---|---|---|").unwrap();
