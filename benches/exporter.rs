@@ -4,9 +4,7 @@
 //! peak RSS come from wait4(2). Sizes: BENCH_EXECUTIONS (10000), BENCH_STEADY (1000),
 //! BENCH_STEADY_SECS (60), BENCH_STARTUP_ROWS (100000).
 
-#[path = "../tests/it/support.rs"]
-#[allow(dead_code)]
-mod support;
+use bedrock_flow_test_support as support;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -14,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bedrock_flow_exporter::emulator::scenario::Scenario;
+use bedrock_flow_emulator::scenario::Scenario;
 use bedrock_flow_exporter::timefmt::now_nanos;
 
 struct Usage {
@@ -297,7 +295,7 @@ async fn main() {
         // second, a third through the DRAFT alias (one snapshot per execution).
         let memory_executions = env_or("BENCH_MEMORY_EXECUTIONS", 20_000);
         let mut scenario = Scenario::backlog(0, 6);
-        scenario.flows[0].aliases.push(bedrock_flow_exporter::emulator::scenario::AliasSpec { id: "TSTALIASID".into(), version: "DRAFT".into() });
+        scenario.flows[0].aliases.push(bedrock_flow_emulator::scenario::AliasSpec { id: "TSTALIASID".into(), version: "DRAFT".into() });
         scenario.traffic.executions_per_minute = 6_000.0;
         scenario.traffic.second_alias_share = 1.0 / 3.0;
         let emulator = support::emulator(scenario).await;

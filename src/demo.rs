@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::app::{self, AppError, RunOptions};
-use crate::collector::FinishedExecution;
-use crate::config::{CaptureContent, Config, FlowConfig};
-use crate::emulator::{self, Scenario};
-use crate::source::StaticCredentials;
+use bedrock_flow_emulator::{self as emulator, Scenario};
+use bedrock_flow_exporter::app::{self, AppError, RunOptions};
+use bedrock_flow_exporter::collector::FinishedExecution;
+use bedrock_flow_exporter::config::{CaptureContent, Config, FlowConfig};
+use bedrock_flow_exporter::source::StaticCredentials;
 
 pub async fn run(listen: String) -> Result<u8, AppError> {
     let scenario = Scenario::demo();

@@ -10,9 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::collector::StatusBoard;
-use crate::httpserve::{self, HttpResponse};
 use crate::metrics::Metrics;
 use crate::timefmt::{format_nanos, now_nanos};
+use bedrock_flow_serve::{self as httpserve, HttpResponse};
 
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, board: Arc<StatusBoard>, stop: watch::Receiver<bool>) {
     let handler: httpserve::Handler = Arc::new(move |request| {

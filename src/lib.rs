@@ -5,14 +5,12 @@ pub mod app;
 pub mod collector;
 pub mod config;
 pub mod convert;
-pub mod demo;
-pub mod emulator;
 pub mod export;
 pub mod http;
-pub mod httpserve;
 pub mod metrics;
-pub mod model;
 pub mod source;
 pub mod span;
 pub mod state;
-pub mod timefmt;
+
+/// The wire model and timestamps live in their own crate, shared with the emulator.
+pub use bedrock_flow_wire::{model, timefmt};

@@ -1,9 +1,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod demo;
+
+use bedrock_flow_emulator::{self as emulator, Scenario};
 use bedrock_flow_exporter::app::{self, AppError, RunOptions, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 use bedrock_flow_exporter::config::{self, Config};
-use bedrock_flow_exporter::emulator::{self, Scenario};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -121,7 +123,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { listen } => {
             init_logging(cli.log_format, "warn");
-            exit(runtime.block_on(bedrock_flow_exporter::demo::run(listen)))
+            exit(runtime.block_on(demo::run(listen)))
         }
         Command::Emulate { listen, scenario, seed, executions, events } => {
             init_logging(cli.log_format, "info");

@@ -162,7 +162,7 @@ fn never_panics_on_arbitrary_event_orders() {
     let kinds = ["Input", "Output", "Iterator", "Collector", "Loop", "LoopInput", "LoopController", "Condition", "Prompt"];
     let nodes: Vec<Value> = kinds.iter().map(|k| serde_json::json!({"name": format!("N{k}"), "type": k})).collect();
     let definition: FlowDefinition = serde_json::from_value(serde_json::json!({"nodes": nodes})).unwrap();
-    let mut rng = crate::emulator::rng::Rng::new(3);
+    let mut rng = bedrock_flow_emulator::rng::Rng::new(3);
     for _ in 0..300 {
         let mut list = Vec::new();
         for _ in 0..rng.between(0, 30) {

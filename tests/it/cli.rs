@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::support;
+use bedrock_flow_test_support as support;
 
 #[test]
 fn example_configs_and_scenarios_parse_and_validate() {
@@ -20,7 +20,7 @@ fn example_configs_and_scenarios_parse_and_validate() {
     assert!(checked >= 3);
     for entry in std::fs::read_dir(dir.join("scenarios")).unwrap() {
         let path = entry.unwrap().path();
-        bedrock_flow_exporter::emulator::Scenario::load(path.to_str().unwrap(), 0, 0).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        bedrock_flow_emulator::Scenario::load(path.to_str().unwrap(), 0, 0).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
 

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bedrock_flow_emulator::scenario::{ListOrder, Scenario};
+use bedrock_flow_emulator::{flows, ExecutionFacts};
 use bedrock_flow_exporter::config::CaptureContent;
 use bedrock_flow_exporter::convert::{self, ContentPolicy, ExecutionView};
-use bedrock_flow_exporter::emulator::scenario::{ListOrder, Scenario};
-use bedrock_flow_exporter::emulator::{flows, ExecutionFacts};
 use bedrock_flow_exporter::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
 use bedrock_flow_exporter::timefmt::now_nanos;
 
-use crate::support::{self, run_binary, OtlpServer, TestConfig};
+use bedrock_flow_test_support::{self as support, run_binary, OtlpServer, TestConfig};
 
 /// The spans the SPEC derives from what the emulator served: span id → (name, parent id).
 pub fn expected_spans(facts: &ExecutionFacts, definition: &FlowDefinition, flow_name: &str) -> BTreeMap<String, (String, String)> {
@@ -312,7 +312,7 @@ async fn sigkill_at_random_moments_loses_no_span_and_counts_nothing_twice() {
     config.rate = 500.0;
     config.concurrency = 4;
     let path = config_path(dir.path(), &config);
-    let mut rng = bedrock_flow_exporter::emulator::rng::Rng::new(99);
+    let mut rng = bedrock_flow_emulator::rng::Rng::new(99);
     for round in 0..4 {
         let log = dir.path().join(format!("crash-{round}.log"));
         let child = support::spawn(&["run", "--once", "--config", &path], &log);
@@ -390,7 +390,7 @@ async fn listing_stops_early_only_when_the_order_is_proven() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assumed_role_and_per_flow_region_and_endpoint_overrides() {
-    use bedrock_flow_exporter::emulator::ASSUMED_ACCESS_KEY_ID;
+    use bedrock_flow_emulator::ASSUMED_ACCESS_KEY_ID;
     let finished = |flow: usize, region: &str| {
         let mut s = support::history_scenario(4);
         s.flows = vec![s.flows[flow].clone()];

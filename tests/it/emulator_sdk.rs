@@ -5,9 +5,9 @@ use aws_config::BehaviorVersion;
 use aws_sdk_bedrockagentruntime::error::ProvideErrorMetadata;
 use aws_sdk_bedrockagentruntime::types::{FlowExecutionEventType, FlowExecutionStatus, FlowInput, FlowInputContent};
 use aws_sdk_bedrockagentruntime::Client;
-use bedrock_flow_exporter::emulator::scenario::{ListOrder, Scenario};
+use bedrock_flow_emulator::scenario::{ListOrder, Scenario};
 
-use crate::support;
+use bedrock_flow_test_support as support;
 
 pub async fn client(endpoint: &str) -> Client {
     let config = aws_config::defaults(BehaviorVersion::latest())
@@ -246,7 +246,7 @@ async fn any_page_size_from_1_to_1000_lists_the_same_executions() {
         assert_eq!(reference.len(), 37);
         let mut sizes: Vec<i32> = (1..=12).collect();
         sizes.extend([13, 37, 99, 500, 999, 1000]);
-        let mut rng = bedrock_flow_exporter::emulator::rng::Rng::new(order as u64);
+        let mut rng = bedrock_flow_emulator::rng::Rng::new(order as u64);
         sizes.extend((0..5).map(|_| rng.between(1, 1000) as i32));
         for size in sizes {
             let listed: Vec<String> = c

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bedrock_flow_exporter::timefmt::now_nanos;
 
-use crate::support::{self, run_binary, Harness};
+use bedrock_flow_test_support::{self as support, run_binary, Harness};
 
 const ONE_FLOW: [(&str, &str); 1] = [("SUPPORTTRI", "support-triage")];
 

@@ -13,7 +13,7 @@ use bedrock_flow_exporter::model::Event;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-use crate::support::{self, Harness, Running};
+use bedrock_flow_test_support::{self as support, Harness, Running};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bedrock_flow_exporter::emulator::scenario::Scenario;
+use bedrock_flow_emulator::scenario::Scenario;
 
-use crate::support::{self, Harness, OtlpServer, Received, TestConfig};
+use bedrock_flow_test_support::{self as support, Harness, OtlpServer, Received, TestConfig};
 
 const FLOWS: [(&str, &str); 3] = [("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")];
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::generate::{self, Malformation, Outcome, Plan};
 use super::rng::Rng;
 use super::scenario::{AliasSpec, ListOrder, Scenario, Traffic};
-use crate::model::{Event, ExecutionError, ExecutionStatus, ExecutionSummary, FlowDefinition, Timestamp};
+use bedrock_flow_wire::model::{Event, ExecutionError, ExecutionStatus, ExecutionSummary, FlowDefinition, Timestamp};
 
 pub struct FlowState {
     pub id: String,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bedrock_flow_exporter::emulator::{self, EmulatorHandle, Scenario};
+use bedrock_flow_emulator::{self as emulator, EmulatorHandle, Scenario};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -180,27 +180,25 @@ impl OtlpServer {
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = http_listener.local_addr().unwrap();
         let http_receiver = receiver.clone();
-        let handler: bedrock_flow_exporter::httpserve::Handler = Arc::new(move |request: hyper::Request<hyper::body::Incoming>| {
+        let handler: bedrock_flow_serve::Handler = Arc::new(move |request: hyper::Request<hyper::body::Incoming>| {
             let receiver = http_receiver.clone();
             Box::pin(async move {
                 if request.uri().path() != "/v1/traces" {
-                    return bedrock_flow_exporter::httpserve::respond(404, "text/plain", "no");
+                    return bedrock_flow_serve::respond(404, "text/plain", "no");
                 }
                 *receiver.headers.lock().unwrap() = request.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
                 let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                 match ExportTraceServiceRequest::decode(body).map(|req| receiver.accept(req)) {
-                    Ok(Answer::Accepted) => bedrock_flow_exporter::httpserve::respond(
-                        200,
-                        "application/x-protobuf",
-                        ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
-                    ),
-                    Ok(Answer::Refused) => bedrock_flow_exporter::httpserve::respond(503, "text/plain", "refusing"),
-                    Ok(Answer::Rejected) => bedrock_flow_exporter::httpserve::respond(400, "text/plain", "rejected for the test"),
-                    Err(_) => bedrock_flow_exporter::httpserve::respond(400, "text/plain", "bad protobuf"),
+                    Ok(Answer::Accepted) => {
+                        bedrock_flow_serve::respond(200, "application/x-protobuf", ExportTraceServiceResponse { partial_success: None }.encode_to_vec())
+                    }
+                    Ok(Answer::Refused) => bedrock_flow_serve::respond(503, "text/plain", "refusing"),
+                    Ok(Answer::Rejected) => bedrock_flow_serve::respond(400, "text/plain", "rejected for the test"),
+                    Err(_) => bedrock_flow_serve::respond(400, "text/plain", "bad protobuf"),
                 }
             })
         });
-        tokio::spawn(bedrock_flow_exporter::httpserve::serve(http_listener, handler, stop_rx, Duration::from_secs(1)));
+        tokio::spawn(bedrock_flow_serve::serve(http_listener, handler, stop_rx, Duration::from_secs(1)));
         OtlpServer { receiver, grpc, http, stop }
     }
 
@@ -236,8 +234,15 @@ pub fn requests(stats: &serde_json::Value, operation: &str) -> u64 {
     stats["requests"][operation].as_u64().unwrap_or(0)
 }
 
+/// The exporter's binary: `$BFE_BINARY`, else the one cargo built beside the running test or
+/// bench (`target/<profile>/bedrock-flow-exporter`, next to its `deps/`).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bedrock-flow-exporter"))
+    if let Some(path) = std::env::var_os("BFE_BINARY") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the path of the running test");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    profile_dir.join(format!("bedrock-flow-exporter{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// A config file for the binary against `emulator_url`.

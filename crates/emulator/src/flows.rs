@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::model::FlowDefinition;
+use bedrock_flow_wire::model::FlowDefinition;
 
 fn io(name: &str, kind: &str, expression: &str) -> Value {
     json!({"name": name, "type": kind, "expression": expression})

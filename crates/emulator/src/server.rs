@@ -18,9 +18,9 @@ use tokio::task::JoinHandle;
 use super::rng::Rng;
 use super::scenario::Scenario;
 use super::world::World;
-use crate::httpserve::{self, HttpResponse};
-use crate::model::ExecutionStatus;
-use crate::timefmt::now_nanos;
+use bedrock_flow_serve::{self as httpserve, HttpResponse};
+use bedrock_flow_wire::model::ExecutionStatus;
+use bedrock_flow_wire::timefmt::now_nanos;
 
 const PAGE_CAP: usize = 10;
 
@@ -167,7 +167,7 @@ fn assume_role(world: &Mutex<World>, form: &str, request_id: &str) -> HttpRespon
     let session = param(&params, "RoleSessionName").unwrap_or("session");
     let account = role.split(':').nth(4).unwrap_or("123456789012");
     let role_name = role.rsplit('/').next().unwrap_or("role");
-    let expiration = crate::timefmt::format_nanos(now_nanos() + 3_600_000_000_000);
+    let expiration = bedrock_flow_wire::timefmt::format_nanos(now_nanos() + 3_600_000_000_000);
     let expiration = format!("{}Z", &expiration[..19]);
     let body = format!(
         "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult><Credentials>\
@@ -481,10 +481,10 @@ fn answer(world: &Mutex<World>, route: Route, params: &[(String, String)], body:
             let (status, ended) = e.status_at(now);
             let mut out = json!({
                 "executionArn": e.arn, "flowAliasIdentifier": e.alias, "flowIdentifier": w.flows[e.flow].id,
-                "flowVersion": e.version, "startedAt": crate::timefmt::format_nanos(e.created_at), "status": status.as_str(),
+                "flowVersion": e.version, "startedAt": bedrock_flow_wire::timefmt::format_nanos(e.created_at), "status": status.as_str(),
             });
             if let Some(t) = ended {
-                out["endedAt"] = json!(crate::timefmt::format_nanos(t));
+                out["endedAt"] = json!(bedrock_flow_wire::timefmt::format_nanos(t));
                 if matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) && !e.errors.is_empty() {
                     out["errors"] = serde_json::to_value(&e.errors).unwrap_or(Value::Null);
                 }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use serde_json::{json, Value};
 
 use super::rng::Rng;
-use crate::model::*;
+use bedrock_flow_wire::model::*;
 
 /// How an execution ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -445,7 +445,7 @@ impl Walker<'_> {
                     trace_elements: TraceElements {
                         agent_traces: vec![json!({
                             "agentId": "AGENT12345", "agentAliasId": "ALIAS12345", "agentVersion": "3",
-                            "sessionId": session, "eventTime": crate::timefmt::format_nanos(ts.0),
+                            "sessionId": session, "eventTime": bedrock_flow_wire::timefmt::format_nanos(ts.0),
                             "trace": {"orchestrationTrace": {"modelInvocationOutput": {
                                 "traceId": format!("{session}-0"),
                                 "rawResponse": {"content": "Thought: look up the invoice."},
@@ -622,7 +622,7 @@ fn short_text(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::flows;
+    use crate::flows;
 
     fn run(def: &FlowDefinition, input: Value, outcome: Outcome, seed: u64) -> Plan {
         let mut rng = Rng::new(seed);
@@ -688,7 +688,7 @@ mod tests {
 #[cfg(test)]
 mod condition_tests {
     use super::*;
-    use crate::emulator::flows;
+    use crate::flows;
 
     #[test]
     fn both_branches_of_the_triage_condition_are_taken() {
