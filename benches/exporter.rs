@@ -4,6 +4,7 @@
 //! peak RSS come from wait4(2). Sizes: BENCH_EXECUTIONS (10000), BENCH_STEADY (1000),
 //! BENCH_STEADY_SECS (60), BENCH_STARTUP_ROWS (100000).
 
+use bedrock_flow_exporter::state::StateStore as _;
 use bedrock_flow_test_support as support;
 
 use std::fmt::Write as _;
@@ -247,9 +248,9 @@ async fn main() {
         let dir = tempfile::tempdir().unwrap();
         let state_path = dir.path().join("state.sqlite");
         {
-            let store = bedrock_flow_exporter::state::StateStore::open(&state_path).unwrap();
-            let rows: Vec<bedrock_flow_exporter::state::Tracked> = (0..startup_rows)
-                .map(|i| bedrock_flow_exporter::state::Tracked {
+            let store = bedrock_flow_exporter::state::SqliteStore::open(&state_path).unwrap();
+            let rows: Vec<bedrock_flow_exporter::collector::lifecycle::Tracked> = (0..startup_rows)
+                .map(|i| bedrock_flow_exporter::collector::lifecycle::Tracked {
                     arn: format!("arn:aws:bedrock:us-east-1:123456789012:flow/STARTUP001/alias/LIVE/execution/{i:036}"),
                     flow_id: "STARTUP001".into(),
                     alias: "LIVE".into(),
@@ -268,10 +269,10 @@ async fn main() {
                     unknown_status_counted: false,
                 })
                 .collect();
-            let refs: Vec<&bedrock_flow_exporter::state::Tracked> = rows.iter().collect();
-            store.save_all(&refs).unwrap();
-            let done: Vec<(&bedrock_flow_exporter::state::Tracked, Vec<[u8; 8]>, bool)> = refs.iter().map(|t| (*t, Vec::new(), true)).collect();
-            store.mark_exported(&done).unwrap();
+            store.save_all(&rows).await.unwrap();
+            let done: Vec<bedrock_flow_exporter::state::ExportMark> =
+                rows.into_iter().map(|t| bedrock_flow_exporter::state::ExportMark { execution: t, exported: Vec::new(), done: true }).collect();
+            store.mark_exported(&done).await.unwrap();
         }
         let emulator = support::emulator(Scenario::steady(0, 1)).await;
         let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), "http://127.0.0.1:9", &[("STARTUP001", "startup")]);

@@ -11,7 +11,7 @@ use crate::config::{bare_flow_id, Config};
 use crate::export::Exporter;
 use crate::metrics::Metrics;
 use crate::source::{AwsTarget, Budgets, FlowSource, StaticCredentials};
-use crate::state::StateStore;
+use crate::state::{SqliteStore, StateStore};
 
 /// Exit codes (SPEC §3).
 pub const EXIT_OK: u8 = 0;
@@ -80,7 +80,7 @@ const GRACE: Duration = Duration::from_secs(25);
 pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
     let metrics = Arc::new(Metrics::new(config.metrics.node_labels));
     let started = std::time::Instant::now();
-    let store = Arc::new(StateStore::open(&config.state.path).map_err(|e| AppError::Runtime(e.to_string()))?);
+    let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&config.state.path).map_err(|e| AppError::Runtime(e.to_string()))?);
     let exporter = Arc::new(
         Exporter::new(&config.traces, config.aws.region.as_deref(), config.single_account().as_deref())
             .map_err(|e| AppError::Usage(format!("config key `traces.endpoint`: {e}")))?,
@@ -113,6 +113,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
     let server = tokio::spawn(crate::http::serve(listener, metrics.clone(), board.clone(), http_stop_rx));
     let mut collector = Collector::new(flows, store, exporter.clone(), metrics.clone(), board.clone(), &config, options.on_finished)
+        .await
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     tracing::info!(listen = %address, tracked = collector.tracked_count(), startup_ms = started.elapsed().as_millis() as u64, traces = %exporter.endpoint, "bedrock-flow-exporter started");
     let mut shutdown = ShutdownSignals::install()?;

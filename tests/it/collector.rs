@@ -11,6 +11,7 @@ use bedrock_flow_emulator::{flows, ExecutionFacts};
 use bedrock_flow_exporter::config::CaptureContent;
 use bedrock_flow_exporter::convert::{self, ContentPolicy, ExecutionView};
 use bedrock_flow_exporter::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
+use bedrock_flow_exporter::state::StateStore as _;
 use bedrock_flow_exporter::timefmt::now_nanos;
 
 use bedrock_flow_test_support::{self as support, run_binary, OtlpServer, TestConfig};
@@ -319,9 +320,9 @@ async fn sigkill_at_random_moments_loses_no_span_and_counts_nothing_twice() {
         tokio::time::sleep(Duration::from_millis(rng.between(300, 1500))).await;
         drop(child); // SIGKILL
     }
-    let state = bedrock_flow_exporter::state::StateStore::open(&dir.path().join("state.sqlite")).unwrap();
+    let state = bedrock_flow_exporter::state::SqliteStore::open(&dir.path().join("state.sqlite")).unwrap();
     let arns: Vec<String> = emulator.executions(now_nanos()).into_iter().map(|f| f.arn).collect();
-    let finished_before = state.finished_among(&arns.iter().map(String::as_str).collect::<Vec<_>>()).unwrap().len();
+    let finished_before = state.finished_among(&arns.iter().map(String::as_str).collect::<Vec<_>>()).await.unwrap().len();
     drop(state);
     let before_final = otlp.receiver.roots().len();
     assert!(finished_before <= before_final, "an execution is finished only after its root was accepted");
@@ -504,4 +505,42 @@ async fn executions_whose_events_answer_404_are_finished_with_what_was_read() {
         assert_eq!(r.attr("aws.bedrock.flow.execution.status"), Some("Succeeded"), "a vanished finished execution keeps its listed status");
     }
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_does_the_same_work_on_the_memory_store() {
+    use bedrock_flow_exporter::collector::{Collector, Flow, StatusBoard};
+    use bedrock_flow_exporter::config::Config;
+    use bedrock_flow_exporter::export::Exporter;
+    use bedrock_flow_exporter::metrics::Metrics;
+    use bedrock_flow_exporter::source::{AwsTarget, FlowSource, RequestBudget, StaticCredentials};
+    use bedrock_flow_exporter::state::{MemoryStore, StateStore};
+    use std::sync::Arc;
+
+    let emulator = support::emulator(Scenario::backlog(25, 45)).await;
+    let otlp = OtlpServer::start().await;
+    let mut config = Config::default();
+    config.traces.endpoint = format!("http://{}", otlp.grpc);
+    config.poll.interval_secs = 1;
+    let metrics = Arc::new(Metrics::new(true));
+    let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(emulator.endpoint()), ..AwsTarget::default() };
+    let credentials = StaticCredentials { access_key_id: "AKIDTEST".into(), secret_access_key: "secret".into() };
+    let source = FlowSource::new(&target, Arc::new(RequestBudget::per_second(1000.0)), Some(&credentials), metrics.clone()).await;
+    let flows = vec![Flow { id: "BACKLOG001".into(), name: "backlog".into(), aliases: Vec::new(), source }];
+    let board = Arc::new(StatusBoard::new(&[("BACKLOG001".into(), "backlog".into())]));
+    let store = Arc::new(MemoryStore::default());
+    let exporter = Arc::new(Exporter::new(&config.traces, Some("us-east-1"), None).unwrap());
+    let mut collector = Collector::new(flows, store.clone(), exporter, metrics, board, &config, None).await.unwrap();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let outcome = collector.run_once(Duration::from_secs(60), stop).await;
+    assert!(outcome.complete(), "{outcome:?}");
+    assert!(collector.summary().starts_with("25 executions exported"), "{}", collector.summary());
+    let facts = emulator.executions(now_nanos());
+    let expected: usize = facts.iter().map(|f| expected_spans(f, &flows::backlog(45), "backlog").len()).sum();
+    assert_eq!(otlp.receiver.unique().len(), expected, "every span");
+    let arns: Vec<&str> = facts.iter().map(|f| f.arn.as_str()).collect();
+    assert_eq!(store.finished_among(&arns).await.unwrap().len(), 25, "each finished in the store");
+    assert!(store.load().await.unwrap().is_empty());
+    otlp.stop();
+    emulator.stop().await;
 }

@@ -281,21 +281,26 @@ async fn throttling_that_the_sdk_retries_absorb_shows_on_the_panel_and_fires_the
     let (_prom, prometheus) = start_prometheus(h.dir.path(), exporter);
     tokio::time::sleep(Duration::from_secs(12)).await;
 
-    // Every attempt the emulator served is counted, and every throttled one as an error.
-    let (_, before) = support::http_get(exporter, "/metrics", None);
-    let stats = h.emulator.stats();
-    let (_, after) = support::http_get(exporter, "/metrics", None);
-    let served = stats["total_requests"].as_f64().unwrap();
-    let throttled = stats["errors"]["ThrottlingException"].as_f64().unwrap();
-    let attempts = |text: &str| support::sum_samples(text, "bedrock_flow_exporter_api_requests_total", &[]);
-    let throttled_attempts = |text: &str| support::sum_samples(text, "bedrock_flow_exporter_api_request_errors_total", &[("error_kind", "throttled")]);
-    assert!(attempts(&before) <= served && served <= attempts(&after), "attempts {} ≤ served {served} ≤ {}", attempts(&before), attempts(&after));
+    // Every attempt the emulator served is counted, and every throttled one as an error. The
+    // emulator counts a request when it arrives, the exporter when its answer is back: what was
+    // served before a scrape (answered within the pause) is counted by it, and nothing more
+    // than was served after it.
+    let early = h.emulator.stats();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, text) = support::http_get(exporter, "/metrics", None);
+    let late = h.emulator.stats();
+    let served = |stats: &Value| stats["total_requests"].as_f64().unwrap();
+    let throttled = |stats: &Value| stats["errors"]["ThrottlingException"].as_f64().unwrap();
+    let attempts = support::sum_samples(&text, "bedrock_flow_exporter_api_requests_total", &[]);
+    let throttled_attempts = support::sum_samples(&text, "bedrock_flow_exporter_api_request_errors_total", &[("error_kind", "throttled")]);
+    assert!(served(&early) <= attempts && attempts <= served(&late), "served {} ≤ attempts {attempts} ≤ served {}", served(&early), served(&late));
     assert!(
-        throttled_attempts(&before) <= throttled && throttled <= throttled_attempts(&after),
-        "throttled attempts {} ≤ {throttled} ≤ {}",
-        throttled_attempts(&before),
-        throttled_attempts(&after)
+        throttled(&early) <= throttled_attempts && throttled_attempts <= throttled(&late),
+        "throttled {} ≤ throttled attempts {throttled_attempts} ≤ {}",
+        throttled(&early),
+        throttled(&late)
     );
+    let served = served(&late);
     assert!(served > 200.0, "enough attempts for a share: {served}");
 
     let share = scalar(&query(prometheus, "/api/v1/query", &panel_expr("Throttled share of API calls")));

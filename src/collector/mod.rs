@@ -20,8 +20,12 @@ use crate::metrics::{FlowLabels, Metrics};
 use crate::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
 use crate::source::{ApiError, ErrorKind, FlowSource};
 use crate::span::{hex, SpanRecord};
-use crate::state::{Cursor, StateStore, Tracked};
+use crate::state::{ExportMark, StateStore};
+
+pub mod lifecycle;
+
 use crate::timefmt::now_nanos;
+use lifecycle::{Cursor, Tracked};
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -123,7 +127,7 @@ pub type FinishedHook = Arc<dyn Fn(&FinishedExecution) + Send + Sync>;
 
 pub struct Collector {
     flows: Vec<Flow>,
-    store: Arc<StateStore>,
+    store: Arc<dyn StateStore>,
     exporter: Arc<Exporter>,
     metrics: Arc<Metrics>,
     board: Arc<StatusBoard>,
@@ -190,16 +194,16 @@ struct Fetched {
 
 impl Collector {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub async fn new(
         flows: Vec<Flow>,
-        store: Arc<StateStore>,
+        store: Arc<dyn StateStore>,
         exporter: Arc<Exporter>,
         metrics: Arc<Metrics>,
         board: Arc<StatusBoard>,
         config: &Config,
         on_finished: Option<FinishedHook>,
     ) -> Result<Collector, crate::state::StateError> {
-        let loaded = store.load()?;
+        let loaded = store.load().await?;
         let policy = ContentPolicy {
             mode: config.traces.capture_content,
             max_bytes: config.traces.max_content_bytes,
@@ -210,8 +214,8 @@ impl Collector {
                 metrics.init_flow(&FlowLabels { flow_id: flow.id.clone(), flow_name: flow.name.clone(), alias: alias.clone() });
             }
         }
-        let pending = loaded.active.iter().map(|t| t.arn.clone()).collect();
-        let tracked: HashMap<String, Tracked> = loaded.active.into_iter().map(|t| (t.arn.clone(), t)).collect();
+        let pending = loaded.iter().map(|t| t.arn.clone()).collect();
+        let tracked: HashMap<String, Tracked> = loaded.into_iter().map(|t| (t.arn.clone(), t)).collect();
         metrics.executions_tracked.set(tracked.len() as i64);
         Ok(Collector {
             flows,
@@ -285,7 +289,7 @@ impl Collector {
                 // memory: memory does not grow with the number of finished executions. When
                 // the store cannot tell, nothing new is admitted from the page.
                 let untracked: Vec<&str> = items.iter().map(|s| s.execution_arn.as_str()).filter(|a| !self.tracked.contains_key(*a)).collect();
-                let finished = match self.store.finished_among(&untracked) {
+                let finished = match self.store.finished_among(&untracked).await {
                     Ok(finished) => Some(finished),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot look up finished executions; new ones are admitted on a later poll");
@@ -351,8 +355,8 @@ impl Collector {
                 token = Some(next_token);
             }
         }
-        let items: Vec<&Tracked> = changed.iter().filter_map(|a| self.tracked.get(a)).collect();
-        if let Err(e) = self.store.save_all(&items) {
+        let items: Vec<Tracked> = changed.iter().filter_map(|a| self.tracked.get(a)).cloned().collect();
+        if let Err(e) = self.store.save_all(&items).await {
             tracing::error!(error = %e, "cannot save the listing to the state store");
         }
         Ok(())
@@ -369,11 +373,12 @@ impl Collector {
         let mut failed = Vec::new();
         for &f in flows {
             let flow_id = self.flows[f].id.clone();
-            let (last_poll, last_full) = self.store.flow_marks(&flow_id).unwrap_or((None, None));
+            let marks = self.store.flow_marks(&flow_id).await.unwrap_or_default();
+            let (last_poll, last_full) = (marks.last_poll, marks.last_full_scan);
             let full = full_scan || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
             match self.discover(f, now, last_poll, full, admit).await {
                 Ok(()) => {
-                    let _ = self.store.set_flow_marks(&flow_id, now, full.then_some(now));
+                    let _ = self.store.set_flow_marks(&flow_id, now, full.then_some(now)).await;
                     self.metrics.last_successful_poll.get_or_create(&vec![("flow_id", flow_id.clone())]).set(now as f64 / 1e9);
                     self.board.update(&flow_id, |s| {
                         s.last_successful_poll = Some(now);
@@ -478,7 +483,7 @@ impl Collector {
         if let Some(d) = self.snapshots.get(&cache_key) {
             return Ok(d.clone());
         }
-        let stored = self.store.snapshot(&t.flow_id, &key).ok().flatten();
+        let stored = self.store.snapshot(&t.flow_id, &key).await.ok().flatten();
         let text = match stored {
             Some(text) => text,
             None => {
@@ -487,7 +492,7 @@ impl Collector {
                 };
                 match self.flows[f].source.get_snapshot(&t.flow_id, &t.alias, &t.arn).await {
                     Ok((_, definition)) => {
-                        let _ = self.store.put_snapshot(&t.flow_id, &key, &definition);
+                        let _ = self.store.put_snapshot(&t.flow_id, &key, &definition).await;
                         definition
                     }
                     // Without access to the definition, spans still go out with type "unknown".
@@ -580,7 +585,7 @@ impl Collector {
             if self.tracked.get(&f.arn) == Some(&f.tracked) && f.new_node.is_empty() && f.new_flow.is_empty() {
                 continue;
             }
-            if let Err(e) = self.store.save(&f.tracked, &f.new_node, &f.new_flow, f.first_seq) {
+            if let Err(e) = self.store.save_read(&f.tracked, &f.new_node, &f.new_flow, f.first_seq).await {
                 tracing::error!(error = %e, "cannot save events to the state store; retried next cycle");
                 continue;
             }
@@ -611,7 +616,7 @@ impl Collector {
             let Some(t) = self.tracked.get(&arn).cloned() else {
                 continue;
             };
-            let (node_events, flow_events) = match self.store.events(&arn) {
+            let (node_events, flow_events) = match self.store.events(&arn).await {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read events from the state store");
@@ -619,7 +624,7 @@ impl Collector {
                 }
             };
             // Unknown is not "nothing exported": that would send and observe every span again.
-            let exported = match self.store.exported(&arn) {
+            let exported = match self.store.exported(&arn).await {
                 Ok(ids) => ids,
                 Err(e) => {
                     tracing::error!(arn = %arn, error = %e, "cannot read which spans were exported; the execution waits for the next cycle");
@@ -672,7 +677,7 @@ impl Collector {
                 }
             }
             if counted {
-                if let Err(e) = self.store.save_all(&[&t]) {
+                if let Err(e) = self.store.save_all(std::slice::from_ref(&t)).await {
                     tracing::error!(error = %e, "cannot save which problems were counted");
                 }
             }
@@ -721,8 +726,9 @@ impl Collector {
         if accepted_marks.is_empty() {
             return;
         }
-        let batch: Vec<(&Tracked, Vec<[u8; 8]>, bool)> = accepted_marks.iter().map(|(t, ids, done, _, _)| (t, ids.clone(), *done)).collect();
-        if let Err(e) = self.store.mark_exported(&batch) {
+        let batch: Vec<ExportMark> =
+            accepted_marks.iter().map(|(t, ids, done, _, _)| ExportMark { execution: t.clone(), exported: ids.clone(), done: *done }).collect();
+        if let Err(e) = self.store.mark_exported(&batch).await {
             tracing::error!(error = %e, "cannot checkpoint exported spans; they will be exported again");
             return;
         }
@@ -890,9 +896,9 @@ impl Collector {
     }
 
     /// Forgets finished executions older than twice the lookback window.
-    pub fn prune(&mut self) {
+    pub async fn prune(&mut self) {
         let before = now_nanos() - 2 * self.poll.lookback_secs as i64 * SECOND;
-        let _ = self.store.prune(before);
+        let _ = self.store.prune(before).await;
     }
 
     /// The service loop: a cycle every `interval_secs` until `stop`.
@@ -904,7 +910,7 @@ impl Collector {
             self.cycle(true, true, &stop).await;
             cycles += 1;
             if cycles % 100 == 0 {
-                self.prune();
+                self.prune().await;
             }
             if *stop.borrow() {
                 break;

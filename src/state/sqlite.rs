@@ -1,84 +1,28 @@
-//! The state store (the one module that knows SQL and the on-disk format). Per execution: its
-//! status, the cursors of both event streams, the events read so far (until it is finished),
-//! which spans were exported, whether it was counted; snapshots per (flow, version).
-//!
-//! Writes are transactions, so a crash leaves either the old or the new state. Events are
-//! stored before their spans are exported; the exported-span set advances only after the OTLP
-//! endpoint accepted them. A replay re-derives the same spans from the stored events.
+//! The embedded store: SQLite, one process. Writes are transactions, so a crash leaves either
+//! the old or the new state. Every statement runs on tokio's blocking pool, never on the async
+//! workers; the connection is one, behind a mutex.
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
 
-use crate::model::{Event, ExecutionError};
+use super::{ExportMark, FlowMarks, StateError, StateStore, SCHEMA_VERSION};
+use crate::collector::lifecycle::Tracked;
+use crate::model::Event;
 
-const SCHEMA_VERSION: i64 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("state store {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
-    #[error("state store {path} has schema version {found}; this build knows up to {SCHEMA_VERSION}")]
-    FutureSchema { path: String, found: i64 },
-    #[error("state store: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("state store: {0}")]
-    Corrupt(String),
-    #[error("cannot create the directory of {path}: {source}")]
-    Directory { path: String, source: std::io::Error },
-}
-
-/// Where paging of one event stream stands: the token that fetched the tail page (`None`: the
-/// first page) and how many of that page's items were consumed; `total` items read in all.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    pub token: Option<String>,
-    pub consumed: usize,
-    pub total: usize,
-}
-
-/// An execution being collected. Kept in memory while not finished; saved on each change.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tracked {
-    pub arn: String,
-    pub flow_id: String,
-    pub alias: String,
-    pub version: String,
-    pub created_at: i64,
-    pub ended_at: Option<i64>,
-    pub status: String,
-    /// Seen Running (or ended within `settle_secs` when found): gets a settle re-read.
-    pub needs_settle: bool,
-    /// When the terminal status was first seen.
-    pub terminal_seen_at: Option<i64>,
-    pub errors: Option<Vec<ExecutionError>>,
-    pub node_cursor: Cursor,
-    pub flow_cursor: Cursor,
-    /// Events whose problems were already counted, per stream.
-    pub node_checked: usize,
-    pub flow_checked: usize,
-    pub final_read: bool,
-    pub unknown_status_counted: bool,
-}
-
-pub struct StateStore {
-    connection: Mutex<Connection>,
-}
-
-/// What a startup finds in the store.
-pub struct Loaded {
-    pub active: Vec<Tracked>,
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
 }
 
 fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl StateStore {
-    pub fn open(path: &Path) -> Result<StateStore, StateError> {
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StateError> {
         let display = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StateError::Directory { path: display.clone(), source })?;
@@ -117,10 +61,10 @@ impl StateStore {
                  COMMIT;",
             )?;
         }
-        Ok(StateStore { connection: Mutex::new(connection) })
+        Ok(SqliteStore { connection: Arc::new(Mutex::new(connection)) })
     }
 
-    pub fn load(&self) -> Result<Loaded, StateError> {
+    fn load_blocking(&self) -> Result<Vec<Tracked>, StateError> {
         let c = lock(&self.connection);
         let mut statement = c.prepare(
             "SELECT arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
@@ -152,7 +96,7 @@ impl StateStore {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Loaded { active })
+        Ok(active)
     }
 
     fn upsert(c: &Connection, t: &Tracked) -> Result<(), rusqlite::Error> {
@@ -185,17 +129,16 @@ impl StateStore {
         Ok(())
     }
 
-    /// Saves the execution's state and appends newly read events, in one transaction.
-    /// `first_seq` are the stream totals before the new events.
-    pub fn save(&self, t: &Tracked, new_node: &[Event], new_flow: &[Event], first_seq: (usize, usize)) -> Result<(), StateError> {
+    /// `save_read` with the events as wire JSON text.
+    fn save_blocking(&self, t: &Tracked, new_node: &[String], new_flow: &[String], first_seq: (usize, usize)) -> Result<(), StateError> {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
         Self::upsert(&tx, t)?;
         {
             let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO events (arn, stream, seq, body) VALUES (?1, ?2, ?3, ?4)")?;
             for (stream, events, start) in [(0i64, new_node, first_seq.0), (1i64, new_flow, first_seq.1)] {
-                for (i, event) in events.iter().enumerate() {
-                    insert.execute(params![t.arn, stream, (start + i) as i64, event.to_wire().to_string()])?;
+                for (i, body) in events.iter().enumerate() {
+                    insert.execute(params![t.arn, stream, (start + i) as i64, body])?;
                 }
             }
         }
@@ -203,8 +146,7 @@ impl StateStore {
         Ok(())
     }
 
-    /// Saves many executions' states in one transaction (status changes from a listing).
-    pub fn save_all(&self, items: &[&Tracked]) -> Result<(), StateError> {
+    fn save_all_blocking(&self, items: &[Tracked]) -> Result<(), StateError> {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
         for t in items {
@@ -214,8 +156,7 @@ impl StateStore {
         Ok(())
     }
 
-    /// The stored events of an execution: (node stream, flow stream), in order.
-    pub fn events(&self, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError> {
+    fn events_blocking(&self, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError> {
         let c = lock(&self.connection);
         let mut statement = c.prepare_cached("SELECT stream, body FROM events WHERE arn = ?1 ORDER BY stream, seq")?;
         let mut node = Vec::new();
@@ -233,7 +174,7 @@ impl StateStore {
         Ok((node, flow))
     }
 
-    pub fn exported(&self, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
+    fn exported_blocking(&self, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
         let c = lock(&self.connection);
         let mut statement = c.prepare_cached("SELECT span_id FROM exported WHERE arn = ?1")?;
         // A row that cannot be read is an error, never a span "not exported": that would send
@@ -247,14 +188,12 @@ impl StateStore {
         Ok(ids)
     }
 
-    /// Records spans as accepted by the exporter. With `done`, the execution is finished: its
-    /// events and span ids are dropped and only its row stays, so it is never collected again.
-    pub fn mark_exported(&self, batch: &[(&Tracked, Vec<[u8; 8]>, bool)]) -> Result<(), StateError> {
+    fn mark_exported_blocking(&self, marks: &[ExportMark]) -> Result<(), StateError> {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
         {
             let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO exported (arn, span_id) VALUES (?1, ?2)")?;
-            for (t, ids, done) in batch {
+            for ExportMark { execution: t, exported: ids, done } in marks {
                 Self::upsert(&tx, t)?;
                 if *done {
                     tx.prepare_cached("UPDATE executions SET done = 1 WHERE arn = ?1")?.execute([&t.arn])?;
@@ -275,7 +214,7 @@ impl StateStore {
         Ok(())
     }
 
-    pub fn snapshot(&self, flow_id: &str, key: &str) -> Result<Option<String>, StateError> {
+    fn snapshot_blocking(&self, flow_id: &str, key: &str) -> Result<Option<String>, StateError> {
         let c = lock(&self.connection);
         let found = c
             .prepare_cached("SELECT definition FROM snapshots WHERE flow_id = ?1 AND version = ?2")?
@@ -284,24 +223,23 @@ impl StateStore {
         Ok(found)
     }
 
-    pub fn put_snapshot(&self, flow_id: &str, key: &str, definition: &str) -> Result<(), StateError> {
+    fn put_snapshot_blocking(&self, flow_id: &str, key: &str, definition: &str) -> Result<(), StateError> {
         let c = lock(&self.connection);
         c.prepare_cached("INSERT OR REPLACE INTO snapshots (flow_id, version, definition) VALUES (?1, ?2, ?3)")?.execute(params![flow_id, key, definition])?;
         Ok(())
     }
 
-    /// (last successful poll, last full scan) of a flow.
-    pub fn flow_marks(&self, flow_id: &str) -> Result<(Option<i64>, Option<i64>), StateError> {
+    fn flow_marks_blocking(&self, flow_id: &str) -> Result<FlowMarks, StateError> {
         let c = lock(&self.connection);
         let marks = c
             .prepare_cached("SELECT last_poll, last_full_scan FROM flows WHERE flow_id = ?1")?
-            .query_row([flow_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([flow_id], |r| Ok(FlowMarks { last_poll: r.get(0)?, last_full_scan: r.get(1)? }))
             .optional()?
-            .unwrap_or((None, None));
+            .unwrap_or_default();
         Ok(marks)
     }
 
-    pub fn set_flow_marks(&self, flow_id: &str, last_poll: i64, last_full_scan: Option<i64>) -> Result<(), StateError> {
+    fn set_flow_marks_blocking(&self, flow_id: &str, last_poll: i64, last_full_scan: Option<i64>) -> Result<(), StateError> {
         let c = lock(&self.connection);
         c.prepare_cached(
             "INSERT INTO flows (flow_id, last_poll, last_full_scan) VALUES (?1, ?2, ?3)
@@ -311,15 +249,12 @@ impl StateStore {
         Ok(())
     }
 
-    /// Forgets finished executions created before `before` (they are outside every lookback
-    /// window, so they cannot be listed as new again). Returns how many were removed.
-    pub fn prune(&self, before: i64) -> Result<usize, StateError> {
+    fn prune_blocking(&self, before: i64) -> Result<usize, StateError> {
         let c = lock(&self.connection);
         Ok(c.execute("DELETE FROM executions WHERE done = 1 AND created_at < ?1", [before])?)
     }
 
-    /// Which of `arns` are finished (never collected again).
-    pub fn finished_among(&self, arns: &[&str]) -> Result<HashSet<String>, StateError> {
+    fn finished_among_blocking(&self, arns: &[String]) -> Result<HashSet<String>, StateError> {
         let c = lock(&self.connection);
         let mut statement = c.prepare_cached("SELECT 1 FROM executions WHERE arn = ?1 AND done = 1")?;
         let mut finished = HashSet::new();
@@ -330,69 +265,110 @@ impl StateStore {
         }
         Ok(finished)
     }
+
+    /// Runs `f` with this store on tokio's blocking pool (SQLite blocks; the async workers never).
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&SqliteStore) -> Result<T, StateError> + Send + 'static) -> Result<T, StateError> {
+        let this = SqliteStore { connection: self.connection.clone() };
+        tokio::task::spawn_blocking(move || f(&this)).await.map_err(|e| StateError::Task(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn load(&self) -> Result<Vec<Tracked>, StateError> {
+        self.blocking(|s| s.load_blocking()).await
+    }
+
+    async fn save_read(&self, execution: &Tracked, new_node: &[Event], new_flow: &[Event], first_seq: (usize, usize)) -> Result<(), StateError> {
+        let (t, node, flow) = (execution.clone(), wire_texts(new_node), wire_texts(new_flow));
+        self.blocking(move |s| s.save_blocking(&t, &node, &flow, first_seq)).await
+    }
+
+    async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError> {
+        let items = executions.to_vec();
+        self.blocking(move |s| s.save_all_blocking(&items)).await
+    }
+
+    async fn events(&self, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError> {
+        let arn = arn.to_string();
+        self.blocking(move |s| s.events_blocking(&arn)).await
+    }
+
+    async fn exported(&self, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
+        let arn = arn.to_string();
+        self.blocking(move |s| s.exported_blocking(&arn)).await
+    }
+
+    async fn mark_exported(&self, marks: &[ExportMark]) -> Result<(), StateError> {
+        let marks = marks.to_vec();
+        self.blocking(move |s| s.mark_exported_blocking(&marks)).await
+    }
+
+    async fn snapshot(&self, flow_id: &str, key: &str) -> Result<Option<String>, StateError> {
+        let (flow_id, key) = (flow_id.to_string(), key.to_string());
+        self.blocking(move |s| s.snapshot_blocking(&flow_id, &key)).await
+    }
+
+    async fn put_snapshot(&self, flow_id: &str, key: &str, definition: &str) -> Result<(), StateError> {
+        let (flow_id, key, definition) = (flow_id.to_string(), key.to_string(), definition.to_string());
+        self.blocking(move |s| s.put_snapshot_blocking(&flow_id, &key, &definition)).await
+    }
+
+    async fn flow_marks(&self, flow_id: &str) -> Result<FlowMarks, StateError> {
+        let flow_id = flow_id.to_string();
+        self.blocking(move |s| s.flow_marks_blocking(&flow_id)).await
+    }
+
+    async fn set_flow_marks(&self, flow_id: &str, last_poll: i64, last_full_scan: Option<i64>) -> Result<(), StateError> {
+        let flow_id = flow_id.to_string();
+        self.blocking(move |s| s.set_flow_marks_blocking(&flow_id, last_poll, last_full_scan)).await
+    }
+
+    async fn finished_among(&self, arns: &[&str]) -> Result<HashSet<String>, StateError> {
+        let arns: Vec<String> = arns.iter().map(|a| a.to_string()).collect();
+        self.blocking(move |s| s.finished_among_blocking(&arns)).await
+    }
+
+    async fn prune(&self, before: i64) -> Result<usize, StateError> {
+        self.blocking(move |s| s.prune_blocking(before)).await
+    }
+}
+
+/// Events as the wire JSON the store keeps (made before the blocking task takes them).
+fn wire_texts(events: &[Event]) -> Vec<String> {
+    events.iter().map(|e| e.to_wire().to_string()).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FlowIoEvent, Timestamp};
+    use crate::state::tests::tracked;
 
-    fn tracked(arn: &str) -> Tracked {
-        Tracked {
-            arn: arn.into(),
-            flow_id: "ABCDEFGHIJ".into(),
-            alias: "A".into(),
-            version: "1".into(),
-            created_at: 1,
-            ended_at: None,
-            status: "Running".into(),
-            needs_settle: true,
-            terminal_seen_at: None,
-            errors: None,
-            node_cursor: Cursor::default(),
-            flow_cursor: Cursor { token: Some("t".into()), consumed: 3, total: 13 },
-            node_checked: 0,
-            flow_checked: 0,
-            final_read: false,
-            unknown_status_counted: false,
-        }
-    }
-
-    #[test]
-    fn survives_reopen_and_forgets_finished_work() {
+    #[tokio::test]
+    async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.sqlite");
-        let event = Event::FlowInput(FlowIoEvent { node_name: "In".into(), timestamp: Some(Timestamp(5)), fields: vec![] });
+        let event = Event::FlowInput(crate::model::FlowIoEvent { node_name: "In".into(), timestamp: Some(crate::model::Timestamp(5)), fields: vec![] });
         {
-            let store = StateStore::open(&path).unwrap();
-            store.save(&tracked("a"), &[], std::slice::from_ref(&event), (0, 0)).unwrap();
-            store.save(&tracked("b"), &[], &[], (0, 0)).unwrap();
-            store.mark_exported(&[(&tracked("a"), vec![[1; 8]], false)]).unwrap();
+            let store = SqliteStore::open(&path).unwrap();
+            store.save_read(&tracked("a"), &[], std::slice::from_ref(&event), (0, 0)).await.unwrap();
+            store.mark_exported(&[ExportMark { execution: tracked("a"), exported: vec![[1; 8]], done: false }]).await.unwrap();
         }
-        let store = StateStore::open(&path).unwrap();
-        let loaded = store.load().unwrap();
-        assert_eq!(loaded.active.len(), 2);
-        let a = loaded.active.iter().find(|t| t.arn == "a").unwrap();
-        assert_eq!(a, &tracked("a"));
-        assert_eq!(store.events("a").unwrap().1, vec![event]);
-        assert!(store.exported("a").unwrap().contains(&[1; 8]));
-        store.mark_exported(&[(&tracked("a"), vec![], true)]).unwrap();
-        let loaded = store.load().unwrap();
-        assert_eq!(loaded.active.len(), 1);
-        assert_eq!(store.finished_among(&["a", "b", "c"]).unwrap(), HashSet::from(["a".to_string()]));
-        assert!(store.events("a").unwrap().1.is_empty());
-        assert_eq!(store.prune(2).unwrap(), 1);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![tracked("a")]);
+        assert_eq!(store.events("a").await.unwrap().1, vec![event]);
+        assert!(store.exported("a").await.unwrap().contains(&[1; 8]));
     }
 
-    #[test]
-    fn an_unreadable_exported_set_is_an_error_not_an_empty_set() {
+    #[tokio::test]
+    async fn an_unreadable_exported_set_is_an_error_not_an_empty_set() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&dir.path().join("state.sqlite")).unwrap();
-        store.mark_exported(&[(&tracked("a"), vec![[1; 8]], false)]).unwrap();
-        assert_eq!(store.exported("a").unwrap().len(), 1);
+        let store = SqliteStore::open(&dir.path().join("state.sqlite")).unwrap();
+        store.mark_exported(&[ExportMark { execution: tracked("a"), exported: vec![[1; 8]], done: false }]).await.unwrap();
+        assert_eq!(store.exported("a").await.unwrap().len(), 1);
         for bad in ["INSERT INTO exported (arn, span_id) VALUES ('a', 'not a blob')", "INSERT INTO exported (arn, span_id) VALUES ('a', x'0102')"] {
             lock(&store.connection).execute(bad, []).unwrap();
-            assert!(store.exported("a").is_err(), "{bad}");
+            assert!(store.exported("a").await.is_err(), "{bad}");
             lock(&store.connection).execute("DELETE FROM exported WHERE span_id != x'0101010101010101'", []).unwrap();
         }
     }

@@ -1,0 +1,40 @@
+//! The execution being collected, as the collector knows it between cycles: what was listed of
+//! it, where paging of its two event streams stands, and what was read and counted. The state
+//! stores persist it; they do not define it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ExecutionError;
+
+/// Where paging of one event stream stands: the token that fetched the tail page (`None`: the
+/// first page) and how many of that page's items were consumed; `total` items read in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub token: Option<String>,
+    pub consumed: usize,
+    pub total: usize,
+}
+
+/// An execution being collected. Kept in memory while not finished; saved on each change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tracked {
+    pub arn: String,
+    pub flow_id: String,
+    pub alias: String,
+    pub version: String,
+    pub created_at: i64,
+    pub ended_at: Option<i64>,
+    pub status: String,
+    /// Seen Running (or ended within `settle_secs` when found): gets a settle re-read.
+    pub needs_settle: bool,
+    /// When the terminal status was first seen.
+    pub terminal_seen_at: Option<i64>,
+    pub errors: Option<Vec<ExecutionError>>,
+    pub node_cursor: Cursor,
+    pub flow_cursor: Cursor,
+    /// Events whose problems were already counted, per stream.
+    pub node_checked: usize,
+    pub flow_checked: usize,
+    pub final_read: bool,
+    pub unknown_status_counted: bool,
+}
