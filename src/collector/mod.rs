@@ -20,7 +20,7 @@ use crate::metrics::{FlowLabels, Metrics};
 use crate::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
 use crate::source::{ApiError, ErrorKind, FlowSource};
 use crate::span::{hex, SpanRecord};
-use crate::state::{ExportMark, StateStore};
+use crate::state::{ExportMark, History, StateStore, StreamRead};
 
 pub mod lifecycle;
 
@@ -572,8 +572,10 @@ impl Collector {
                 }
             }
         }
-        // Persist what was read (before exporting: the events are the durable backlog).
-        for f in &fetched {
+        // Persist what was read, in one transaction (before exporting: the events are the
+        // durable backlog).
+        let mut reads = Vec::with_capacity(fetched.len());
+        for f in fetched {
             for event in f.new_node.iter().chain(&f.new_flow) {
                 self.metrics.events_received.get_or_create(&vec![("event_type", event.kind_label().to_string())]).inc();
                 if let Some(ts) = event.timestamp() {
@@ -585,12 +587,18 @@ impl Collector {
             if self.tracked.get(&f.arn) == Some(&f.tracked) && f.new_node.is_empty() && f.new_flow.is_empty() {
                 continue;
             }
-            if let Err(e) = self.store.save_read(&f.tracked, &f.new_node, &f.new_flow, f.first_seq).await {
-                tracing::error!(error = %e, "cannot save events to the state store; retried next cycle");
-                continue;
+            reads.push(StreamRead { execution: f.tracked, new_node: f.new_node, new_flow: f.new_flow, first_seq: f.first_seq });
+        }
+        if !reads.is_empty() {
+            match self.store.save_reads(&reads).await {
+                Ok(()) => {
+                    for read in reads {
+                        self.pending.insert(read.execution.arn.clone());
+                        self.tracked.insert(read.execution.arn.clone(), read.execution);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot save events to the state store; retried next cycle"),
             }
-            self.tracked.insert(f.arn.clone(), f.tracked.clone());
-            self.pending.insert(f.arn.clone());
         }
         self.export_pending(chunk.iter().map(|(a, _)| a.clone()).filter(|a| definitions.contains_key(a)).collect(), &definitions).await;
     }
@@ -606,31 +614,24 @@ impl Collector {
         // Where each execution's spans start in `to_export` (and, last, where they end).
         let mut bounds: Vec<usize> = Vec::new();
         let mut marks: Vec<Mark> = Vec::new();
+        let now = Instant::now();
+        let arns: Vec<String> = arns.into_iter().filter(|a| self.pending.contains(a) && self.parked.get(a).is_none_or(|retry_at| now >= *retry_at)).collect();
+        if arns.is_empty() {
+            return;
+        }
+        // Unknown is not "nothing exported": that would send and observe every span again.
+        let mut histories = match self.store.histories(&arns.iter().map(String::as_str).collect::<Vec<_>>()).await {
+            Ok(histories) => histories,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored events and exported spans; these executions wait for the next cycle");
+                return;
+            }
+        };
         for arn in arns {
-            if !self.pending.contains(&arn) {
-                continue;
-            }
-            if self.parked.get(&arn).is_some_and(|retry_at| Instant::now() < *retry_at) {
-                continue;
-            }
             let Some(t) = self.tracked.get(&arn).cloned() else {
                 continue;
             };
-            let (node_events, flow_events) = match self.store.events(&arn).await {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read events from the state store");
-                    continue;
-                }
-            };
-            // Unknown is not "nothing exported": that would send and observe every span again.
-            let exported = match self.store.exported(&arn).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::error!(arn = %arn, error = %e, "cannot read which spans were exported; the execution waits for the next cycle");
-                    continue;
-                }
-            };
+            let History { node_events, flow_events, exported } = histories.remove(&arn).unwrap_or_default();
             let status = ExecutionStatus::parse(&t.status);
             let finished = status.is_terminal() && t.final_read;
             let labels = self.labels(&t);

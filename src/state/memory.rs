@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{ExportMark, FlowMarks, StateError, StateStore};
+use super::{ExportMark, FlowMarks, History, StateError, StateStore, StreamRead};
 use crate::collector::lifecycle::Tracked;
 use crate::model::Event;
 
@@ -44,13 +44,15 @@ impl StateStore for MemoryStore {
         Ok(self.lock().executions.values().filter(|(_, done)| !done).map(|(t, _)| t.clone()).collect())
     }
 
-    async fn save_read(&self, execution: &Tracked, new_node: &[Event], new_flow: &[Event], first_seq: (usize, usize)) -> Result<(), StateError> {
+    async fn save_reads(&self, reads: &[StreamRead]) -> Result<(), StateError> {
         let mut m = self.lock();
-        m.upsert(execution);
-        for (flow_stream, events, start) in [(false, new_node, first_seq.0), (true, new_flow, first_seq.1)] {
-            let stored = m.events.entry((execution.arn.clone(), flow_stream)).or_default();
-            for (i, event) in events.iter().enumerate() {
-                stored.insert(start + i, event.clone());
+        for read in reads {
+            m.upsert(&read.execution);
+            for (flow_stream, events, start) in [(false, &read.new_node, read.first_seq.0), (true, &read.new_flow, read.first_seq.1)] {
+                let stored = m.events.entry((read.execution.arn.clone(), flow_stream)).or_default();
+                for (i, event) in events.iter().enumerate() {
+                    stored.insert(start + i, event.clone());
+                }
             }
         }
         Ok(())
@@ -64,14 +66,17 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn events(&self, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError> {
+    async fn histories(&self, arns: &[&str]) -> Result<HashMap<String, History>, StateError> {
         let m = self.lock();
-        let stream = |flow_stream| m.events.get(&(arn.to_string(), flow_stream)).map(|e| e.values().cloned().collect()).unwrap_or_default();
-        Ok((stream(false), stream(true)))
-    }
-
-    async fn exported(&self, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
-        Ok(self.lock().exported.get(arn).cloned().unwrap_or_default())
+        let stream = |arn: &str, flow_stream| m.events.get(&(arn.to_string(), flow_stream)).map(|e| e.values().cloned().collect()).unwrap_or_default();
+        Ok(arns
+            .iter()
+            .map(|arn| {
+                let history =
+                    History { node_events: stream(arn, false), flow_events: stream(arn, true), exported: m.exported.get(*arn).cloned().unwrap_or_default() };
+                (arn.to_string(), history)
+            })
+            .collect())
     }
 
     async fn mark_exported(&self, marks: &[ExportMark]) -> Result<(), StateError> {

@@ -11,7 +11,7 @@
 mod memory;
 mod sqlite;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 
@@ -48,6 +48,25 @@ pub struct ExportMark {
     pub done: bool,
 }
 
+/// What one read brought: the execution's advanced state and the new events of each stream,
+/// which start at the stream totals before the read (`first_seq`: node, flow).
+#[derive(Clone, Debug)]
+pub struct StreamRead {
+    pub execution: Tracked,
+    pub new_node: Vec<Event>,
+    pub new_flow: Vec<Event>,
+    pub first_seq: (usize, usize),
+}
+
+/// What conversion and export need of an execution: its stored events, in order, and the span
+/// ids accepted so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    pub node_events: Vec<Event>,
+    pub flow_events: Vec<Event>,
+    pub exported: HashSet<[u8; 8]>,
+}
+
 /// When a flow was last listed successfully, and last read to its last page.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowMarks {
@@ -60,16 +79,14 @@ pub struct FlowMarks {
 pub trait StateStore: Send + Sync {
     /// The executions not finished yet (at start).
     async fn load(&self) -> Result<Vec<Tracked>, StateError>;
-    /// Saves an execution's state and appends newly read events, in one transaction;
-    /// `first_seq` are the stream totals (node, flow) before the new events.
-    async fn save_read(&self, execution: &Tracked, new_node: &[Event], new_flow: &[Event], first_seq: (usize, usize)) -> Result<(), StateError>;
+    /// Saves the reads of many executions (their states and new events), in one transaction.
+    /// An event at a position already stored replaces it, never doubles it.
+    async fn save_reads(&self, reads: &[StreamRead]) -> Result<(), StateError>;
     /// Saves the states of many executions in one transaction (status changes from a listing).
     async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError>;
-    /// The stored events of an execution: (node stream, flow stream), in order.
-    async fn events(&self, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError>;
-    /// The span ids of an execution accepted so far. A row that cannot be read is an error,
-    /// never a span "not exported".
-    async fn exported(&self, arn: &str) -> Result<HashSet<[u8; 8]>, StateError>;
+    /// The histories of these executions (an empty one for an execution the store does not
+    /// know). A row that cannot be read is an error, never a span "not exported".
+    async fn histories(&self, arns: &[&str]) -> Result<HashMap<String, History>, StateError>;
     /// Records accepted spans (and finished executions), with each execution's state, in one
     /// transaction.
     async fn mark_exported(&self, marks: &[ExportMark]) -> Result<(), StateError>;
@@ -121,13 +138,15 @@ pub(crate) mod tests {
         assert!(store.load().await.unwrap().is_empty());
         // Reads append events at their sequence numbers; states are saved with them.
         let a = tracked("a");
-        store.save_read(&a, &[event("n0", 1)], &[event("f0", 2)], (0, 0)).await.unwrap();
-        store.save_read(&a, &[event("n1", 3), event("n2", 4)], &[], (1, 1)).await.unwrap();
+        let read = |new_node: Vec<Event>, new_flow: Vec<Event>, first_seq| StreamRead { execution: a.clone(), new_node, new_flow, first_seq };
+        store.save_reads(&[read(vec![event("n0", 1)], vec![event("f0", 2)], (0, 0))]).await.unwrap();
+        store.save_reads(&[read(vec![event("n1", 3), event("n2", 4)], vec![], (1, 1))]).await.unwrap();
         // A re-read of the same positions replaces, never duplicates.
-        store.save_read(&a, &[event("n2", 4)], &[], (2, 1)).await.unwrap();
-        let (node, flow) = store.events("a").await.unwrap();
-        assert_eq!(node, vec![event("n0", 1), event("n1", 3), event("n2", 4)]);
-        assert_eq!(flow, vec![event("f0", 2)]);
+        store.save_reads(&[read(vec![event("n2", 4)], vec![], (2, 1))]).await.unwrap();
+        let history = |arn: &'static str| async move { store.histories(&[arn]).await.unwrap().remove(arn).unwrap() };
+        let h = history("a").await;
+        assert_eq!(h.node_events, vec![event("n0", 1), event("n1", 3), event("n2", 4)]);
+        assert_eq!(h.flow_events, vec![event("f0", 2)]);
         let mut b = tracked("b");
         b.status = "Succeeded".into();
         b.ended_at = Some(9);
@@ -138,14 +157,14 @@ pub(crate) mod tests {
         // Exported spans accumulate until the execution is done.
         store.mark_exported(&[ExportMark { execution: a.clone(), exported: vec![[1; 8], [2; 8]], done: false }]).await.unwrap();
         store.mark_exported(&[ExportMark { execution: a.clone(), exported: vec![[2; 8], [3; 8]], done: false }]).await.unwrap();
-        assert_eq!(store.exported("a").await.unwrap(), HashSet::from([[1; 8], [2; 8], [3; 8]]));
-        assert!(store.exported("b").await.unwrap().is_empty());
+        assert_eq!(history("a").await.exported, HashSet::from([[1; 8], [2; 8], [3; 8]]));
+        assert_eq!(history("b").await, History::default());
+        assert_eq!(store.histories(&["a", "b", "unknown"]).await.unwrap().len(), 3, "one history per ARN asked");
         let mut finished_a = a.clone();
         finished_a.status = "Failed".into();
         store.mark_exported(&[ExportMark { execution: finished_a, exported: vec![], done: true }]).await.unwrap();
         assert_eq!(store.load().await.unwrap(), vec![b.clone()], "a finished execution is not loaded");
-        assert_eq!(store.events("a").await.unwrap(), (vec![], vec![]), "its events are dropped");
-        assert!(store.exported("a").await.unwrap().is_empty(), "and its span ids");
+        assert_eq!(history("a").await, History::default(), "its events and span ids are dropped");
         assert_eq!(store.finished_among(&["a", "b", "c"]).await.unwrap(), HashSet::from(["a".to_string()]));
         // Snapshots, with the DRAFT one of a finished execution dropped.
         store.put_snapshot("ABCDEFGHIJ", "1", "{\"v\":1}").await.unwrap();

@@ -2,14 +2,14 @@
 //! the old or the new state. Every statement runs on tokio's blocking pool, never on the async
 //! workers; the connection is one, behind a mutex.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ExportMark, FlowMarks, StateError, StateStore, SCHEMA_VERSION};
+use super::{ExportMark, FlowMarks, History, StateError, StateStore, StreamRead, SCHEMA_VERSION};
 use crate::collector::lifecycle::Tracked;
 use crate::model::Event;
 
@@ -129,16 +129,19 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// `save_read` with the events as wire JSON text.
-    fn save_blocking(&self, t: &Tracked, new_node: &[String], new_flow: &[String], first_seq: (usize, usize)) -> Result<(), StateError> {
+    /// `save_reads` with the events as wire JSON text.
+    fn save_reads_blocking(&self, reads: &[WireRead]) -> Result<(), StateError> {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
-        Self::upsert(&tx, t)?;
         {
             let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO events (arn, stream, seq, body) VALUES (?1, ?2, ?3, ?4)")?;
-            for (stream, events, start) in [(0i64, new_node, first_seq.0), (1i64, new_flow, first_seq.1)] {
-                for (i, body) in events.iter().enumerate() {
-                    insert.execute(params![t.arn, stream, (start + i) as i64, body])?;
+            for read in reads {
+                let t = &read.execution;
+                Self::upsert(&tx, t)?;
+                for (stream, events, start) in [(0i64, &read.new_node, read.first_seq.0), (1i64, &read.new_flow, read.first_seq.1)] {
+                    for (i, body) in events.iter().enumerate() {
+                        insert.execute(params![t.arn, stream, (start + i) as i64, body])?;
+                    }
                 }
             }
         }
@@ -156,8 +159,17 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn events_blocking(&self, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError> {
+    fn histories_blocking(&self, arns: &[String]) -> Result<HashMap<String, History>, StateError> {
         let c = lock(&self.connection);
+        let mut histories = HashMap::with_capacity(arns.len());
+        for arn in arns {
+            let (node_events, flow_events) = Self::events_of(&c, arn)?;
+            histories.insert(arn.clone(), History { node_events, flow_events, exported: Self::exported_of(&c, arn)? });
+        }
+        Ok(histories)
+    }
+
+    fn events_of(c: &Connection, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError> {
         let mut statement = c.prepare_cached("SELECT stream, body FROM events WHERE arn = ?1 ORDER BY stream, seq")?;
         let mut node = Vec::new();
         let mut flow = Vec::new();
@@ -174,8 +186,7 @@ impl SqliteStore {
         Ok((node, flow))
     }
 
-    fn exported_blocking(&self, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
-        let c = lock(&self.connection);
+    fn exported_of(c: &Connection, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
         let mut statement = c.prepare_cached("SELECT span_id FROM exported WHERE arn = ?1")?;
         // A row that cannot be read is an error, never a span "not exported": that would send
         // and observe it again.
@@ -279,9 +290,12 @@ impl StateStore for SqliteStore {
         self.blocking(|s| s.load_blocking()).await
     }
 
-    async fn save_read(&self, execution: &Tracked, new_node: &[Event], new_flow: &[Event], first_seq: (usize, usize)) -> Result<(), StateError> {
-        let (t, node, flow) = (execution.clone(), wire_texts(new_node), wire_texts(new_flow));
-        self.blocking(move |s| s.save_blocking(&t, &node, &flow, first_seq)).await
+    async fn save_reads(&self, reads: &[StreamRead]) -> Result<(), StateError> {
+        let reads: Vec<WireRead> = reads
+            .iter()
+            .map(|r| WireRead { execution: r.execution.clone(), new_node: wire_texts(&r.new_node), new_flow: wire_texts(&r.new_flow), first_seq: r.first_seq })
+            .collect();
+        self.blocking(move |s| s.save_reads_blocking(&reads)).await
     }
 
     async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError> {
@@ -289,14 +303,9 @@ impl StateStore for SqliteStore {
         self.blocking(move |s| s.save_all_blocking(&items)).await
     }
 
-    async fn events(&self, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError> {
-        let arn = arn.to_string();
-        self.blocking(move |s| s.events_blocking(&arn)).await
-    }
-
-    async fn exported(&self, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
-        let arn = arn.to_string();
-        self.blocking(move |s| s.exported_blocking(&arn)).await
+    async fn histories(&self, arns: &[&str]) -> Result<HashMap<String, History>, StateError> {
+        let arns: Vec<String> = arns.iter().map(|a| a.to_string()).collect();
+        self.blocking(move |s| s.histories_blocking(&arns)).await
     }
 
     async fn mark_exported(&self, marks: &[ExportMark]) -> Result<(), StateError> {
@@ -334,6 +343,15 @@ impl StateStore for SqliteStore {
     }
 }
 
+/// A `StreamRead` with its events as the wire JSON the store keeps (made on the caller's
+/// thread, before the blocking task takes them).
+struct WireRead {
+    execution: Tracked,
+    new_node: Vec<String>,
+    new_flow: Vec<String>,
+    first_seq: (usize, usize),
+}
+
 /// Events as the wire JSON the store keeps (made before the blocking task takes them).
 fn wire_texts(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.to_wire().to_string()).collect()
@@ -351,13 +369,14 @@ mod tests {
         let event = Event::FlowInput(crate::model::FlowIoEvent { node_name: "In".into(), timestamp: Some(crate::model::Timestamp(5)), fields: vec![] });
         {
             let store = SqliteStore::open(&path).unwrap();
-            store.save_read(&tracked("a"), &[], std::slice::from_ref(&event), (0, 0)).await.unwrap();
+            store.save_reads(&[StreamRead { execution: tracked("a"), new_node: vec![], new_flow: vec![event.clone()], first_seq: (0, 0) }]).await.unwrap();
             store.mark_exported(&[ExportMark { execution: tracked("a"), exported: vec![[1; 8]], done: false }]).await.unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.load().await.unwrap(), vec![tracked("a")]);
-        assert_eq!(store.events("a").await.unwrap().1, vec![event]);
-        assert!(store.exported("a").await.unwrap().contains(&[1; 8]));
+        let history = store.histories(&["a"]).await.unwrap().remove("a").unwrap();
+        assert_eq!(history.flow_events, vec![event]);
+        assert!(history.exported.contains(&[1; 8]));
     }
 
     #[tokio::test]
@@ -365,10 +384,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("state.sqlite")).unwrap();
         store.mark_exported(&[ExportMark { execution: tracked("a"), exported: vec![[1; 8]], done: false }]).await.unwrap();
-        assert_eq!(store.exported("a").await.unwrap().len(), 1);
+        assert_eq!(store.histories(&["a"]).await.unwrap()["a"].exported.len(), 1);
         for bad in ["INSERT INTO exported (arn, span_id) VALUES ('a', 'not a blob')", "INSERT INTO exported (arn, span_id) VALUES ('a', x'0102')"] {
             lock(&store.connection).execute(bad, []).unwrap();
-            assert!(store.exported("a").await.is_err(), "{bad}");
+            assert!(store.histories(&["a"]).await.is_err(), "{bad}");
             lock(&store.connection).execute("DELETE FROM exported WHERE span_id != x'0101010101010101'", []).unwrap();
         }
     }
