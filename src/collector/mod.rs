@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
@@ -17,15 +17,22 @@ use crate::config::{Config, PollConfig};
 use crate::convert::{self, ContentPolicy, ExecutionView};
 use crate::export::{ExportError, Exporter};
 use crate::metrics::{FlowLabels, Metrics};
-use crate::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
+use crate::model::{ExecutionStatus, FlowDefinition, Timestamp};
 use crate::source::{ApiError, ErrorKind, FlowSource};
 use crate::span::{hex, SpanRecord};
 use crate::state::{ExportMark, History, StateStore, StreamRead};
 
+mod board;
+mod discovery;
+mod fetch;
 pub mod lifecycle;
+mod plan;
+
+use fetch::{fetch, Fetched};
+use plan::Work;
 
 use crate::timefmt::now_nanos;
-use lifecycle::{Cursor, Tracked};
+use lifecycle::Tracked;
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -37,93 +44,7 @@ pub struct Flow {
     pub source: FlowSource,
 }
 
-/// What the landing page and readiness show, updated by the collector.
-#[derive(Default)]
-pub struct StatusBoard {
-    inner: Mutex<BoardInner>,
-}
-
-#[derive(Default)]
-struct BoardInner {
-    ready: bool,
-    shutting_down: bool,
-    flows: Vec<FlowStatus>,
-    parked: Vec<ParkedExecution>,
-}
-
-/// An execution whose spans the OTLP endpoint refused for good.
-#[derive(Clone, Debug)]
-pub struct ParkedExecution {
-    pub flow_id: String,
-    pub arn: String,
-    pub reason: String,
-    pub message: String,
-    pub since: i64,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct FlowStatus {
-    pub flow_id: String,
-    pub flow_name: String,
-    pub last_successful_poll: Option<i64>,
-    pub last_error: Option<String>,
-    pub running: usize,
-    /// (end time, status) of executions finished in the last hour.
-    pub recent: VecDeque<(i64, &'static str)>,
-}
-
-impl StatusBoard {
-    pub fn new(flows: &[(String, String)]) -> StatusBoard {
-        let board = StatusBoard::default();
-        board.lock().flows = flows.iter().map(|(id, name)| FlowStatus { flow_id: id.clone(), flow_name: name.clone(), ..Default::default() }).collect();
-        board
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, BoardInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    pub fn ready(&self) -> bool {
-        let b = self.lock();
-        b.ready && !b.shutting_down
-    }
-    pub fn set_ready(&self) {
-        self.lock().ready = true;
-    }
-    pub fn set_shutting_down(&self) {
-        self.lock().shutting_down = true;
-    }
-    pub fn flows(&self) -> Vec<FlowStatus> {
-        self.lock().flows.clone()
-    }
-    pub fn parked(&self) -> Vec<ParkedExecution> {
-        self.lock().parked.clone()
-    }
-    fn park(&self, flow_id: &str, arn: &str, reason: &str, message: &str) {
-        let mut b = self.lock();
-        b.parked.retain(|p| p.arn != arn);
-        b.parked.push(ParkedExecution { flow_id: flow_id.into(), arn: arn.into(), reason: reason.into(), message: message.into(), since: now_nanos() });
-    }
-    fn unpark(&self, arn: &str) {
-        self.lock().parked.retain(|p| p.arn != arn);
-    }
-    fn update(&self, flow_id: &str, f: impl FnOnce(&mut FlowStatus)) {
-        if let Some(s) = self.lock().flows.iter_mut().find(|s| s.flow_id == flow_id) {
-            f(s);
-        }
-    }
-}
-
-/// One line per finished execution, for the demo's console.
-#[derive(Clone, Debug)]
-pub struct FinishedExecution {
-    pub flow_name: String,
-    pub status: String,
-    pub duration_secs: f64,
-    pub spans: usize,
-    pub trace_id: String,
-    pub arn: String,
-}
-
-pub type FinishedHook = Arc<dyn Fn(&FinishedExecution) + Send + Sync>;
+pub use board::{FinishedExecution, FinishedHook, FlowStatus, ParkedExecution, StatusBoard};
 
 pub struct Collector {
     flows: Vec<Flow>,
@@ -169,28 +90,9 @@ enum Delivery {
     NotSent,
 }
 
-/// Work on one execution in one cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Work {
-    /// Read new events (running, or an unknown status).
-    Fetch,
-    /// The final read of a terminal execution, then finish it.
-    Final,
-    /// Nothing to read: export what is derived and not exported yet.
-    ExportOnly,
-}
-
 /// An execution converted in this pass: its state, the span ids to mark, whether it is done,
 /// its root span (when done) and how many spans it has in all.
 type Mark = (Tracked, Vec<[u8; 8]>, bool, Option<SpanRecord>, usize);
-
-struct Fetched {
-    arn: String,
-    tracked: Tracked,
-    new_node: Vec<Event>,
-    new_flow: Vec<Event>,
-    first_seq: (usize, usize),
-}
 
 impl Collector {
     #[allow(clippy::too_many_arguments)]
@@ -258,168 +160,11 @@ impl Collector {
         FlowLabels { flow_id: t.flow_id.clone(), flow_name: name, alias: t.alias.clone() }
     }
 
-    /// Lists one flow's executions: admits new ones (when `admit`), updates the status of known
-    /// ones. Stops early only when the pages seen prove newest-first order and nothing new or
-    /// active can follow; `full` reads every page.
-    async fn discover(&mut self, f: usize, now: i64, last_poll: Option<i64>, full: bool, admit: bool) -> Result<(), ApiError> {
-        let lookback = self.poll.lookback_secs as i64 * SECOND;
-        // After downtime, reach back to the last poll too (with an hour of margin).
-        let cutoff = match last_poll {
-            Some(t) => (now - lookback).min(t - 3600 * SECOND),
-            None => now - lookback,
-        };
-        let aliases: Vec<Option<String>> =
-            if self.flows[f].aliases.is_empty() { vec![None] } else { self.flows[f].aliases.iter().cloned().map(Some).collect() };
-        let flow_id = self.flows[f].id.clone();
-        let settle = self.poll.settle_secs as i64 * SECOND;
-        let mut changed: Vec<String> = Vec::new();
-        // Taken once per scan: executions only turn terminal during it, so this bound can only
-        // be older than the current one, which pages further, never less far.
-        let oldest_active =
-            self.tracked.values().filter(|t| t.flow_id == flow_id && !ExecutionStatus::parse(&t.status).is_terminal()).map(|t| t.created_at).min();
-        for alias in aliases {
-            let mut token = None;
-            let mut previous_created = i64::MAX;
-            let mut descending = true;
-            loop {
-                let (items, next) = self.flows[f].source.list_executions(&flow_id, alias.as_deref(), token.take()).await?;
-                let mut page_has_new = false;
-                let mut page_oldest = i64::MAX;
-                // Finished executions are asked of the store (one look-up per page), not kept in
-                // memory: memory does not grow with the number of finished executions. When
-                // the store cannot tell, nothing new is admitted from the page.
-                let untracked: Vec<&str> = items.iter().map(|s| s.execution_arn.as_str()).filter(|a| !self.tracked.contains_key(*a)).collect();
-                let finished = match self.store.finished_among(&untracked).await {
-                    Ok(finished) => Some(finished),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot look up finished executions; new ones are admitted on a later poll");
-                        None
-                    }
-                };
-                for s in items {
-                    let created = s.created_at.0;
-                    if created > previous_created {
-                        descending = false;
-                    }
-                    previous_created = created;
-                    page_oldest = page_oldest.min(created);
-                    if let Some(t) = self.tracked.get_mut(&s.execution_arn) {
-                        let status = s.status.as_str().to_string();
-                        if t.status != status || t.ended_at != s.ended_at.map(|e| e.0) {
-                            if s.status.is_terminal() && t.terminal_seen_at.is_none() {
-                                t.terminal_seen_at = Some(now);
-                            }
-                            t.status = status;
-                            t.ended_at = s.ended_at.map(|e| e.0);
-                            changed.push(t.arn.clone());
-                        }
-                        continue;
-                    }
-                    if !admit || created < cutoff || created == 0 || finished.as_ref().is_none_or(|f| f.contains(&s.execution_arn)) {
-                        continue;
-                    }
-                    page_has_new = true;
-                    let terminal = s.status.is_terminal();
-                    let ended = s.ended_at.map(|e| e.0);
-                    let t = Tracked {
-                        arn: s.execution_arn.clone(),
-                        flow_id: flow_id.clone(),
-                        alias: s.flow_alias_identifier.clone(),
-                        version: s.flow_version.clone(),
-                        created_at: created,
-                        ended_at: ended,
-                        status: s.status.as_str().to_string(),
-                        needs_settle: !terminal || ended.is_none_or(|e| e > now - settle),
-                        terminal_seen_at: terminal.then_some(now),
-                        errors: None,
-                        node_cursor: Cursor::default(),
-                        flow_cursor: Cursor::default(),
-                        node_checked: 0,
-                        flow_checked: 0,
-                        final_read: false,
-                        unknown_status_counted: false,
-                    };
-                    changed.push(t.arn.clone());
-                    if self.seen_aliases.insert((flow_id.clone(), t.alias.clone())) {
-                        self.metrics.init_flow(&FlowLabels { flow_id: flow_id.clone(), flow_name: self.flows[f].name.clone(), alias: t.alias.clone() });
-                    }
-                    self.pending.insert(t.arn.clone());
-                    self.tracked.insert(t.arn.clone(), t);
-                }
-                let Some(next_token) = next else { break };
-                // Stop only past every tracked running execution (strictly older: on a tie, one
-                // may still be on a later page).
-                if !full && descending && !page_has_new && oldest_active.is_none_or(|a| page_oldest < a) && page_oldest < i64::MAX {
-                    break;
-                }
-                token = Some(next_token);
-            }
-        }
-        let items: Vec<Tracked> = changed.iter().filter_map(|a| self.tracked.get(a)).cloned().collect();
-        if let Err(e) = self.store.save_all(&items).await {
-            tracing::error!(error = %e, "cannot save the listing to the state store");
-        }
-        Ok(())
-    }
-
-    async fn discover_all(&mut self, full_scan: bool, admit: bool) {
-        let all: Vec<usize> = (0..self.flows.len()).collect();
-        self.discover_flows(&all, full_scan, admit).await;
-    }
-
-    /// Lists the given flows; returns those whose listing failed (shown on `/` and logged).
-    async fn discover_flows(&mut self, flows: &[usize], full_scan: bool, admit: bool) -> Vec<usize> {
-        let now = now_nanos();
-        let mut failed = Vec::new();
-        for &f in flows {
-            let flow_id = self.flows[f].id.clone();
-            let marks = self.store.flow_marks(&flow_id).await.unwrap_or_default();
-            let (last_poll, last_full) = (marks.last_poll, marks.last_full_scan);
-            let full = full_scan || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
-            match self.discover(f, now, last_poll, full, admit).await {
-                Ok(()) => {
-                    let _ = self.store.set_flow_marks(&flow_id, now, full.then_some(now)).await;
-                    self.metrics.last_successful_poll.get_or_create(&vec![("flow_id", flow_id.clone())]).set(now as f64 / 1e9);
-                    self.board.update(&flow_id, |s| {
-                        s.last_successful_poll = Some(now);
-                        s.last_error = None;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(flow_id = %flow_id, error = %e, "listing executions failed; other flows go on");
-                    self.board.update(&flow_id, |s| s.last_error = Some(e.to_string()));
-                    failed.push(f);
-                }
-            }
-        }
-        failed
-    }
-
     /// What each tracked execution needs now.
     fn plan(&self, now: i64) -> Vec<(String, Work)> {
         let settle = self.poll.settle_secs as i64 * SECOND;
-        let mut work: Vec<(String, Work)> = self
-            .tracked
-            .values()
-            .filter_map(|t| {
-                let status = ExecutionStatus::parse(&t.status);
-                let w = if !status.is_terminal() {
-                    Work::Fetch
-                } else if !t.final_read {
-                    let settle_at = t.ended_at.or(t.terminal_seen_at).unwrap_or(now) + settle;
-                    if !t.needs_settle || now >= settle_at {
-                        Work::Final
-                    } else if self.pending.contains(&t.arn) {
-                        Work::ExportOnly
-                    } else {
-                        return None;
-                    }
-                } else {
-                    Work::Final
-                };
-                Some((t.arn.clone(), w))
-            })
-            .collect();
+        let mut work: Vec<(String, Work)> =
+            self.tracked.values().filter_map(|t| Some((t.arn.clone(), plan::work_for(t, now, settle, self.pending.contains(&t.arn))?))).collect();
         work.sort_by(|a, b| a.0.cmp(&b.0));
         work
     }
@@ -1008,114 +753,6 @@ fn progress_bar(done: usize, total: usize, width: usize) -> String {
     let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
     let percent = (done * 100).checked_div(total).unwrap_or(100);
     format!("[{}{}] {percent:>3}% {done}/{total} executions exported", "#".repeat(filled), "-".repeat(width - filled))
-}
-
-/// Reads one execution's new events (and errors at the end) without touching shared state.
-async fn fetch(source: FlowSource, mut t: Tracked, work: Work) -> Result<Fetched, (String, ApiError)> {
-    let arn = t.arn.clone();
-    let first_seq = (t.node_cursor.total, t.flow_cursor.total);
-    let mut new_node = Vec::new();
-    let mut new_flow = Vec::new();
-    if work != Work::ExportOnly && !(work == Work::Final && t.final_read) {
-        let mut vanished = false;
-        for flow_stream in [false, true] {
-            let cursor = if flow_stream { t.flow_cursor.clone() } else { t.node_cursor.clone() };
-            match read_stream(&source, &t, flow_stream, cursor).await {
-                Ok((events, cursor)) => {
-                    if flow_stream {
-                        new_flow = events;
-                        t.flow_cursor = cursor;
-                    } else {
-                        new_node = events;
-                        t.node_cursor = cursor;
-                    }
-                }
-                Err(e) if e.kind == ErrorKind::NotFound => vanished = true,
-                Err(e) => return Err((arn, e)),
-            }
-        }
-        let status = ExecutionStatus::parse(&t.status);
-        if vanished {
-            // An execution whose events answer 404 is finished with what was read.
-            if !status.is_terminal() {
-                t.status = "Aborted".into();
-                t.ended_at = t.ended_at.or(Some(now_nanos()));
-            }
-            t.final_read = true;
-        } else if work == Work::Final {
-            if matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) && t.errors.is_none() {
-                match source.get_execution(&t.flow_id, &t.alias, &t.arn).await {
-                    Ok((_, ended, errors)) => {
-                        t.errors = Some(errors);
-                        t.ended_at = t.ended_at.or(ended.map(|e| e.0));
-                    }
-                    Err(e) if e.kind == ErrorKind::NotFound => t.errors = Some(Vec::new()),
-                    Err(e) => return Err((arn, e)),
-                }
-            }
-            t.final_read = true;
-        }
-    }
-    Ok(Fetched { arn, tracked: t, new_node, new_flow, first_seq })
-}
-
-/// Pages one stream from its cursor: re-requests the tail page and keeps only what is new;
-/// falls back to a full re-read (skipping what was read) when the token is rejected.
-async fn read_stream(source: &FlowSource, t: &Tracked, flow_stream: bool, mut cursor: Cursor) -> Result<(Vec<Event>, Cursor), ApiError> {
-    let mut new = Vec::new();
-    let mut token = cursor.token.clone();
-    let mut skip = cursor.consumed;
-    loop {
-        match source.list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone()).await {
-            Ok((items, next)) => {
-                if items.len() < skip {
-                    // The page shrank: the token no longer means what it did.
-                    return reread_all(source, t, flow_stream, cursor.total).await;
-                }
-                let page_len = items.len();
-                new.extend(items.into_iter().skip(skip));
-                match next {
-                    Some(n) => {
-                        token = Some(n);
-                        skip = 0;
-                    }
-                    None => {
-                        cursor.token = token;
-                        cursor.consumed = page_len;
-                        cursor.total += new.len();
-                        return Ok((new, cursor));
-                    }
-                }
-            }
-            Err(e) if e.kind == ErrorKind::Validation && token.is_some() => {
-                tracing::debug!(arn = %t.arn, "page token rejected; re-reading the stream from the start");
-                let (mut all_new, cursor) = reread_all(source, t, flow_stream, cursor.total).await?;
-                // Events read on earlier pages of this pass are part of the re-read too.
-                all_new.drain(..new.len().min(all_new.len()));
-                new.extend(all_new);
-                return Ok((new, cursor));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn reread_all(source: &FlowSource, t: &Tracked, flow_stream: bool, already: usize) -> Result<(Vec<Event>, Cursor), ApiError> {
-    let mut all = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let (items, next) = source.list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone()).await?;
-        let page_len = items.len();
-        all.extend(items);
-        match next {
-            Some(n) => token = Some(n),
-            None => {
-                let total = all.len();
-                let new = if total > already { all.split_off(already) } else { Vec::new() };
-                return Ok((new, Cursor { token, consumed: page_len, total: total.max(already) }));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

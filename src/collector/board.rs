@@ -1,0 +1,95 @@
+//! What the landing page, readiness and the demo's console show: the collector writes it, the
+//! HTTP endpoint and the demo read it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use crate::timefmt::now_nanos;
+
+/// What the landing page and readiness show, updated by the collector.
+#[derive(Default)]
+pub struct StatusBoard {
+    inner: Mutex<BoardInner>,
+}
+
+#[derive(Default)]
+struct BoardInner {
+    ready: bool,
+    shutting_down: bool,
+    flows: Vec<FlowStatus>,
+    parked: Vec<ParkedExecution>,
+}
+
+/// An execution whose spans the OTLP endpoint refused for good.
+#[derive(Clone, Debug)]
+pub struct ParkedExecution {
+    pub flow_id: String,
+    pub arn: String,
+    pub reason: String,
+    pub message: String,
+    pub since: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FlowStatus {
+    pub flow_id: String,
+    pub flow_name: String,
+    pub last_successful_poll: Option<i64>,
+    pub last_error: Option<String>,
+    pub running: usize,
+    /// (end time, status) of executions finished in the last hour.
+    pub recent: VecDeque<(i64, &'static str)>,
+}
+
+impl StatusBoard {
+    pub fn new(flows: &[(String, String)]) -> StatusBoard {
+        let board = StatusBoard::default();
+        board.lock().flows = flows.iter().map(|(id, name)| FlowStatus { flow_id: id.clone(), flow_name: name.clone(), ..Default::default() }).collect();
+        board
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, BoardInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn ready(&self) -> bool {
+        let b = self.lock();
+        b.ready && !b.shutting_down
+    }
+    pub fn set_ready(&self) {
+        self.lock().ready = true;
+    }
+    pub fn set_shutting_down(&self) {
+        self.lock().shutting_down = true;
+    }
+    pub fn flows(&self) -> Vec<FlowStatus> {
+        self.lock().flows.clone()
+    }
+    pub fn parked(&self) -> Vec<ParkedExecution> {
+        self.lock().parked.clone()
+    }
+    pub(super) fn park(&self, flow_id: &str, arn: &str, reason: &str, message: &str) {
+        let mut b = self.lock();
+        b.parked.retain(|p| p.arn != arn);
+        b.parked.push(ParkedExecution { flow_id: flow_id.into(), arn: arn.into(), reason: reason.into(), message: message.into(), since: now_nanos() });
+    }
+    pub(super) fn unpark(&self, arn: &str) {
+        self.lock().parked.retain(|p| p.arn != arn);
+    }
+    pub(super) fn update(&self, flow_id: &str, f: impl FnOnce(&mut FlowStatus)) {
+        if let Some(s) = self.lock().flows.iter_mut().find(|s| s.flow_id == flow_id) {
+            f(s);
+        }
+    }
+}
+
+/// One line per finished execution, for the demo's console.
+#[derive(Clone, Debug)]
+pub struct FinishedExecution {
+    pub flow_name: String,
+    pub status: String,
+    pub duration_secs: f64,
+    pub spans: usize,
+    pub trace_id: String,
+    pub arn: String,
+}
+
+pub type FinishedHook = Arc<dyn Fn(&FinishedExecution) + Send + Sync>;

@@ -1,0 +1,127 @@
+//! Reading an execution's events: both streams from their cursors (the tail page again, then
+//! what follows), the full re-read when a token is rejected, and GetFlowExecution at the end.
+//! It touches no shared state: it takes an execution's state and returns it advanced.
+
+use super::lifecycle::{Cursor, Tracked};
+use super::plan::Work;
+use crate::model::{Event, ExecutionStatus};
+use crate::source::{ApiError, ErrorKind, FlowSource};
+use crate::timefmt::now_nanos;
+
+/// What one read brought: the advanced state and the new events of each stream, which start at
+/// the stream totals before the read (`first_seq`: node, flow).
+pub struct Fetched {
+    pub arn: String,
+    pub tracked: Tracked,
+    pub new_node: Vec<Event>,
+    pub new_flow: Vec<Event>,
+    pub first_seq: (usize, usize),
+}
+
+/// Reads one execution's new events (and errors at the end) without touching shared state.
+pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work) -> Result<Fetched, (String, ApiError)> {
+    let arn = t.arn.clone();
+    let first_seq = (t.node_cursor.total, t.flow_cursor.total);
+    let mut new_node = Vec::new();
+    let mut new_flow = Vec::new();
+    if work != Work::ExportOnly && !(work == Work::Final && t.final_read) {
+        let mut vanished = false;
+        for flow_stream in [false, true] {
+            let cursor = if flow_stream { t.flow_cursor.clone() } else { t.node_cursor.clone() };
+            match read_stream(&source, &t, flow_stream, cursor).await {
+                Ok((events, cursor)) => {
+                    if flow_stream {
+                        new_flow = events;
+                        t.flow_cursor = cursor;
+                    } else {
+                        new_node = events;
+                        t.node_cursor = cursor;
+                    }
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => vanished = true,
+                Err(e) => return Err((arn, e)),
+            }
+        }
+        let status = ExecutionStatus::parse(&t.status);
+        if vanished {
+            // An execution whose events answer 404 is finished with what was read.
+            if !status.is_terminal() {
+                t.status = "Aborted".into();
+                t.ended_at = t.ended_at.or(Some(now_nanos()));
+            }
+            t.final_read = true;
+        } else if work == Work::Final {
+            if matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) && t.errors.is_none() {
+                match source.get_execution(&t.flow_id, &t.alias, &t.arn).await {
+                    Ok((_, ended, errors)) => {
+                        t.errors = Some(errors);
+                        t.ended_at = t.ended_at.or(ended.map(|e| e.0));
+                    }
+                    Err(e) if e.kind == ErrorKind::NotFound => t.errors = Some(Vec::new()),
+                    Err(e) => return Err((arn, e)),
+                }
+            }
+            t.final_read = true;
+        }
+    }
+    Ok(Fetched { arn, tracked: t, new_node, new_flow, first_seq })
+}
+
+/// Pages one stream from its cursor: re-requests the tail page and keeps only what is new;
+/// falls back to a full re-read (skipping what was read) when the token is rejected.
+async fn read_stream(source: &FlowSource, t: &Tracked, flow_stream: bool, mut cursor: Cursor) -> Result<(Vec<Event>, Cursor), ApiError> {
+    let mut new = Vec::new();
+    let mut token = cursor.token.clone();
+    let mut skip = cursor.consumed;
+    loop {
+        match source.list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone()).await {
+            Ok((items, next)) => {
+                if items.len() < skip {
+                    // The page shrank: the token no longer means what it did.
+                    return reread_all(source, t, flow_stream, cursor.total).await;
+                }
+                let page_len = items.len();
+                new.extend(items.into_iter().skip(skip));
+                match next {
+                    Some(n) => {
+                        token = Some(n);
+                        skip = 0;
+                    }
+                    None => {
+                        cursor.token = token;
+                        cursor.consumed = page_len;
+                        cursor.total += new.len();
+                        return Ok((new, cursor));
+                    }
+                }
+            }
+            Err(e) if e.kind == ErrorKind::Validation && token.is_some() => {
+                tracing::debug!(arn = %t.arn, "page token rejected; re-reading the stream from the start");
+                let (mut all_new, cursor) = reread_all(source, t, flow_stream, cursor.total).await?;
+                // Events read on earlier pages of this pass are part of the re-read too.
+                all_new.drain(..new.len().min(all_new.len()));
+                new.extend(all_new);
+                return Ok((new, cursor));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn reread_all(source: &FlowSource, t: &Tracked, flow_stream: bool, already: usize) -> Result<(Vec<Event>, Cursor), ApiError> {
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let (items, next) = source.list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone()).await?;
+        let page_len = items.len();
+        all.extend(items);
+        match next {
+            Some(n) => token = Some(n),
+            None => {
+                let total = all.len();
+                let new = if total > already { all.split_off(already) } else { Vec::new() };
+                return Ok((new, Cursor { token, consumed: page_len, total: total.max(already) }));
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! What to do with each tracked execution now: a pure decision on its state and the clock.
+
+use super::lifecycle::Tracked;
+use crate::model::ExecutionStatus;
+
+/// Work on one execution in one cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Read new events (running, or an unknown status).
+    Fetch,
+    /// The final read of a terminal execution, then finish it.
+    Final,
+    /// Nothing to read: export what is derived and not exported yet.
+    ExportOnly,
+}
+
+/// The work an execution has now: running (or of unknown status) executions are read; a
+/// terminal one gets its final read once it settled (`settle` after it ended, or at once when it
+/// needs no settle re-read); meanwhile only its pending spans are exported. `None`: nothing now.
+pub fn work_for(t: &Tracked, now: i64, settle: i64, pending: bool) -> Option<Work> {
+    if !ExecutionStatus::parse(&t.status).is_terminal() {
+        return Some(Work::Fetch);
+    }
+    if t.final_read {
+        return Some(Work::Final);
+    }
+    let settle_at = t.ended_at.or(t.terminal_seen_at).unwrap_or(now) + settle;
+    if !t.needs_settle || now >= settle_at {
+        Some(Work::Final)
+    } else if pending {
+        Some(Work::ExportOnly)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests::tracked;
+
+    #[test]
+    fn work_follows_the_status_the_settle_time_and_what_is_pending() {
+        let at = |status: &str, ended: Option<i64>, seen: Option<i64>, needs_settle: bool, final_read: bool| {
+            let mut t = tracked("a");
+            t.status = status.into();
+            t.ended_at = ended;
+            t.terminal_seen_at = seen;
+            t.needs_settle = needs_settle;
+            t.final_read = final_read;
+            t
+        };
+        // (state, now, pending) -> work, with settle = 10.
+        let cases: [(Tracked, i64, bool, Option<Work>); 10] = [
+            (at("Running", None, None, true, false), 100, false, Some(Work::Fetch)),
+            (at("Paused", None, None, true, false), 100, false, Some(Work::Fetch)),
+            (at("Succeeded", Some(95), Some(96), true, false), 100, false, None),
+            (at("Succeeded", Some(95), Some(96), true, false), 100, true, Some(Work::ExportOnly)),
+            (at("Succeeded", Some(95), Some(96), true, false), 105, false, Some(Work::Final)),
+            (at("Failed", None, Some(92), true, false), 101, false, None),
+            (at("Failed", None, Some(92), true, false), 102, false, Some(Work::Final)),
+            (at("Aborted", Some(99), None, false, false), 100, false, Some(Work::Final)),
+            (at("TimedOut", Some(99), None, true, true), 100, false, Some(Work::Final)),
+            // No end time known: it waits (discovery records when it saw the terminal status,
+            // so this state does not arise from a listing).
+            (at("Succeeded", None, None, true, false), 100, false, None),
+        ];
+        for (i, (t, now, pending, expected)) in cases.iter().enumerate() {
+            assert_eq!(work_for(t, *now, 10, *pending), *expected, "case {i}: {} at {now}", t.status);
+        }
+    }
+}
