@@ -1,0 +1,90 @@
+//! Delivery of spans to the OTLP endpoint: requests bounded by span count and encoded bytes,
+//! spans too large cut to fit, a permanent refusal narrowed down to the execution responsible
+//! (which is parked), a retryable failure that stops the sending until the backoff.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::lifecycle::Tracked;
+use super::Collector;
+use crate::export::ExportError;
+use crate::span::{hex, SpanRecord};
+
+/// How long an execution refused for good waits before its spans are offered again.
+const PARK_RETRY: Duration = Duration::from_secs(15 * 60);
+
+/// What became of one execution's spans in one export.
+#[derive(Clone, Debug)]
+pub(super) enum Delivery {
+    Accepted,
+    /// Refused for good: the execution is parked.
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+    /// Not sent, or not accepted yet (a retryable failure): retried after the backoff.
+    NotSent,
+}
+
+impl Collector {
+    /// Sends the spans of several executions (`spans[bounds[i]..bounds[i + 1]]` is execution
+    /// i's) in requests bounded by span count and encoded bytes, cutting down any span larger
+    /// than a request. A permanent refusal is narrowed down by halving the executions sent
+    /// together until the one responsible is found; a retryable failure stops the sending (the
+    /// rest waits for the backoff). Returns each execution's delivery and the retryable error.
+    pub(super) async fn send(&self, spans: &mut [SpanRecord], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
+        let (max_spans, max_bytes) = (self.exporter.batch_size(), self.exporter.max_batch_bytes());
+        for span in spans.iter_mut() {
+            if crate::export::cut_to_fit(span, max_bytes.saturating_sub(crate::export::REQUEST_OVERHEAD)) {
+                self.metrics.spans_cut.inc();
+                tracing::warn!(span = %span.name, trace_id = %hex(&span.trace_id), max_bytes, "span larger than traces.max_batch_bytes; its content was cut to fit");
+            }
+        }
+        let executions = bounds.len() - 1;
+        let mut deliveries = vec![Delivery::NotSent; executions];
+        let mut queue: VecDeque<std::ops::Range<usize>> = VecDeque::new();
+        queue.push_back(0..executions);
+        while let Some(group) = queue.pop_front() {
+            let first = bounds[group.start];
+            let sizes: Vec<usize> = spans[first..bounds[group.end]].iter().map(crate::export::encoded_len_estimate).collect();
+            let mut failure = None;
+            for batch in crate::export::pack(&sizes, max_spans, max_bytes) {
+                if let Err(e) = self.exporter.export(&spans[first + batch.start..first + batch.end]).await {
+                    self.metrics.span_export_errors.inc();
+                    failure = Some(e);
+                    break;
+                }
+            }
+            match failure {
+                None => deliveries[group].fill(Delivery::Accepted),
+                Some(ExportError::Permanent { reason, message }) if group.len() == 1 => deliveries[group.start] = Delivery::Refused { reason, message },
+                Some(ExportError::Permanent { .. }) => {
+                    let middle = group.start + group.len() / 2;
+                    queue.push_front(middle..group.end);
+                    queue.push_front(group.start..middle);
+                }
+                Some(e) => return (deliveries, Some(e)),
+            }
+        }
+        (deliveries, None)
+    }
+
+    /// Sets an execution the endpoint refused for good aside, counted and shown on `/`; its
+    /// spans are offered again after `PARK_RETRY`, while the others go on.
+    pub(super) fn park(&mut self, t: &Tracked, reason: &'static str, message: String) {
+        tracing::error!(arn = %t.arn, reason, error = %message, retry_in = ?PARK_RETRY, "the OTLP endpoint refused this execution's spans for good; it is set aside and retried rarely");
+        if !self.parked.contains_key(&t.arn) {
+            self.metrics.span_export_refused.get_or_create(&vec![("reason", reason.to_string())]).inc();
+        }
+        self.parked.insert(t.arn.clone(), Instant::now() + PARK_RETRY);
+        self.metrics.executions_parked.set(self.parked.len() as i64);
+        self.board.park(&t.flow_id, &t.arn, reason, &message);
+    }
+
+    pub(super) fn unpark(&mut self, arn: &str) {
+        if self.parked.remove(arn).is_some() {
+            self.metrics.executions_parked.set(self.parked.len() as i64);
+            self.board.unpark(arn);
+        }
+    }
+}
