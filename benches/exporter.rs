@@ -257,7 +257,7 @@ async fn main() {
                     version: "1".into(),
                     created_at: now_nanos(),
                     ended_at: Some(now_nanos()),
-                    status: "Succeeded".into(),
+                    status: bedrock_flow_exporter::model::ExecutionStatus::Succeeded,
                     needs_settle: false,
                     terminal_seen_at: None,
                     errors: None,

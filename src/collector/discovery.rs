@@ -5,7 +5,6 @@
 use super::lifecycle::{Cursor, Tracked};
 use super::{Collector, SECOND};
 use crate::metrics::FlowLabels;
-use crate::model::ExecutionStatus;
 use crate::source::ApiError;
 use crate::timefmt::now_nanos;
 
@@ -34,8 +33,7 @@ impl Collector {
         let mut changed: Vec<String> = Vec::new();
         // Taken once per scan: executions only turn terminal during it, so this bound can only
         // be older than the current one, which pages further, never less far.
-        let oldest_active =
-            self.tracked.values().filter(|t| t.flow_id == flow_id && !ExecutionStatus::parse(&t.status).is_terminal()).map(|t| t.created_at).min();
+        let oldest_active = self.tracked.values().filter(|t| t.flow_id == flow_id && !t.status.is_terminal()).map(|t| t.created_at).min();
         for alias in aliases {
             let mut token = None;
             let mut previous_created = i64::MAX;
@@ -63,12 +61,11 @@ impl Collector {
                     previous_created = created;
                     page_oldest = page_oldest.min(created);
                     if let Some(t) = self.tracked.get_mut(&s.execution_arn) {
-                        let status = s.status.as_str().to_string();
-                        if t.status != status || t.ended_at != s.ended_at.map(|e| e.0) {
+                        if t.status != s.status || t.ended_at != s.ended_at.map(|e| e.0) {
                             if s.status.is_terminal() && t.terminal_seen_at.is_none() {
                                 t.terminal_seen_at = Some(now);
                             }
-                            t.status = status;
+                            t.status = s.status.clone();
                             t.ended_at = s.ended_at.map(|e| e.0);
                             changed.push(t.arn.clone());
                         }
@@ -87,7 +84,7 @@ impl Collector {
                         version: s.flow_version.clone(),
                         created_at: created,
                         ended_at: ended,
-                        status: s.status.as_str().to_string(),
+                        status: s.status.clone(),
                         needs_settle: !terminal || ended.is_none_or(|e| e > now - settle),
                         terminal_seen_at: terminal.then_some(now),
                         errors: None,

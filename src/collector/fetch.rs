@@ -42,11 +42,11 @@ pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work) -> Result<Fet
                 Err(e) => return Err((arn, e)),
             }
         }
-        let status = ExecutionStatus::parse(&t.status);
+        let status = t.status.clone();
         if vanished {
             // An execution whose events answer 404 is finished with what was read.
             if !status.is_terminal() {
-                t.status = "Aborted".into();
+                t.status = ExecutionStatus::Aborted;
                 t.ended_at = t.ended_at.or(Some(now_nanos()));
             }
             t.final_read = true;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::ExecutionError;
+use crate::model::{ExecutionError, ExecutionStatus};
 
 /// Where paging of one event stream stands: the token that fetched the tail page (`None`: the
 /// first page) and how many of that page's items were consumed; `total` items read in all.
@@ -24,7 +24,7 @@ pub struct Tracked {
     pub version: String,
     pub created_at: i64,
     pub ended_at: Option<i64>,
-    pub status: String,
+    pub status: ExecutionStatus,
     /// Seen Running (or ended within `settle_secs` when found): gets a settle re-read.
     pub needs_settle: bool,
     /// When the terminal status was first seen.
@@ -37,4 +37,35 @@ pub struct Tracked {
     pub flow_checked: usize,
     pub final_read: bool,
     pub unknown_status_counted: bool,
+}
+
+/// Where a tracked execution is in its life, derived from its state (never stored beside it).
+/// Before it is tracked it is only listed; once done it leaves the registry and the store keeps
+/// it as finished, so neither is a phase here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Running (or of a status this version does not know): its events are read each poll.
+    Reading,
+    /// Ended less than `settle_secs` ago after it was seen running: waiting for the re-read.
+    Settling,
+    /// Ended: the final read is due or done; it is finished once its spans are accepted.
+    FinalRead,
+}
+
+impl Tracked {
+    /// The phase at `now` with the settle time `settle` (nanoseconds).
+    pub fn phase(&self, now: i64, settle: i64) -> Phase {
+        if !self.status.is_terminal() {
+            return Phase::Reading;
+        }
+        if self.final_read || !self.needs_settle {
+            return Phase::FinalRead;
+        }
+        let settle_at = self.ended_at.or(self.terminal_seen_at).unwrap_or(now) + settle;
+        if now >= settle_at {
+            Phase::FinalRead
+        } else {
+            Phase::Settling
+        }
+    }
 }

@@ -18,7 +18,7 @@ use crate::config::{Config, PollConfig};
 use crate::convert::ContentPolicy;
 use crate::export::Exporter;
 use crate::metrics::{FlowLabels, Metrics};
-use crate::model::{ExecutionStatus, FlowDefinition};
+use crate::model::FlowDefinition;
 use crate::source::FlowSource;
 use crate::state::StateStore;
 
@@ -215,7 +215,7 @@ impl Collector {
         loop {
             let cycle_started = Instant::now();
             // Re-list (without admitting new executions) only while some target still runs.
-            let any_running = targets.iter().any(|a| self.tracked.get(a).is_some_and(|t| !ExecutionStatus::parse(&t.status).is_terminal()));
+            let any_running = targets.iter().any(|a| self.tracked.get(a).is_some_and(|t| !t.status.is_terminal()));
             if any_running {
                 self.discover_flows(&listed, false, false).await;
             }

@@ -7,6 +7,7 @@ use super::board::FinishedExecution;
 use super::lifecycle::Tracked;
 use super::{Collector, SECOND};
 use crate::metrics::FlowLabels;
+use crate::model::ExecutionStatus;
 use crate::span::{hex, SpanRecord};
 use crate::timefmt::now_nanos;
 
@@ -25,7 +26,7 @@ impl Collector {
         }
         for t in self.tracked.values() {
             let entry = counts.entry((t.flow_id.clone(), t.alias.clone())).or_insert((0, None));
-            if t.status == "Running" {
+            if t.status == ExecutionStatus::Running {
                 entry.0 += 1;
                 entry.1 = Some(entry.1.map_or(t.created_at, |o| o.min(t.created_at)));
             }

@@ -184,7 +184,7 @@ impl Collector {
                 continue;
             };
             let History { node_events, flow_events, exported } = histories.remove(&arn).unwrap_or_default();
-            let status = ExecutionStatus::parse(&t.status);
+            let status = t.status.clone();
             let finished = status.is_terminal() && t.final_read;
             let labels = self.labels(&t);
             let definition = definitions.get(&arn).cloned().flatten();
@@ -300,7 +300,7 @@ impl Collector {
                 if let Some(root) = root {
                     self.observe_finished(&t, &root, total);
                 }
-                *self.finished_here.entry(t.status.clone()).or_default() += 1;
+                *self.finished_here.entry(t.status.as_str().to_string()).or_default() += 1;
                 self.tracked.remove(&t.arn);
                 self.pending.remove(&t.arn);
                 if t.version == "DRAFT" {

@@ -1,7 +1,6 @@
 //! What to do with each tracked execution now: a pure decision on its state and the clock.
 
-use super::lifecycle::Tracked;
-use crate::model::ExecutionStatus;
+use super::lifecycle::{Phase, Tracked};
 
 /// Work on one execution in one cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,19 +17,10 @@ pub enum Work {
 /// terminal one gets its final read once it settled (`settle` after it ended, or at once when it
 /// needs no settle re-read); meanwhile only its pending spans are exported. `None`: nothing now.
 pub fn work_for(t: &Tracked, now: i64, settle: i64, pending: bool) -> Option<Work> {
-    if !ExecutionStatus::parse(&t.status).is_terminal() {
-        return Some(Work::Fetch);
-    }
-    if t.final_read {
-        return Some(Work::Final);
-    }
-    let settle_at = t.ended_at.or(t.terminal_seen_at).unwrap_or(now) + settle;
-    if !t.needs_settle || now >= settle_at {
-        Some(Work::Final)
-    } else if pending {
-        Some(Work::ExportOnly)
-    } else {
-        None
+    match t.phase(now, settle) {
+        Phase::Reading => Some(Work::Fetch),
+        Phase::FinalRead => Some(Work::Final),
+        Phase::Settling => pending.then_some(Work::ExportOnly),
     }
 }
 
@@ -43,7 +33,7 @@ mod tests {
     fn work_follows_the_status_the_settle_time_and_what_is_pending() {
         let at = |status: &str, ended: Option<i64>, seen: Option<i64>, needs_settle: bool, final_read: bool| {
             let mut t = tracked("a");
-            t.status = status.into();
+            t.status = crate::model::ExecutionStatus::parse(status);
             t.ended_at = ended;
             t.terminal_seen_at = seen;
             t.needs_settle = needs_settle;
@@ -66,7 +56,7 @@ mod tests {
             (at("Succeeded", None, None, true, false), 100, false, None),
         ];
         for (i, (t, now, pending, expected)) in cases.iter().enumerate() {
-            assert_eq!(work_for(t, *now, 10, *pending), *expected, "case {i}: {} at {now}", t.status);
+            assert_eq!(work_for(t, *now, 10, *pending), *expected, "case {i}: {:?} at {now}", t.status);
         }
     }
 }

@@ -116,7 +116,7 @@ pub(crate) mod tests {
             version: "1".into(),
             created_at: 1,
             ended_at: None,
-            status: "Running".into(),
+            status: crate::model::ExecutionStatus::Running,
             needs_settle: true,
             terminal_seen_at: None,
             errors: None,
@@ -148,7 +148,7 @@ pub(crate) mod tests {
         assert_eq!(h.node_events, vec![event("n0", 1), event("n1", 3), event("n2", 4)]);
         assert_eq!(h.flow_events, vec![event("f0", 2)]);
         let mut b = tracked("b");
-        b.status = "Succeeded".into();
+        b.status = crate::model::ExecutionStatus::Succeeded;
         b.ended_at = Some(9);
         store.save_all(&[b.clone()]).await.unwrap();
         let mut loaded = store.load().await.unwrap();
@@ -161,7 +161,7 @@ pub(crate) mod tests {
         assert_eq!(history("b").await, History::default());
         assert_eq!(store.histories(&["a", "b", "unknown"]).await.unwrap().len(), 3, "one history per ARN asked");
         let mut finished_a = a.clone();
-        finished_a.status = "Failed".into();
+        finished_a.status = crate::model::ExecutionStatus::Failed;
         store.mark_exported(&[ExportMark { execution: finished_a, exported: vec![], done: true }]).await.unwrap();
         assert_eq!(store.load().await.unwrap(), vec![b.clone()], "a finished execution is not loaded");
         assert_eq!(history("a").await, History::default(), "its events and span ids are dropped");

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{ExportMark, FlowMarks, History, StateError, StateStore, StreamRead, SCHEMA_VERSION};
 use crate::collector::lifecycle::Tracked;
-use crate::model::Event;
+use crate::model::{Event, ExecutionStatus};
 
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
@@ -83,7 +83,7 @@ impl SqliteStore {
                     version: r.get(3)?,
                     created_at: r.get(4)?,
                     ended_at: r.get(5)?,
-                    status: r.get(6)?,
+                    status: ExecutionStatus::parse(&r.get::<_, String>(6)?),
                     needs_settle: r.get(7)?,
                     terminal_seen_at: r.get(8)?,
                     errors: errors.and_then(|e| serde_json::from_str(&e).ok()),
@@ -115,7 +115,7 @@ impl SqliteStore {
             t.version,
             t.created_at,
             t.ended_at,
-            t.status,
+            t.status.as_str(),
             t.needs_settle,
             t.terminal_seen_at,
             t.errors.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()),
