@@ -5,10 +5,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::events::{ExecutionParked, ExecutionUnparked, ExportRequestFailed, SpanCut};
 use super::lifecycle::Tracked;
 use super::Collector;
 use crate::export::ExportError;
-use crate::span::{hex, SpanRecord};
+use crate::span::SpanRecord;
 
 /// How long an execution refused for good waits before its spans are offered again.
 const PARK_RETRY: Duration = Duration::from_secs(15 * 60);
@@ -36,8 +37,7 @@ impl Collector {
         let (max_spans, max_bytes) = (self.exporter.batch_size(), self.exporter.max_batch_bytes());
         for span in spans.iter_mut() {
             if crate::export::cut_to_fit(span, max_bytes.saturating_sub(crate::export::REQUEST_OVERHEAD)) {
-                self.metrics.spans_cut.inc();
-                tracing::warn!(span = %span.name, trace_id = %hex(&span.trace_id), max_bytes, "span larger than traces.max_batch_bytes; its content was cut to fit");
+                self.events.emit(SpanCut { span, max_bytes });
             }
         }
         let executions = bounds.len() - 1;
@@ -50,7 +50,7 @@ impl Collector {
             let mut failure = None;
             for batch in crate::export::pack(&sizes, max_spans, max_bytes) {
                 if let Err(e) = self.exporter.export(&spans[first + batch.start..first + batch.end]).await {
-                    self.metrics.span_export_errors.inc();
+                    self.events.emit(ExportRequestFailed);
                     failure = Some(e);
                     break;
                 }
@@ -72,19 +72,21 @@ impl Collector {
     /// Sets an execution the endpoint refused for good aside, counted and shown on `/`; its
     /// spans are offered again after `PARK_RETRY`, while the others go on.
     pub(super) fn park(&mut self, t: &Tracked, reason: &'static str, message: String) {
-        tracing::error!(arn = %t.arn, reason, error = %message, retry_in = ?PARK_RETRY, "the OTLP endpoint refused this execution's spans for good; it is set aside and retried rarely");
-        if !self.parked.contains_key(&t.arn) {
-            self.metrics.span_export_refused.get_or_create(&vec![("reason", reason.to_string())]).inc();
-        }
-        self.parked.insert(t.arn.clone(), Instant::now() + PARK_RETRY);
-        self.metrics.executions_parked.set(self.parked.len() as i64);
-        self.board.park(&t.flow_id, &t.arn, reason, &message);
+        let again = self.parked.insert(t.arn.clone(), Instant::now() + PARK_RETRY).is_some();
+        self.events.emit(ExecutionParked {
+            flow_id: &t.flow_id,
+            arn: &t.arn,
+            reason,
+            message: &message,
+            retry_in: PARK_RETRY,
+            again,
+            parked_now: self.parked.len(),
+        });
     }
 
     pub(super) fn unpark(&mut self, arn: &str) {
         if self.parked.remove(arn).is_some() {
-            self.metrics.executions_parked.set(self.parked.len() as i64);
-            self.board.unpark(arn);
+            self.events.emit(ExecutionUnparked { arn, parked_now: self.parked.len() });
         }
     }
 }

@@ -2,6 +2,7 @@
 //! executions and learning the status changes of known ones, with an early stop only when the
 //! pages prove that nothing new or active can follow.
 
+use super::events::{AliasSeen, ListingFailed, ListingSucceeded, StoreFailed};
 use super::lifecycle::{Cursor, Tracked};
 use super::{Collector, SECOND};
 use crate::metrics::FlowLabels;
@@ -49,7 +50,7 @@ impl Collector {
                 let finished = match self.store.finished_among(&untracked).await {
                     Ok(finished) => Some(finished),
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot look up finished executions; new ones are admitted on a later poll");
+                        self.events.emit(StoreFailed { doing: "look up finished executions (new ones are admitted later)", error: &e });
                         None
                     }
                 };
@@ -97,7 +98,7 @@ impl Collector {
                     };
                     changed.push(t.arn.clone());
                     if self.seen_aliases.insert((flow_id.clone(), t.alias.clone())) {
-                        self.metrics.init_flow(&FlowLabels { flow_id: flow_id.clone(), flow_name: self.flows[f].name.clone(), alias: t.alias.clone() });
+                        self.events.emit(AliasSeen(&FlowLabels { flow_id: flow_id.clone(), flow_name: self.flows[f].name.clone(), alias: t.alias.clone() }));
                     }
                     self.pending.insert(t.arn.clone());
                     self.tracked.insert(t.arn.clone(), t);
@@ -111,7 +112,7 @@ impl Collector {
         }
         let items: Vec<Tracked> = changed.iter().filter_map(|a| self.tracked.get(a)).cloned().collect();
         if let Err(e) = self.store.save_all(&items).await {
-            tracing::error!(error = %e, "cannot save the listing to the state store");
+            self.events.emit(StoreFailed { doing: "save the listing", error: &e });
         }
         Ok(())
     }
@@ -133,15 +134,10 @@ impl Collector {
             match self.discover(f, now, last_poll, full, admit).await {
                 Ok(()) => {
                     let _ = self.store.set_flow_marks(&flow_id, now, full.then_some(now)).await;
-                    self.metrics.last_successful_poll.get_or_create(&vec![("flow_id", flow_id.clone())]).set(now as f64 / 1e9);
-                    self.board.update(&flow_id, |s| {
-                        s.last_successful_poll = Some(now);
-                        s.last_error = None;
-                    });
+                    self.events.emit(ListingSucceeded { flow_id: &flow_id, at: now });
                 }
                 Err(e) => {
-                    tracing::warn!(flow_id = %flow_id, error = %e, "listing executions failed; other flows go on");
-                    self.board.update(&flow_id, |s| s.last_error = Some(e.to_string()));
+                    self.events.emit(ListingFailed { flow_id: &flow_id, error: &e });
                     failed.push(f);
                 }
             }

@@ -25,12 +25,14 @@ use crate::state::StateStore;
 mod board;
 mod delivery;
 mod discovery;
+mod events;
 mod fetch;
 pub mod lifecycle;
 mod observe;
 mod pipeline;
 mod plan;
 
+use events::{AliasSeen, FirstPollDone, Instruments, TrackedCounted};
 use lifecycle::Tracked;
 use plan::Work;
 
@@ -52,8 +54,8 @@ pub struct Collector {
     flows: Vec<Flow>,
     store: Arc<dyn StateStore>,
     exporter: Arc<Exporter>,
-    metrics: Arc<Metrics>,
-    board: Arc<StatusBoard>,
+    /// Where what happens shows: metrics, the status board, the demo's console.
+    events: Instruments,
     policy: ContentPolicy,
     poll: PollConfig,
     tracked: HashMap<String, Tracked>,
@@ -63,9 +65,6 @@ pub struct Collector {
     parked: HashMap<String, Instant>,
     /// Executions with spans that may still need exporting (all active ones after a start).
     pending: HashSet<String>,
-    on_finished: Option<FinishedHook>,
-    /// Problems already logged, by reason (each kind is logged once).
-    logged_problems: HashSet<&'static str>,
     /// Executions this process finished, by status, and spans it exported.
     finished_here: std::collections::BTreeMap<String, usize>,
     spans_here: u64,
@@ -90,20 +89,20 @@ impl Collector {
             max_bytes: config.traces.max_content_bytes,
             redact: config.traces.redact.iter().filter_map(|p| regex::Regex::new(p).ok()).collect(),
         };
+        let events = Instruments::new(metrics, board, on_finished);
         for flow in &flows {
             for alias in &flow.aliases {
-                metrics.init_flow(&FlowLabels { flow_id: flow.id.clone(), flow_name: flow.name.clone(), alias: alias.clone() });
+                events.emit(AliasSeen(&FlowLabels { flow_id: flow.id.clone(), flow_name: flow.name.clone(), alias: alias.clone() }));
             }
         }
         let pending = loaded.iter().map(|t| t.arn.clone()).collect();
         let tracked: HashMap<String, Tracked> = loaded.into_iter().map(|t| (t.arn.clone(), t)).collect();
-        metrics.executions_tracked.set(tracked.len() as i64);
+        events.emit(TrackedCounted(tracked.len()));
         Ok(Collector {
             flows,
             store,
             exporter,
-            metrics,
-            board,
+            events,
             policy,
             poll: config.poll.clone(),
             tracked,
@@ -111,8 +110,6 @@ impl Collector {
             export_backoff: None,
             parked: HashMap::new(),
             pending,
-            on_finished,
-            logged_problems: HashSet::new(),
             finished_here: Default::default(),
             spans_here: 0,
             seen_aliases: HashSet::new(),
@@ -154,7 +151,7 @@ impl Collector {
             self.discover_all(false, admit).await;
         }
         // Ready once every flow has been polled (successfully or not), not after the backlog.
-        self.board.set_ready();
+        self.events.emit(FirstPollDone);
         let now = now_nanos();
         self.update_running_gauges();
         let work = self.plan(now);
@@ -165,7 +162,7 @@ impl Collector {
             }
             self.process_chunk(chunk).await;
         }
-        self.metrics.executions_tracked.set(self.tracked.len() as i64);
+        self.events.emit(TrackedCounted(self.tracked.len()));
         self.update_running_gauges();
     }
 

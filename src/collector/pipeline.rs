@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 
 use super::delivery::Delivery;
+use super::events::{EventsReceived, ExecutionFinished, ExportBackedOff, NodeSpanExported, ProblemFound, ReadDenied, SpansExported, StoreFailed};
 use super::fetch::{fetch, Fetched};
 use super::lifecycle::Tracked;
 use super::plan::Work;
@@ -62,7 +63,7 @@ impl Collector {
             match serde_json::from_str::<FlowDefinition>(&text) {
                 Ok(d) => Some(Arc::new(d)),
                 Err(e) => {
-                    self.count_problem("bad_snapshot", &format!("flow {} version {}: {e}", t.flow_id, t.version));
+                    self.events.emit(ProblemFound { reason: "bad_snapshot", detail: &format!("flow {} version {}: {e}", t.flow_id, t.version) });
                     None
                 }
             }
@@ -73,13 +74,6 @@ impl Collector {
         }
         self.snapshots.insert(cache_key, definition.clone());
         Ok(definition)
-    }
-
-    pub(super) fn count_problem(&mut self, reason: &'static str, detail: &str) {
-        self.metrics.invalid_events.get_or_create(&vec![("reason", reason.to_string())]).inc();
-        if self.logged_problems.insert(reason) {
-            tracing::warn!(reason, detail, "bad data from the API: counted and skipped (logged once per kind)");
-        }
     }
 
     pub(super) async fn process_chunk(&mut self, chunk: &[(String, Work)]) {
@@ -115,11 +109,8 @@ impl Collector {
                 Ok(f) => fetched.push(f),
                 Err((arn, e)) => {
                     tracing::debug!(arn = %arn, error = %e, "reading events failed; retried next cycle");
-                    if let Some(t) = self.tracked.get(&arn) {
-                        let flow_id = t.flow_id.clone();
-                        if matches!(e.kind, ErrorKind::AccessDenied) {
-                            self.board.update(&flow_id, |s| s.last_error = Some(e.to_string()));
-                        }
+                    if let Some(t) = self.tracked.get(&arn).filter(|_| e.kind == ErrorKind::AccessDenied) {
+                        self.events.emit(ReadDenied { flow_id: &t.flow_id, error: &e });
                     }
                 }
             }
@@ -128,12 +119,8 @@ impl Collector {
         // durable backlog).
         let mut reads = Vec::with_capacity(fetched.len());
         for f in fetched {
-            for event in f.new_node.iter().chain(&f.new_flow) {
-                self.metrics.events_received.get_or_create(&vec![("event_type", event.kind_label().to_string())]).inc();
-                if let Some(ts) = event.timestamp() {
-                    self.metrics.event_lag.observe(((now - ts.0) as f64 / 1e9).max(0.0));
-                }
-            }
+            self.events.emit(EventsReceived { events: &f.new_node, now });
+            self.events.emit(EventsReceived { events: &f.new_flow, now });
             // A read that brought nothing (a running execution without new events) changes
             // neither the stored state nor the spans: no write, no conversion.
             if self.tracked.get(&f.arn) == Some(&f.tracked) && f.new_node.is_empty() && f.new_flow.is_empty() {
@@ -149,7 +136,7 @@ impl Collector {
                         self.tracked.insert(read.execution.arn.clone(), read.execution);
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "cannot save events to the state store; retried next cycle"),
+                Err(e) => self.events.emit(StoreFailed { doing: "save the events read", error: &e }),
             }
         }
         self.export_pending(chunk.iter().map(|(a, _)| a.clone()).filter(|a| definitions.contains_key(a)).collect(), &definitions).await;
@@ -175,7 +162,7 @@ impl Collector {
         let mut histories = match self.store.histories(&arns.iter().map(String::as_str).collect::<Vec<_>>()).await {
             Ok(histories) => histories,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the stored events and exported spans; these executions wait for the next cycle");
+                self.events.emit(StoreFailed { doing: "read the stored events and exported spans", error: &e });
                 return;
             }
         };
@@ -216,7 +203,7 @@ impl Collector {
                     None => true,
                 };
                 if new {
-                    self.count_problem(p.reason, &p.detail);
+                    self.events.emit(ProblemFound { reason: p.reason, detail: &p.detail });
                     counted = true;
                 }
             }
@@ -224,14 +211,14 @@ impl Collector {
             t.flow_checked = flow_events.len();
             if let ExecutionStatus::Unknown(s) = &status {
                 if !t.unknown_status_counted {
-                    self.count_problem("unknown_status", s);
+                    self.events.emit(ProblemFound { reason: "unknown_status", detail: s });
                     t.unknown_status_counted = true;
                     counted = true;
                 }
             }
             if counted {
                 if let Err(e) = self.store.save_all(std::slice::from_ref(&t)).await {
-                    tracing::error!(error = %e, "cannot save which problems were counted");
+                    self.events.emit(StoreFailed { doing: "save which problems were counted", error: &e });
                 }
             }
             self.tracked.insert(arn.clone(), t.clone());
@@ -259,7 +246,7 @@ impl Collector {
             Some(e) => {
                 let delay = self.export_backoff.map(|(_, d)| (d * 2).min(Duration::from_secs(60))).unwrap_or(Duration::from_secs(1));
                 self.export_backoff = Some((Instant::now() + delay, delay));
-                tracing::warn!(error = %e, retry_in = ?delay, "span export failed; what was not accepted is not checkpointed and is retried later");
+                self.events.emit(ExportBackedOff { error: &e, retry_in: delay });
             }
             None => self.export_backoff = None,
         }
@@ -282,23 +269,23 @@ impl Collector {
         let batch: Vec<ExportMark> =
             accepted_marks.iter().map(|(t, ids, done, _, _)| ExportMark { execution: t.clone(), exported: ids.clone(), done: *done }).collect();
         if let Err(e) = self.store.mark_exported(&batch).await {
-            tracing::error!(error = %e, "cannot checkpoint exported spans; they will be exported again");
+            self.events.emit(StoreFailed { doing: "checkpoint exported spans (they are exported again)", error: &e });
             return;
         }
-        self.metrics.spans_exported.inc_by(accepted_spans.len() as u64);
+        self.events.emit(SpansExported(accepted_spans.len()));
         self.spans_here += accepted_spans.len() as u64;
         // Node metrics, once per span: these spans were exported for the first time.
         let labels: HashMap<[u8; 16], FlowLabels> = accepted_marks.iter().map(|(t, ..)| (crate::span::trace_id(&t.arn), self.labels(t))).collect();
         for span in accepted_spans.into_iter().map(|i| &to_export[i]).filter(|s| s.parent_span_id.is_some()) {
             if let Some(labels) = labels.get(&span.trace_id) {
-                self.observe_node(labels, span);
+                self.events.emit(NodeSpanExported { labels, span });
             }
         }
         for (t, _, done, root, total) in accepted_marks {
             self.unpark(&t.arn);
             if done {
                 if let Some(root) = root {
-                    self.observe_finished(&t, &root, total);
+                    self.events.emit(ExecutionFinished { labels: &self.labels(&t), arn: &t.arn, status: t.status.as_str(), root: &root, spans: total });
                 }
                 *self.finished_here.entry(t.status.as_str().to_string()).or_default() += 1;
                 self.tracked.remove(&t.arn);

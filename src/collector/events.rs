@@ -1,0 +1,411 @@
+//! What can happen in the collector, one type each (in the manner of vector's internal events).
+//! `emit` writes at most one log line and bumps its counters with bounded labels; the status
+//! board and the demo's console are consumers of the same events. The parts of the collector
+//! say what happened; only this module says how it shows.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::board::{FinishedExecution, FinishedHook, StatusBoard};
+use super::SECOND;
+use crate::metrics::{FlowLabels, Metrics, STATUSES};
+use crate::model::Event;
+use crate::span::{hex, AttrValue, SpanRecord};
+use crate::timefmt::now_nanos;
+
+/// Where events go: the metrics registry, the status board, the demo's console.
+pub struct Instruments {
+    pub metrics: Arc<Metrics>,
+    pub board: Arc<StatusBoard>,
+    on_finished: Option<FinishedHook>,
+    /// Problems already logged, by reason (each kind is logged once).
+    logged_problems: Mutex<HashSet<&'static str>>,
+}
+
+impl Instruments {
+    pub fn new(metrics: Arc<Metrics>, board: Arc<StatusBoard>, on_finished: Option<FinishedHook>) -> Instruments {
+        Instruments { metrics, board, on_finished, logged_problems: Mutex::new(HashSet::new()) }
+    }
+
+    pub fn emit(&self, event: impl InternalEvent) {
+        event.emit(self);
+    }
+}
+
+pub trait InternalEvent {
+    fn emit(self, to: &Instruments);
+}
+
+/// A flow and alias became known: its series known in advance start at 0.
+pub struct AliasSeen<'a>(pub &'a FlowLabels);
+
+impl InternalEvent for AliasSeen<'_> {
+    fn emit(self, to: &Instruments) {
+        to.metrics.init_flow(self.0);
+    }
+}
+
+pub struct ListingSucceeded<'a> {
+    pub flow_id: &'a str,
+    pub at: i64,
+}
+
+impl InternalEvent for ListingSucceeded<'_> {
+    fn emit(self, to: &Instruments) {
+        to.metrics.last_successful_poll.get_or_create(&vec![("flow_id", self.flow_id.to_string())]).set(self.at as f64 / 1e9);
+        to.board.update(self.flow_id, |s| {
+            s.last_successful_poll = Some(self.at);
+            s.last_error = None;
+        });
+    }
+}
+
+pub struct ListingFailed<'a> {
+    pub flow_id: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for ListingFailed<'_> {
+    fn emit(self, to: &Instruments) {
+        tracing::warn!(flow_id = %self.flow_id, error = %self.error, "listing executions failed; other flows go on");
+        to.board.update(self.flow_id, |s| s.last_error = Some(self.error.to_string()));
+    }
+}
+
+/// Reading an execution was denied: shown as the flow's last error (retried next cycle).
+pub struct ReadDenied<'a> {
+    pub flow_id: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for ReadDenied<'_> {
+    fn emit(self, to: &Instruments) {
+        to.board.update(self.flow_id, |s| s.last_error = Some(self.error.to_string()));
+    }
+}
+
+/// Every flow was polled once (successfully or not): the process is ready.
+pub struct FirstPollDone;
+
+impl InternalEvent for FirstPollDone {
+    fn emit(self, to: &Instruments) {
+        to.board.set_ready();
+    }
+}
+
+pub struct EventsReceived<'a> {
+    pub events: &'a [Event],
+    pub now: i64,
+}
+
+impl InternalEvent for EventsReceived<'_> {
+    fn emit(self, to: &Instruments) {
+        for event in self.events {
+            to.metrics.events_received.get_or_create(&vec![("event_type", event.kind_label().to_string())]).inc();
+            if let Some(ts) = event.timestamp() {
+                to.metrics.event_lag.observe(((self.now - ts.0) as f64 / 1e9).max(0.0));
+            }
+        }
+    }
+}
+
+/// Bad data from the API (or an unreadable snapshot): counted, logged once per kind.
+pub struct ProblemFound<'a> {
+    pub reason: &'static str,
+    pub detail: &'a str,
+}
+
+impl InternalEvent for ProblemFound<'_> {
+    fn emit(self, to: &Instruments) {
+        to.metrics.invalid_events.get_or_create(&vec![("reason", self.reason.to_string())]).inc();
+        if to.logged_problems.lock().unwrap_or_else(|p| p.into_inner()).insert(self.reason) {
+            tracing::warn!(reason = self.reason, detail = self.detail, "bad data from the API: counted and skipped (logged once per kind)");
+        }
+    }
+}
+
+pub struct TrackedCounted(pub usize);
+
+impl InternalEvent for TrackedCounted {
+    fn emit(self, to: &Instruments) {
+        to.metrics.executions_tracked.set(self.0 as i64);
+    }
+}
+
+/// The executions running now in one flow and alias, and the creation time of the oldest.
+pub struct RunningCounted<'a> {
+    pub labels: &'a FlowLabels,
+    pub running: i64,
+    pub oldest_created: Option<i64>,
+}
+
+impl InternalEvent for RunningCounted<'_> {
+    fn emit(self, to: &Instruments) {
+        to.metrics.executions_running.get_or_create(&self.labels.with(&[])).set(self.running);
+        to.metrics.oldest_running_start.get_or_create(&self.labels.with(&[])).set(self.oldest_created.map_or(0.0, |t| t as f64 / 1e9));
+    }
+}
+
+/// The executions running now in one flow, over its aliases (for `/`).
+pub struct FlowRunningCounted<'a> {
+    pub flow_id: &'a str,
+    pub running: usize,
+}
+
+impl InternalEvent for FlowRunningCounted<'_> {
+    fn emit(self, to: &Instruments) {
+        to.board.update(self.flow_id, |s| s.running = self.running);
+    }
+}
+
+/// A span over the request bound was cut down to fit.
+pub struct SpanCut<'a> {
+    pub span: &'a SpanRecord,
+    pub max_bytes: usize,
+}
+
+impl InternalEvent for SpanCut<'_> {
+    fn emit(self, to: &Instruments) {
+        to.metrics.spans_cut.inc();
+        tracing::warn!(span = %self.span.name, trace_id = %hex(&self.span.trace_id), max_bytes = self.max_bytes, "span larger than traces.max_batch_bytes; its content was cut to fit");
+    }
+}
+
+/// One OTLP request failed (retryable or not).
+pub struct ExportRequestFailed;
+
+impl InternalEvent for ExportRequestFailed {
+    fn emit(self, to: &Instruments) {
+        to.metrics.span_export_errors.inc();
+    }
+}
+
+/// A retryable export failure: the sending waits for the backoff.
+pub struct ExportBackedOff<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for ExportBackedOff<'_> {
+    fn emit(self, _: &Instruments) {
+        tracing::warn!(error = %self.error, retry_in = ?self.retry_in, "span export failed; what was not accepted is not checkpointed and is retried later");
+    }
+}
+
+/// The endpoint refused an execution's spans for good; it is set aside.
+pub struct ExecutionParked<'a> {
+    pub flow_id: &'a str,
+    pub arn: &'a str,
+    pub reason: &'static str,
+    pub message: &'a str,
+    pub retry_in: Duration,
+    /// Parked before (a rare retry that was refused again): not counted again.
+    pub again: bool,
+    pub parked_now: usize,
+}
+
+impl InternalEvent for ExecutionParked<'_> {
+    fn emit(self, to: &Instruments) {
+        tracing::error!(arn = %self.arn, reason = self.reason, error = %self.message, retry_in = ?self.retry_in, "the OTLP endpoint refused this execution's spans for good; it is set aside and retried rarely");
+        if !self.again {
+            to.metrics.span_export_refused.get_or_create(&vec![("reason", self.reason.to_string())]).inc();
+        }
+        to.metrics.executions_parked.set(self.parked_now as i64);
+        to.board.park(self.flow_id, self.arn, self.reason, self.message);
+    }
+}
+
+pub struct ExecutionUnparked<'a> {
+    pub arn: &'a str,
+    pub parked_now: usize,
+}
+
+impl InternalEvent for ExecutionUnparked<'_> {
+    fn emit(self, to: &Instruments) {
+        to.metrics.executions_parked.set(self.parked_now as i64);
+        to.board.unpark(self.arn);
+    }
+}
+
+/// Spans accepted by the endpoint and checkpointed.
+pub struct SpansExported(pub usize);
+
+impl InternalEvent for SpansExported {
+    fn emit(self, to: &Instruments) {
+        to.metrics.spans_exported.inc_by(self.0 as u64);
+    }
+}
+
+/// A node span exported for the first time: the node metrics of its run.
+pub struct NodeSpanExported<'a> {
+    pub labels: &'a FlowLabels,
+    pub span: &'a SpanRecord,
+}
+
+impl InternalEvent for NodeSpanExported<'_> {
+    fn emit(self, to: &Instruments) {
+        let (labels, span, metrics) = (self.labels, self.span, &to.metrics);
+        let facts = &span.facts;
+        let Some(node) = facts.node.as_deref() else {
+            return;
+        };
+        let node = metrics.node(node);
+        let node_type = if metrics.node_labels { facts.node_type.as_str() } else { "" };
+        if !facts.incomplete {
+            let status = if facts.failure_code.is_some() { "failed" } else { "ok" };
+            metrics
+                .node_duration
+                .get_or_create(&labels.with(&[("node", node), ("node_type", node_type), ("status", status)]))
+                .observe((span.end - span.start) as f64 / 1e9);
+        }
+        if let Some(code) = &facts.failure_code {
+            metrics.node_failures.get_or_create(&labels.with(&[("node", node), ("error_code", code)])).inc();
+        }
+        for condition in &facts.satisfied_conditions {
+            metrics.condition_results.get_or_create(&labels.with(&[("node", node), ("condition", condition)])).inc();
+        }
+        if facts.input_tokens > 0 {
+            metrics.node_tokens.get_or_create(&labels.with(&[("node", node), ("token_type", "input")])).inc_by(facts.input_tokens as u64);
+        }
+        if facts.output_tokens > 0 {
+            metrics.node_tokens.get_or_create(&labels.with(&[("node", node), ("token_type", "output")])).inc_by(facts.output_tokens as u64);
+        }
+    }
+}
+
+/// An execution finished: its root span was accepted and it is checkpointed as done.
+pub struct ExecutionFinished<'a> {
+    pub labels: &'a FlowLabels,
+    pub arn: &'a str,
+    pub status: &'a str,
+    pub root: &'a SpanRecord,
+    pub spans: usize,
+}
+
+impl InternalEvent for ExecutionFinished<'_> {
+    fn emit(self, to: &Instruments) {
+        let (labels, status, root, metrics) = (self.labels, self.status, self.root, &to.metrics);
+        let with_status = labels.with(&[("status", status)]);
+        let duration = (root.end - root.start) as f64 / 1e9;
+        let trace_id = hex(&root.trace_id);
+        metrics.executions_total.get_or_create(&with_status).inc();
+        metrics.execution_duration.get_or_create(&with_status).observe(duration, Some(vec![("trace_id", trace_id.clone())]), None);
+        // The latest end seen: a backlog is processed in ARN order, not in the order it ended.
+        let last_end = metrics.last_execution_end.get_or_create(&with_status);
+        if last_end.get() < root.end as f64 / 1e9 {
+            last_end.set(root.end as f64 / 1e9);
+        }
+        let failure_code = match status {
+            "TimedOut" => Some("ExecutionTimedOut".to_string()),
+            "Failed" => Some(match root.attribute("error.type") {
+                Some(AttrValue::Str(code)) => code.clone(),
+                _ => "Failed".to_string(),
+            }),
+            _ => None,
+        };
+        if let Some(code) = failure_code {
+            metrics.flow_failures.get_or_create(&labels.with(&[("error_code", &code)])).inc();
+        }
+        let end = root.end;
+        to.board.update(&labels.flow_id, |s| {
+            // A static status: the deque holds an hour of executions, without a String each.
+            s.recent.push_back((end, STATUSES.iter().copied().find(|known| *known == status).unwrap_or("other")));
+            let hour_ago = now_nanos() - 3600 * SECOND;
+            while s.recent.front().is_some_and(|(e, _)| *e < hour_ago) {
+                s.recent.pop_front();
+            }
+        });
+        tracing::info!(flow = %labels.flow_name, status, duration_secs = duration, spans = self.spans, trace_id = %trace_id, arn = %self.arn, "execution exported");
+        if let Some(hook) = &to.on_finished {
+            hook(&FinishedExecution {
+                flow_name: labels.flow_name.clone(),
+                status: status.to_string(),
+                duration_secs: duration,
+                spans: self.spans,
+                trace_id,
+                arn: self.arn.to_string(),
+            });
+        }
+    }
+}
+
+/// The state store failed at something; the work waits for a later cycle.
+pub struct StoreFailed<'a> {
+    pub doing: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for StoreFailed<'_> {
+    fn emit(self, _: &Instruments) {
+        tracing::error!(error = %self.error, "state store: cannot {}; retried on a later cycle", self.doing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::SpanStatus;
+
+    fn instruments(hook: Option<FinishedHook>) -> Instruments {
+        let board = Arc::new(StatusBoard::new(&[("ABCDEFGHIJ".into(), "flow".into())]));
+        Instruments::new(Arc::new(Metrics::new(true)), board, hook)
+    }
+
+    fn sample(to: &Instruments, series: &str) -> Option<f64> {
+        let (_, text) = to.metrics.render(false);
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+
+    #[test]
+    fn each_event_bumps_its_counters_and_reaches_the_board_and_the_console() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let console = seen.clone();
+        let to = instruments(Some(Arc::new(move |f: &FinishedExecution| console.lock().unwrap().push((f.status.clone(), f.spans)))));
+        for _ in 0..2 {
+            to.emit(ProblemFound { reason: "duplicate_event", detail: "nodeOutputEvent repeated" });
+        }
+        assert_eq!(sample(&to, "bedrock_flow_exporter_invalid_events_total{reason=\"duplicate_event\"}"), Some(2.0));
+        to.emit(ListingFailed { flow_id: "ABCDEFGHIJ", error: &"AccessDenied" });
+        assert_eq!(to.board.flows()[0].last_error.as_deref(), Some("AccessDenied"));
+        to.emit(ListingSucceeded { flow_id: "ABCDEFGHIJ", at: 5_000_000_000 });
+        assert_eq!((to.board.flows()[0].last_error.clone(), to.board.flows()[0].last_successful_poll), (None, Some(5_000_000_000)));
+        assert_eq!(sample(&to, "bedrock_flow_exporter_last_successful_poll_timestamp_seconds{flow_id=\"ABCDEFGHIJ\"}"), Some(5.0));
+        let park = |again| ExecutionParked {
+            flow_id: "ABCDEFGHIJ",
+            arn: "arn:x",
+            reason: "too_large",
+            message: "413",
+            retry_in: Duration::ZERO,
+            again,
+            parked_now: 1,
+        };
+        to.emit(park(false));
+        to.emit(park(true));
+        assert_eq!(sample(&to, "bedrock_flow_exporter_span_export_refused_total{reason=\"too_large\"}"), Some(1.0), "a refusal again is not counted again");
+        assert_eq!(to.board.parked().len(), 1);
+        to.emit(ExecutionUnparked { arn: "arn:x", parked_now: 0 });
+        assert!(to.board.parked().is_empty());
+        assert_eq!(sample(&to, "bedrock_flow_exporter_executions_parked"), Some(0.0));
+        let labels = FlowLabels { flow_id: "ABCDEFGHIJ".into(), flow_name: "flow".into(), alias: "A".into() };
+        let root = SpanRecord {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            name: "invoke_workflow flow".into(),
+            start: now_nanos() - 3 * SECOND,
+            end: now_nanos(),
+            attributes: vec![("error.type".into(), AttrValue::Str("NODE_EXECUTION_FAILED".into()))],
+            events: vec![],
+            links: vec![],
+            status: SpanStatus::Error("failed".into()),
+            facts: Default::default(),
+        };
+        to.emit(ExecutionFinished { labels: &labels, arn: "arn:y", status: "Failed", root: &root, spans: 7 });
+        let series = "{flow_id=\"ABCDEFGHIJ\",flow_name=\"flow\",alias=\"A\"";
+        assert_eq!(sample(&to, &format!("bedrock_flow_executions_total{series},status=\"Failed\"}}")), Some(1.0));
+        assert_eq!(sample(&to, &format!("bedrock_flow_failures_total{series},error_code=\"NODE_EXECUTION_FAILED\"}}")), Some(1.0));
+        assert_eq!(to.board.flows()[0].recent.iter().map(|(_, s)| *s).collect::<Vec<_>>(), vec!["Failed"], "the board's last hour");
+        assert_eq!(*seen.lock().unwrap(), vec![("Failed".to_string(), 7)], "the demo's console");
+    }
+}
