@@ -88,6 +88,13 @@ impl HttpConnector for BudgetedConnector {
     }
 }
 
+/// One of an execution's two event streams (`eventType` of ListFlowExecutionEvents).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventStream {
+    Node,
+    Flow,
+}
+
 /// Where and as whom to call AWS.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AwsTarget {
@@ -334,10 +341,13 @@ impl FlowSource {
         flow_id: &str,
         alias: &str,
         execution_arn: &str,
-        flow_stream: bool,
+        stream: EventStream,
         token: Option<String>,
     ) -> Result<(Vec<Event>, Option<String>), ApiError> {
-        let event_type = if flow_stream { bar::types::FlowExecutionEventType::Flow } else { bar::types::FlowExecutionEventType::Node };
+        let event_type = match stream {
+            EventStream::Flow => bar::types::FlowExecutionEventType::Flow,
+            EventStream::Node => bar::types::FlowExecutionEventType::Node,
+        };
         let request = self
             .client
             .list_flow_execution_events()

@@ -12,15 +12,32 @@ use crate::timefmt::now_nanos;
 /// Whether a listing may stop before its last page: the pages seen so far are newest-first,
 /// this page brought nothing new, and it is strictly older than every tracked running execution
 /// (on a tie, one may still be on a later page). `page_oldest` is `i64::MAX` for an empty page.
+/// How far a listing reads: to its last page, or (incremental) until the pages prove that
+/// nothing new or active follows; an incremental listing still reads everything every
+/// `full_scan_secs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scan {
+    Full,
+    Incremental,
+}
+
+/// Whether a listing admits executions it does not track yet (`run --once` admits only in its
+/// first listing of each flow, then follows the status of what it found).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    New,
+    KnownOnly,
+}
+
 pub fn may_stop_listing(descending: bool, page_has_new: bool, page_oldest: i64, oldest_active: Option<i64>) -> bool {
     descending && !page_has_new && page_oldest < i64::MAX && oldest_active.is_none_or(|a| page_oldest < a)
 }
 
 impl Collector {
-    /// Lists one flow's executions: admits new ones (when `admit`), updates the status of known
-    /// ones. Stops early only when the pages seen prove newest-first order and nothing new or
-    /// active can follow; `full` reads every page.
-    pub(super) async fn discover(&mut self, f: usize, now: i64, last_poll: Option<i64>, full: bool, admit: bool) -> Result<(), ApiError> {
+    /// Lists one flow's executions: admits new ones (with `Admission::New`), updates the status
+    /// of known ones. An incremental scan stops early only when the pages seen prove
+    /// newest-first order and nothing new or active can follow; a full one reads every page.
+    pub(super) async fn discover(&mut self, f: usize, now: i64, last_poll: Option<i64>, scan: Scan, admission: Admission) -> Result<(), ApiError> {
         let lookback = self.poll.lookback_secs as i64 * SECOND;
         // After downtime, reach back to the last poll too (with an hour of margin).
         let cutoff = match last_poll {
@@ -72,7 +89,7 @@ impl Collector {
                         }
                         continue;
                     }
-                    if !admit || created < cutoff || created == 0 || finished.as_ref().is_none_or(|f| f.contains(&s.execution_arn)) {
+                    if admission == Admission::KnownOnly || created < cutoff || created == 0 || finished.as_ref().is_none_or(|f| f.contains(&s.execution_arn)) {
                         continue;
                     }
                     page_has_new = true;
@@ -104,7 +121,7 @@ impl Collector {
                     self.tracked.insert(t.arn.clone(), t);
                 }
                 let Some(next_token) = next else { break };
-                if !full && may_stop_listing(descending, page_has_new, page_oldest, oldest_active) {
+                if scan == Scan::Incremental && may_stop_listing(descending, page_has_new, page_oldest, oldest_active) {
                     break;
                 }
                 token = Some(next_token);
@@ -117,21 +134,22 @@ impl Collector {
         Ok(())
     }
 
-    pub(super) async fn discover_all(&mut self, full_scan: bool, admit: bool) {
+    pub(super) async fn discover_all(&mut self, scan: Scan, admission: Admission) {
         let all: Vec<usize> = (0..self.flows.len()).collect();
-        self.discover_flows(&all, full_scan, admit).await;
+        self.discover_flows(&all, scan, admission).await;
     }
 
     /// Lists the given flows; returns those whose listing failed (shown on `/` and logged).
-    pub(super) async fn discover_flows(&mut self, flows: &[usize], full_scan: bool, admit: bool) -> Vec<usize> {
+    pub(super) async fn discover_flows(&mut self, flows: &[usize], scan: Scan, admission: Admission) -> Vec<usize> {
         let now = now_nanos();
         let mut failed = Vec::new();
         for &f in flows {
             let flow_id = self.flows[f].id.clone();
             let marks = self.store.flow_marks(&flow_id).await.unwrap_or_default();
             let (last_poll, last_full) = (marks.last_poll, marks.last_full_scan);
-            let full = full_scan || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
-            match self.discover(f, now, last_poll, full, admit).await {
+            let full = scan == Scan::Full || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
+            let scan_now = if full { Scan::Full } else { Scan::Incremental };
+            match self.discover(f, now, last_poll, scan_now, admission).await {
                 Ok(()) => {
                     let _ = self.store.set_flow_marks(&flow_id, now, full.then_some(now)).await;
                     self.events.emit(ListingSucceeded { flow_id: &flow_id, at: now });

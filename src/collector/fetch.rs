@@ -5,7 +5,7 @@
 use super::lifecycle::{Cursor, Tracked};
 use super::plan::Work;
 use crate::model::{Event, ExecutionStatus};
-use crate::source::{ApiError, ErrorKind, FlowSource};
+use crate::source::{ApiError, ErrorKind, EventStream, FlowSource};
 use crate::timefmt::now_nanos;
 
 /// What one read brought: the advanced state and the new events of each stream, which start at
@@ -26,18 +26,16 @@ pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work) -> Result<Fet
     let mut new_flow = Vec::new();
     if work != Work::ExportOnly && !(work == Work::Final && t.final_read) {
         let mut vanished = false;
-        for flow_stream in [false, true] {
-            let cursor = if flow_stream { t.flow_cursor.clone() } else { t.node_cursor.clone() };
-            match read_stream(&source, &t, flow_stream, cursor).await {
-                Ok((events, cursor)) => {
-                    if flow_stream {
-                        new_flow = events;
-                        t.flow_cursor = cursor;
-                    } else {
-                        new_node = events;
-                        t.node_cursor = cursor;
-                    }
-                }
+        for stream in [EventStream::Node, EventStream::Flow] {
+            let cursor = match stream {
+                EventStream::Node => t.node_cursor.clone(),
+                EventStream::Flow => t.flow_cursor.clone(),
+            };
+            match read_stream(&source, &t, stream, cursor).await {
+                Ok((events, cursor)) => match stream {
+                    EventStream::Node => (new_node, t.node_cursor) = (events, cursor),
+                    EventStream::Flow => (new_flow, t.flow_cursor) = (events, cursor),
+                },
                 Err(e) if e.kind == ErrorKind::NotFound => vanished = true,
                 Err(e) => return Err((arn, e)),
             }
@@ -69,16 +67,16 @@ pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work) -> Result<Fet
 
 /// Pages one stream from its cursor: re-requests the tail page and keeps only what is new;
 /// falls back to a full re-read (skipping what was read) when the token is rejected.
-async fn read_stream(source: &FlowSource, t: &Tracked, flow_stream: bool, mut cursor: Cursor) -> Result<(Vec<Event>, Cursor), ApiError> {
+async fn read_stream(source: &FlowSource, t: &Tracked, stream: EventStream, mut cursor: Cursor) -> Result<(Vec<Event>, Cursor), ApiError> {
     let mut new = Vec::new();
     let mut token = cursor.token.clone();
     let mut skip = cursor.consumed;
     loop {
-        match source.list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone()).await {
+        match source.list_events(&t.flow_id, &t.alias, &t.arn, stream, token.clone()).await {
             Ok((items, next)) => {
                 if items.len() < skip {
                     // The page shrank: the token no longer means what it did.
-                    return reread_all(source, t, flow_stream, cursor.total).await;
+                    return reread_all(source, t, stream, cursor.total).await;
                 }
                 let page_len = items.len();
                 new.extend(items.into_iter().skip(skip));
@@ -97,7 +95,7 @@ async fn read_stream(source: &FlowSource, t: &Tracked, flow_stream: bool, mut cu
             }
             Err(e) if e.kind == ErrorKind::Validation && token.is_some() => {
                 tracing::debug!(arn = %t.arn, "page token rejected; re-reading the stream from the start");
-                let (mut all_new, cursor) = reread_all(source, t, flow_stream, cursor.total).await?;
+                let (mut all_new, cursor) = reread_all(source, t, stream, cursor.total).await?;
                 // Events read on earlier pages of this pass are part of the re-read too.
                 all_new.drain(..new.len().min(all_new.len()));
                 new.extend(all_new);
@@ -108,11 +106,11 @@ async fn read_stream(source: &FlowSource, t: &Tracked, flow_stream: bool, mut cu
     }
 }
 
-async fn reread_all(source: &FlowSource, t: &Tracked, flow_stream: bool, already: usize) -> Result<(Vec<Event>, Cursor), ApiError> {
+async fn reread_all(source: &FlowSource, t: &Tracked, stream: EventStream, already: usize) -> Result<(Vec<Event>, Cursor), ApiError> {
     let mut all = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let (items, next) = source.list_events(&t.flow_id, &t.alias, &t.arn, flow_stream, token.clone()).await?;
+        let (items, next) = source.list_events(&t.flow_id, &t.alias, &t.arn, stream, token.clone()).await?;
         let page_len = items.len();
         all.extend(items);
         match next {

@@ -32,6 +32,7 @@ mod observe;
 mod pipeline;
 mod plan;
 
+use discovery::{Admission, Scan};
 use events::{AliasSeen, FirstPollDone, Instruments, TrackedCounted};
 use lifecycle::Tracked;
 use plan::Work;
@@ -145,10 +146,11 @@ impl Collector {
         work
     }
 
-    /// One pass: discovery (optional), then every execution that has work.
-    pub async fn cycle(&mut self, discover: bool, admit: bool, stop: &watch::Receiver<bool>) {
-        if discover {
-            self.discover_all(false, admit).await;
+    /// One pass: a listing of every flow (unless `listing` is `None`), then every execution that
+    /// has work.
+    pub async fn cycle(&mut self, listing: Option<Admission>, stop: &watch::Receiver<bool>) {
+        if let Some(admission) = listing {
+            self.discover_all(Scan::Incremental, admission).await;
         }
         // Ready once every flow has been polled (successfully or not), not after the backlog.
         self.events.emit(FirstPollDone);
@@ -178,7 +180,7 @@ impl Collector {
         let mut cycles: u64 = 0;
         loop {
             let started = Instant::now();
-            self.cycle(true, true, &stop).await;
+            self.cycle(Some(Admission::New), &stop).await;
             cycles += 1;
             if cycles % 100 == 0 {
                 self.prune().await;
@@ -214,10 +216,10 @@ impl Collector {
             // Re-list (without admitting new executions) only while some target still runs.
             let any_running = targets.iter().any(|a| self.tracked.get(a).is_some_and(|t| !t.status.is_terminal()));
             if any_running {
-                self.discover_flows(&listed, false, false).await;
+                self.discover_flows(&listed, Scan::Incremental, Admission::KnownOnly).await;
             }
             if !unlisted.is_empty() && cycle_started >= next_listing {
-                let failed = self.discover_flows(&unlisted, true, true).await;
+                let failed = self.discover_flows(&unlisted, Scan::Full, Admission::New).await;
                 listed.extend(unlisted.iter().filter(|f| !failed.contains(f)));
                 targets.extend(self.tracked.keys().cloned());
                 if !failed.is_empty() {
@@ -226,7 +228,7 @@ impl Collector {
                 }
                 unlisted = failed;
             }
-            self.cycle(false, false, &stop).await;
+            self.cycle(None, &stop).await;
             let left: Vec<String> = targets.iter().filter(|a| self.tracked.contains_key(*a)).cloned().collect();
             if show_progress {
                 eprint!("\r{}", progress_bar(targets.len() - left.len(), targets.len(), 30));

@@ -25,9 +25,13 @@ use crate::timefmt::now_nanos;
 /// Flow definitions kept parsed in memory; DRAFT ones (one per execution) are dropped first.
 const SNAPSHOT_CACHE_ENTRIES: usize = 256;
 
-/// An execution converted in this pass: its state, the span ids to mark, whether it is done,
-/// its root span (when done) and how many spans it has in all.
-type Mark = (Tracked, Vec<[u8; 8]>, bool, Option<SpanRecord>, usize);
+/// An execution converted in this pass: its checkpoint (its state, the span ids it sends now,
+/// whether it is done), its root span (when done) and how many spans it has in all.
+struct Converted {
+    checkpoint: ExportMark,
+    root: Option<SpanRecord>,
+    spans: usize,
+}
 
 impl Collector {
     pub(super) async fn definition_for(&mut self, t: &Tracked) -> Result<Option<Arc<FlowDefinition>>, ApiError> {
@@ -152,7 +156,7 @@ impl Collector {
         let mut to_export: Vec<SpanRecord> = Vec::new();
         // Where each execution's spans start in `to_export` (and, last, where they end).
         let mut bounds: Vec<usize> = Vec::new();
-        let mut marks: Vec<Mark> = Vec::new();
+        let mut marks: Vec<Converted> = Vec::new();
         let now = Instant::now();
         let arns: Vec<String> = arns.into_iter().filter(|a| self.pending.contains(a) && self.parked.get(a).is_none_or(|retry_at| now >= *retry_at)).collect();
         if arns.is_empty() {
@@ -235,7 +239,7 @@ impl Collector {
                     to_export.push(span);
                 }
             }
-            marks.push((t, ids, finished, root, total));
+            marks.push(Converted { checkpoint: ExportMark { execution: t, exported: ids, done: finished }, root, spans: total });
         }
         if marks.is_empty() {
             return;
@@ -259,15 +263,14 @@ impl Collector {
                     accepted_spans.extend(range);
                     accepted_marks.push(mark);
                 }
-                Delivery::Refused { reason, message } => self.park(&mark.0, reason, message),
+                Delivery::Refused { reason, message } => self.park(&mark.checkpoint.execution, reason, message),
                 Delivery::NotSent => {}
             }
         }
         if accepted_marks.is_empty() {
             return;
         }
-        let batch: Vec<ExportMark> =
-            accepted_marks.iter().map(|(t, ids, done, _, _)| ExportMark { execution: t.clone(), exported: ids.clone(), done: *done }).collect();
+        let batch: Vec<ExportMark> = accepted_marks.iter().map(|c| c.checkpoint.clone()).collect();
         if let Err(e) = self.store.mark_exported(&batch).await {
             self.events.emit(StoreFailed { doing: "checkpoint exported spans (they are exported again)", error: &e });
             return;
@@ -275,13 +278,14 @@ impl Collector {
         self.events.emit(SpansExported(accepted_spans.len()));
         self.spans_here += accepted_spans.len() as u64;
         // Node metrics, once per span: these spans were exported for the first time.
-        let labels: HashMap<[u8; 16], FlowLabels> = accepted_marks.iter().map(|(t, ..)| (crate::span::trace_id(&t.arn), self.labels(t))).collect();
+        let labels: HashMap<[u8; 16], FlowLabels> =
+            accepted_marks.iter().map(|c| (crate::span::trace_id(&c.checkpoint.execution.arn), self.labels(&c.checkpoint.execution))).collect();
         for span in accepted_spans.into_iter().map(|i| &to_export[i]).filter(|s| s.parent_span_id.is_some()) {
             if let Some(labels) = labels.get(&span.trace_id) {
                 self.events.emit(NodeSpanExported { labels, span });
             }
         }
-        for (t, _, done, root, total) in accepted_marks {
+        for Converted { checkpoint: ExportMark { execution: t, done, .. }, root, spans: total } in accepted_marks {
             self.unpark(&t.arn);
             if done {
                 if let Some(root) = root {
