@@ -25,6 +25,9 @@ use crate::timefmt::now_nanos;
 /// Flow definitions kept parsed in memory; DRAFT ones (one per execution) are dropped first.
 const SNAPSHOT_CACHE_ENTRIES: usize = 256;
 
+/// Executions whose stored histories are read (and held) at once.
+const HISTORY_GROUP: usize = 16;
+
 /// An execution converted in this pass: its checkpoint (its state, the span ids it sends now,
 /// whether it is done), its root span (when done) and how many spans it has in all.
 struct Converted {
@@ -162,18 +165,26 @@ impl Collector {
         if arns.is_empty() {
             return;
         }
-        // Unknown is not "nothing exported": that would send and observe every span again.
-        let mut histories = match self.store.histories(&arns.iter().map(String::as_str).collect::<Vec<_>>()).await {
-            Ok(histories) => histories,
-            Err(e) => {
-                self.events.emit(StoreFailed { doing: "read the stored events and exported spans", error: &e });
-                return;
+        let mut histories = HashMap::new();
+        for (i, arn) in arns.iter().enumerate() {
+            // Histories are read a group at a time: one store call per group, and only a group's
+            // events in memory at once (the spans they give are smaller).
+            if i % HISTORY_GROUP == 0 {
+                let group: Vec<&str> = arns[i..(i + HISTORY_GROUP).min(arns.len())].iter().map(String::as_str).collect();
+                histories = match self.store.histories(&group).await {
+                    Ok(histories) => histories,
+                    // Unknown is not "nothing exported": that would send and observe every span
+                    // again. What was converted so far still goes out.
+                    Err(e) => {
+                        self.events.emit(StoreFailed { doing: "read the stored events and exported spans", error: &e });
+                        break;
+                    }
+                };
             }
-        };
-        for arn in arns {
-            let Some(t) = self.tracked.get(&arn).cloned() else {
+            let Some(t) = self.tracked.get(arn).cloned() else {
                 continue;
             };
+            let arn = arn.clone();
             let History { node_events, flow_events, exported } = histories.remove(&arn).unwrap_or_default();
             let status = t.status.clone();
             let finished = status.is_terminal() && t.final_read;
