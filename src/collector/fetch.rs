@@ -123,3 +123,50 @@ async fn reread_all(source: &FlowSource, t: &Tracked, stream: EventStream, alrea
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::source::{AwsTarget, RequestBudget, StaticCredentials};
+
+    /// `fetch` alone, with the real SDK against the emulator: the first read takes every page
+    /// once, a read that finds nothing new re-requests only each stream's tail page, and the
+    /// final read of a Failed execution adds GetFlowExecution.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_every_page_once_then_only_the_tail_page() {
+        let mut scenario = bedrock_flow_emulator::Scenario::backlog(3, 45);
+        scenario.outcomes.failed = 1.0;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let emulator = bedrock_flow_emulator::start(listener, scenario).await.unwrap();
+        let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(emulator.endpoint()), ..AwsTarget::default() };
+        let credentials = StaticCredentials { access_key_id: "AKIDTEST".into(), secret_access_key: "secret".into() };
+        let source = FlowSource::new(&target, Arc::new(RequestBudget::per_second(1000.0)), Some(&credentials), Arc::new(Metrics::new(true))).await;
+        let facts = emulator.executions(now_nanos()).remove(0);
+        let calls = || emulator.stats()["requests"].clone();
+        let mut t = crate::state::tests::tracked(&facts.arn);
+        (t.flow_id, t.alias, t.status) = (facts.flow_id.clone(), facts.alias.clone(), ExecutionStatus::Failed);
+        (t.node_cursor, t.flow_cursor) = (Cursor::default(), Cursor::default());
+
+        let first = fetch(source.clone(), t, Work::Fetch).await.map_err(|(_, e)| e).unwrap();
+        assert_eq!((first.new_node.len(), first.new_flow.len()), (facts.node_events.len(), facts.flow_events.len()));
+        assert_eq!(first.first_seq, (0, 0));
+        let (node_pages, flow_pages) = (facts.node_events.len().div_ceil(10) as u64, facts.flow_events.len().div_ceil(10) as u64);
+        assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages, "every page once");
+        assert_eq!(first.tracked.node_cursor.total, facts.node_events.len());
+
+        let again = fetch(source.clone(), first.tracked, Work::Final).await.map_err(|(_, e)| e).unwrap();
+        assert!(again.new_node.is_empty() && again.new_flow.is_empty(), "nothing is read twice");
+        assert_eq!(again.first_seq, (facts.node_events.len(), facts.flow_events.len()));
+        assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 2, "one tail page per stream");
+        assert_eq!(calls()["GetFlowExecution"], 1, "the errors of a Failed execution, at its final read");
+        assert!(again.tracked.final_read && again.tracked.errors.is_some());
+
+        let done = fetch(source, again.tracked, Work::Final).await.map_err(|(_, e)| e).unwrap();
+        assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 2, "a final read is made once");
+        assert!(done.new_node.is_empty());
+        emulator.stop().await;
+    }
+}
