@@ -4,8 +4,9 @@
 //! One pass is `cycle`: `discovery` lists the flows, `plan` picks the work of each tracked
 //! execution, and `pipeline` processes the work in chunks (`fetch` reads concurrently, the reads
 //! are saved, the histories converted, `delivery` sends the new spans, the accepted ones are
-//! checkpointed); `observe` turns what happened into metrics and the status `board`. The
-//! execution's state between cycles is `lifecycle::Tracked`, kept in one registry (`tracked`).
+//! checkpointed). What happens is emitted as `events`, which the metrics, the status `board`
+//! and the demo's console consume; `observe` counts the running executions. The execution's
+//! state between cycles is `lifecycle::Tracked`, kept in one registry (`tracked`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
