@@ -64,7 +64,9 @@ impl Collector {
                 // memory: memory does not grow with the number of finished executions. When
                 // the store cannot tell, nothing new is admitted from the page.
                 let untracked: Vec<&str> = items.iter().map(|s| s.execution_arn.as_str()).filter(|a| !self.tracked.contains_key(*a)).collect();
-                let finished = match self.store.finished_among(&untracked).await {
+                // (Nothing to ask when the page holds only tracked executions: the steady state.)
+                let known = if untracked.is_empty() { Ok(Default::default()) } else { self.store.finished_among(&untracked).await };
+                let finished = match known {
                     Ok(finished) => Some(finished),
                     Err(e) => {
                         self.events.emit(StoreFailed { doing: "look up finished executions (new ones are admitted later)", error: &e });
@@ -128,8 +130,10 @@ impl Collector {
             }
         }
         let items: Vec<Tracked> = changed.iter().filter_map(|a| self.tracked.get(a)).cloned().collect();
-        if let Err(e) = self.store.save_all(&items).await {
-            self.events.emit(StoreFailed { doing: "save the listing", error: &e });
+        if !items.is_empty() {
+            if let Err(e) = self.store.save_all(&items).await {
+                self.events.emit(StoreFailed { doing: "save the listing", error: &e });
+            }
         }
         Ok(())
     }
