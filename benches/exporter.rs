@@ -263,16 +263,14 @@ async fn main() {
                     errors: None,
                     node_cursor: Default::default(),
                     flow_cursor: Default::default(),
-                    node_checked: 45,
-                    flow_checked: 5,
                     final_read: true,
                     unknown_status_counted: false,
                 })
                 .collect();
             store.save_all(&rows).await.unwrap();
-            let done: Vec<bedrock_flow_exporter::state::ExportMark> =
-                rows.into_iter().map(|t| bedrock_flow_exporter::state::ExportMark { execution: t, exported: Vec::new(), done: true }).collect();
-            store.mark_exported(&done).await.unwrap();
+            let done: Vec<bedrock_flow_exporter::state::Checkpoint> =
+                rows.into_iter().map(|t| bedrock_flow_exporter::state::Checkpoint { execution: t, state: String::new(), done: true }).collect();
+            store.checkpoint(&done, &[]).await.unwrap();
         }
         let emulator = support::emulator(Scenario::steady(0, 1)).await;
         let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), "http://127.0.0.1:9", &[("STARTUP001", "startup")]);

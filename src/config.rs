@@ -108,6 +108,9 @@ pub struct TracesConfig {
     /// Encoded bytes per OTLP request (4 MiB: what a gRPC receiver accepts by default); a
     /// span larger than this is cut down, captured content first.
     pub max_batch_bytes: usize,
+    /// Bytes of spans the durable outbox holds while the endpoint does not accept them; at the
+    /// bound reading pauses until it accepts again.
+    pub outbox_max_bytes: u64,
     pub timeout_secs: u64,
 }
 
@@ -176,6 +179,7 @@ impl Default for TracesConfig {
             headers: BTreeMap::new(),
             batch_size: 512,
             max_batch_bytes: 4 << 20,
+            outbox_max_bytes: 256 << 20,
             timeout_secs: 10,
         }
     }
@@ -272,6 +276,9 @@ impl Config {
         }
         if self.traces.max_batch_bytes < 64 << 10 {
             return Err(invalid("traces.max_batch_bytes", "must be at least 65536"));
+        }
+        if self.traces.outbox_max_bytes < 1 << 20 {
+            return Err(invalid("traces.outbox_max_bytes", "must be at least 1048576"));
         }
         if self.traces.batch_size < 1 {
             return Err(invalid("traces.batch_size", "must be at least 1"));

@@ -1,12 +1,13 @@
-//! Events → spans (SPEC §5 and §10). Pure: no I/O, no clock, no panics. The same input always
-//! gives the same spans with the same ids, so a replay after a crash re-exports identical data.
-//!
-//! The whole event history of an execution is converted on every pass; the collector exports
-//! the closed spans it has not exported yet. A run's span is final once it closes.
+//! Events → spans (SPEC §2, §5 and §10), as a fold: `(execution state, new events) ->
+//! (execution state', closed spans, problems)`. Pure: no I/O, no clock, no panics. The same
+//! input always gives the same spans with the same ids, so a replay after a crash re-exports
+//! identical data. A run's span comes out once, when it closes; the state keeps only what later
+//! events need (open runs, counters, the latest runs per node), never the events.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::*;
@@ -72,7 +73,32 @@ pub fn truncate(text: &str, max_bytes: usize) -> String {
     format!("{}…[truncated {} bytes]", &text[..cut], text.len() - cut)
 }
 
-/// The execution as the collector knows it.
+/// Span events kept per span (OpenTelemetry's default `OTEL_SPAN_EVENT_COUNT_LIMIT`); more are
+/// counted as dropped. An Iterator over 10,000 items keeps its first 128 outputs as events (each
+/// item has its own node spans), and the state of an open run stays bounded.
+pub const MAX_EVENTS_PER_SPAN: usize = 128;
+
+/// Latest runs remembered per node for parents and links.
+const RECENT_RUNS: usize = 16;
+
+/// Recent events remembered per stream (as fingerprints) to recognise a repeated event.
+const DEDUP_WINDOW: usize = 64;
+
+/// Closed runs of a node of unknown type held back (until the Flow stream names its type, or
+/// the execution finishes), so that every split of the history gives the same spans.
+const MAX_HELD: usize = 64;
+
+/// The node types of a flow definition: name -> (type, model id). Built once per definition.
+#[derive(Clone, Debug, Default)]
+pub struct NodeTypes(HashMap<String, (String, Option<String>)>);
+
+impl NodeTypes {
+    pub fn of(definition: &FlowDefinition) -> NodeTypes {
+        NodeTypes(definition.all_nodes().into_iter().map(|n| (n.name.clone(), (n.kind.clone(), n.model_id().map(str::to_string)))).collect())
+    }
+}
+
+/// The execution as the collector knows it (without its events).
 pub struct ExecutionView<'a> {
     pub arn: &'a str,
     pub flow_id: &'a str,
@@ -84,11 +110,18 @@ pub struct ExecutionView<'a> {
     pub ended_at: Option<Timestamp>,
     /// Terminal and settled: open runs close and the root span is produced.
     pub finished: bool,
-    pub definition: Option<&'a FlowDefinition>,
+    /// Node types from the flow's snapshot, when it could be read.
+    pub types: Option<&'a NodeTypes>,
     pub errors: &'a [ExecutionError],
-    /// The `Node` stream, then the `Flow` stream, each in service order.
-    pub node_events: &'a [Event],
-    pub flow_events: &'a [Event],
+}
+
+/// Events read since the last fold: each stream's new events in service order, which start at
+/// positions `first` (node, flow) of their streams.
+#[derive(Clone, Copy)]
+pub struct NewEvents<'a> {
+    pub node: &'a [Event],
+    pub flow: &'a [Event],
+    pub first: (usize, usize),
 }
 
 /// Something wrong with the input, counted by reason (`invalid_events_total{reason}`).
@@ -96,19 +129,29 @@ pub struct ExecutionView<'a> {
 pub struct Problem {
     pub reason: &'static str,
     pub detail: String,
-    /// Which event caused it: (stream is Flow, index in that stream); `None` for the execution.
+    /// Which event caused it: (stream is Flow, position in that stream); `None` for the execution.
     pub event: Option<(bool, usize)>,
 }
 
+/// What one fold produced: the runs it closed as spans (in the order the runs began), then the
+/// root span when the execution finished; and the problems of the new events.
 #[derive(Debug, Default)]
 pub struct Conversion {
-    /// Closed node spans, then the root span when the execution is finished.
     pub spans: Vec<SpanRecord>,
     pub problems: Vec<Problem>,
 }
 
-#[derive(Debug)]
+/// A run by identity: its node and its ordinal among the node's runs (its span id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct RunRef {
+    node: String,
+    k: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Run {
+    /// Creation order within the execution.
+    seq: u64,
     node: String,
     k: usize,
     kind: String,
@@ -116,9 +159,16 @@ struct Run {
     start: i64,
     last: i64,
     end: Option<i64>,
-    parent: Option<usize>,
+    parent: Option<RunRef>,
     sources: Vec<String>,
+    /// Decided once the candidates are known (`waiting_on` empty).
+    links: Vec<[u8; 8]>,
+    /// Per source node, the runs that may be the link (newest first), while one of them is
+    /// still open and may yet end before this run started.
+    #[serde(default)]
+    waiting_on: Vec<(String, Vec<Candidate>)>,
     events: Vec<SpanEventRecord>,
+    dropped_events: u32,
     failure: Option<(String, String)>,
     skew: bool,
     incomplete: bool,
@@ -128,6 +178,83 @@ struct Run {
     /// Iterator: outputs expected (arraySize) and seen.
     expected_outputs: Option<usize>,
     outputs_seen: usize,
+    /// Created by an output or a failure without an input.
+    one_sided: bool,
+}
+
+impl Run {
+    fn push(&mut self, record: SpanEventRecord) {
+        if self.events.len() < MAX_EVENTS_PER_SPAN {
+            self.events.push(record);
+        } else {
+            self.dropped_events += 1;
+        }
+    }
+}
+
+/// A run that may be linked to: its end once it is known.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Candidate {
+    seq: u64,
+    k: usize,
+    end: Option<i64>,
+}
+
+/// One of the latest runs of a node: enough to find a parent or a link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Recent {
+    seq: u64,
+    k: usize,
+    start: i64,
+    end: Option<i64>,
+}
+
+/// An event of the root span, ordered by (time, stream, position): the same order in every split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct RootEvent {
+    key: (i64, bool, usize),
+    record: SpanEventRecord,
+}
+
+/// The first flow failure: from the Flow stream before the Node stream, then by position.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct FlowFailureSeen {
+    from_node_stream: bool,
+    position: usize,
+    code: String,
+    message: String,
+}
+
+/// What later events of an execution need (SPEC §2): open runs with what they gathered, run
+/// counters per node, the latest runs per node, what the root span needs, node types named by
+/// the Flow stream, recent event fingerprints. Never the events. Saved with the cursors.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionState {
+    learned: BTreeMap<String, String>,
+    runs_per_node: BTreeMap<String, usize>,
+    next_seq: u64,
+    open: Vec<Run>,
+    held: Vec<Run>,
+    /// Closed runs whose links wait for a source run still open.
+    #[serde(default)]
+    waiting: Vec<Run>,
+    recent: BTreeMap<String, VecDeque<Recent>>,
+    root_events: Vec<RootEvent>,
+    last_node_failure: Option<String>,
+    flow_failure: Option<FlowFailureSeen>,
+    seen_node: VecDeque<u64>,
+    seen_flow: VecDeque<u64>,
+    /// Spans produced so far.
+    pub spans: u64,
+    /// The root span was produced: nothing more comes of this execution.
+    pub finished: bool,
+}
+
+impl ExecutionState {
+    /// Runs open now (for the memory report).
+    pub fn open_runs(&self) -> usize {
+        self.open.len() + self.held.len() + self.waiting.len()
+    }
 }
 
 pub fn operation_for(node_type: &str) -> (Option<&'static str>, &'static str) {
@@ -140,57 +267,29 @@ pub fn operation_for(node_type: &str) -> (Option<&'static str>, &'static str) {
     }
 }
 
-struct Converter<'a> {
-    view: &'a ExecutionView<'a>,
-    policy: &'a ContentPolicy,
-    types: HashMap<String, (String, Option<String>)>,
-    runs: Vec<Run>,
-    open: HashMap<String, VecDeque<usize>>,
-    runs_per_node: HashMap<String, usize>,
-    root_events: Vec<SpanEventRecord>,
-    problems: Vec<Problem>,
-    last_node_failure: Option<String>,
-    trace_id: [u8; 16],
-}
-
-pub fn convert(view: &ExecutionView<'_>, policy: &ContentPolicy) -> Conversion {
-    let mut types = HashMap::new();
-    if let Some(def) = view.definition {
-        for node in def.all_nodes() {
-            let model = node.model_id().map(str::to_string);
-            types.insert(node.name.clone(), (node.kind.clone(), model));
-        }
+/// Folds an execution's new events into its state: the runs they close come out as spans,
+/// and when the execution is finished the open runs close and the root span comes out. Folding
+/// a history in any split into chunks gives the spans of folding it in one piece.
+pub fn fold(state: &mut ExecutionState, view: &ExecutionView<'_>, new: NewEvents<'_>, policy: &ContentPolicy) -> Conversion {
+    if state.finished {
+        return Conversion::default();
     }
+    let mut c = Converter { state, view, policy, problems: Vec::new(), closed: Vec::new(), trace_id: trace_id(view.arn) };
     // Without a snapshot, the Flow stream still names the Input and Output nodes.
-    for event in view.flow_events.iter().chain(view.node_events) {
+    for event in new.flow.iter().chain(new.node) {
         let (name, kind) = match event {
             Event::FlowInput(e) => (&e.node_name, "Input"),
             Event::FlowOutput(e) => (&e.node_name, "Output"),
             _ => continue,
         };
         if !name.is_empty() {
-            types.entry(name.clone()).or_insert_with(|| (kind.to_string(), None));
+            c.learn(name, kind);
         }
     }
-    let mut c = Converter {
-        view,
-        policy,
-        types,
-        runs: Vec::new(),
-        open: HashMap::new(),
-        runs_per_node: HashMap::new(),
-        root_events: Vec::new(),
-        problems: Vec::new(),
-        last_node_failure: None,
-        trace_id: trace_id(view.arn),
-    };
-    let mut seen: HashSet<String> = HashSet::new();
-    let streams = [(false, view.node_events), (true, view.flow_events)];
-    for (is_flow_stream, events) in streams {
-        for (index, event) in events.iter().enumerate() {
-            let at = Some((is_flow_stream, index));
-            let fingerprint = event.to_wire().to_string();
-            if !matches!(event, Event::Unknown(_)) && !seen.insert(fingerprint) {
+    for (is_flow_stream, events, first) in [(false, new.node, new.first.0), (true, new.flow, new.first.1)] {
+        for (i, event) in events.iter().enumerate() {
+            let at = Some((is_flow_stream, first + i));
+            if !matches!(event, Event::Unknown(_)) && c.repeated(is_flow_stream, event) {
                 c.problem("duplicate_event", format!("{} repeated", event.wire_key()), at);
                 continue;
             }
@@ -200,13 +299,69 @@ pub fn convert(view: &ExecutionView<'_>, policy: &ContentPolicy) -> Conversion {
     c.finish()
 }
 
+/// The history in one piece: `fold` from an empty state.
+pub fn convert(view: &ExecutionView<'_>, node_events: &[Event], flow_events: &[Event], policy: &ContentPolicy) -> Conversion {
+    fold(&mut ExecutionState::default(), view, NewEvents { node: node_events, flow: flow_events, first: (0, 0) }, policy)
+}
+
+/// FNV-1a over the event's wire text: a stable fingerprint (it is saved in the state).
+fn fingerprint(event: &Event) -> u64 {
+    let text = event.to_wire().to_string();
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+struct Converter<'a> {
+    state: &'a mut ExecutionState,
+    view: &'a ExecutionView<'a>,
+    policy: &'a ContentPolicy,
+    problems: Vec<Problem>,
+    /// Runs closed by this fold, to come out as spans.
+    closed: Vec<Run>,
+    trace_id: [u8; 16],
+}
+
 impl Converter<'_> {
     fn problem(&mut self, reason: &'static str, detail: String, event: Option<(bool, usize)>) {
         self.problems.push(Problem { reason, detail, event });
     }
 
+    fn repeated(&mut self, is_flow_stream: bool, event: &Event) -> bool {
+        let print = fingerprint(event);
+        let seen = if is_flow_stream { &mut self.state.seen_flow } else { &mut self.state.seen_node };
+        if seen.contains(&print) {
+            return true;
+        }
+        if seen.len() == DEDUP_WINDOW {
+            seen.pop_front();
+        }
+        seen.push_back(print);
+        false
+    }
+
+    /// A type named by the Flow stream. An open run of an Output node named only now closes as
+    /// it would have at its input.
+    fn learn(&mut self, node: &str, kind: &str) {
+        if self.known(node) {
+            return;
+        }
+        self.state.learned.insert(node.to_string(), kind.to_string());
+        if kind == "Output" {
+            while let Some(i) = self.state.open.iter().position(|r| r.node == node) {
+                let start = self.state.open[i].start;
+                self.close_at(i, start);
+            }
+        }
+    }
+
+    fn known(&self, node: &str) -> bool {
+        self.view.types.is_some_and(|t| t.0.contains_key(node)) || self.state.learned.contains_key(node)
+    }
+
     fn node_type(&self, node: &str) -> String {
-        self.types.get(node).map(|t| t.0.clone()).unwrap_or_else(|| "unknown".into())
+        if let Some((kind, _)) = self.view.types.and_then(|t| t.0.get(node)) {
+            return kind.clone();
+        }
+        self.state.learned.get(node).cloned().unwrap_or_else(|| "unknown".into())
     }
 
     fn content_event(&self, name: &str, time: i64, fields: Vec<(&str, Option<&Content>)>) -> SpanEventRecord {
@@ -220,6 +375,11 @@ impl Converter<'_> {
             attributes.push(("content".into(), AttrValue::Str(self.policy.limit(rendered.join("\n")))));
         }
         SpanEventRecord { name: name.into(), time, attributes }
+    }
+
+    fn root_event(&mut self, record: SpanEventRecord, at: Option<(bool, usize)>) {
+        let (is_flow, position) = at.unwrap_or((true, usize::MAX));
+        self.state.root_events.push(RootEvent { key: (record.time, is_flow, position), record });
     }
 
     fn event(&mut self, event: &Event, at: Option<(bool, usize)>) {
@@ -239,14 +399,20 @@ impl Converter<'_> {
                 if !e.node_name.is_empty() {
                     record.attributes.push(("aws.bedrock.flow.node.name".into(), e.node_name.clone().into()));
                 }
-                self.root_events.push(record);
+                self.root_event(record, at);
             }
             Event::FlowFailure(e) => {
-                self.root_events.push(SpanEventRecord {
+                let record = SpanEventRecord {
                     name: "exception".into(),
                     time: ts,
                     attributes: vec![("exception.type".into(), e.error_code.clone().into()), ("exception.message".into(), e.error_message.clone().into())],
-                });
+                };
+                self.root_event(record, at);
+                let (is_flow, position) = at.unwrap_or((true, 0));
+                let seen = FlowFailureSeen { from_node_stream: !is_flow, position, code: e.error_code.clone(), message: e.error_message.clone() };
+                if self.state.flow_failure.as_ref().is_none_or(|f| (seen.from_node_stream, seen.position) < (f.from_node_stream, f.position)) {
+                    self.state.flow_failure = Some(seen);
+                }
             }
             Event::NodeInput(e) => self.node_input(e, ts, at),
             Event::NodeOutput(e) => self.node_output(e, ts, at),
@@ -254,21 +420,22 @@ impl Converter<'_> {
                 if e.node_name.is_empty() {
                     return self.problem("missing_field", "nodeFailureEvent without nodeName".into(), at);
                 }
-                self.last_node_failure = Some(e.error_code.clone());
+                self.state.last_node_failure = Some(e.error_code.clone());
                 let run = match self.first_open(&e.node_name) {
                     Some(r) => r,
                     None => {
                         self.problem("failure_without_input", e.node_name.clone(), at);
-                        self.open_run(&e.node_name, Vec::new(), ts, Vec::new())
+                        self.open_one_sided(&e.node_name, ts)
                     }
                 };
-                self.runs[run].events.push(SpanEventRecord {
+                let r = &mut self.state.open[run];
+                r.push(SpanEventRecord {
                     name: "exception".into(),
                     time: ts,
                     attributes: vec![("exception.type".into(), e.error_code.clone().into()), ("exception.message".into(), e.error_message.clone().into())],
                 });
-                self.runs[run].failure = Some((e.error_code.clone(), e.error_message.clone()));
-                self.close(run, ts);
+                r.failure = Some((e.error_code.clone(), e.error_message.clone()));
+                self.close_at(run, ts);
             }
             Event::ConditionResult(e) => {
                 if e.node_name.is_empty() {
@@ -279,13 +446,14 @@ impl Converter<'_> {
                     None => self.open_run(&e.node_name, Vec::new(), ts, Vec::new()),
                 };
                 let satisfied: Vec<String> = e.satisfied_conditions.iter().map(|c| c.condition_name.clone()).collect();
-                self.runs[run].events.push(SpanEventRecord {
+                let r = &mut self.state.open[run];
+                r.push(SpanEventRecord {
                     name: "aws.bedrock.flow.condition_result".into(),
                     time: ts,
                     attributes: vec![("aws.bedrock.flow.condition.satisfied".into(), AttrValue::StrArray(satisfied.clone()))],
                 });
-                self.runs[run].conditions.extend(satisfied);
-                self.close(run, ts);
+                r.conditions.extend(satisfied);
+                self.close_at(run, ts);
             }
             Event::NodeAction(e) => {
                 let mut attributes: Attributes = vec![
@@ -326,14 +494,13 @@ impl Converter<'_> {
         }
     }
 
-    /// Adds an action or dependency event to the node's open run (else its latest run, else
-    /// the root) and sums its token usage.
+    /// Adds an action or dependency event to the node's latest open run (else the root) and
+    /// sums its token usage.
     fn attach(&mut self, node: &str, ts: i64, record: SpanEventRecord, tokens: (i64, i64), at: Option<(bool, usize)>) {
-        let target = self.open.get(node).and_then(|q| q.back().copied());
-        match target {
+        match self.state.open.iter().rposition(|r| r.node == node) {
             Some(run) => {
-                let r = &mut self.runs[run];
-                r.events.push(record);
+                let r = &mut self.state.open[run];
+                r.push(record);
                 r.input_tokens += tokens.0;
                 r.output_tokens += tokens.1;
                 r.last = r.last.max(ts);
@@ -342,24 +509,42 @@ impl Converter<'_> {
                 self.problem("event_outside_run", format!("{} for {node:?} with no open run", record.name), at);
                 let mut record = record;
                 record.attributes.push(("aws.bedrock.flow.node.name".into(), node.to_string().into()));
-                self.root_events.push(record);
+                self.root_event(record, at);
             }
         }
     }
 
+    /// The node's first open run (position in `open`).
     fn first_open(&self, node: &str) -> Option<usize> {
-        self.open.get(node).and_then(|q| q.front().copied())
+        self.state.open.iter().position(|r| r.node == node)
     }
 
+    fn open_one_sided(&mut self, node: &str, ts: i64) -> usize {
+        let run = self.open_run(node, Vec::new(), ts, Vec::new());
+        self.state.open[run].one_sided = true;
+        run
+    }
+
+    /// Opens a run; returns its position in `open`.
     fn open_run(&mut self, node: &str, chain: Vec<ExecutionChainItem>, ts: i64, sources: Vec<String>) -> usize {
         let kind = self.node_type(node);
-        let counter = self.runs_per_node.entry(node.to_string()).or_insert(0);
+        let counter = self.state.runs_per_node.entry(node.to_string()).or_insert(0);
         let k = *counter;
         *counter += 1;
-        let index = self.runs.len();
+        let seq = self.state.next_seq;
+        self.state.next_seq += 1;
         // The parent: the enclosing Iterator or Loop's latest run that started before this input.
-        let parent = chain.last().and_then(|item| self.runs.iter().enumerate().rev().find(|(_, r)| r.node == item.node_name && r.start <= ts).map(|(i, _)| i));
-        self.runs.push(Run {
+        let parent = chain.last().and_then(|item| {
+            let recent = self.state.recent.get(&item.node_name)?;
+            recent.iter().rev().find(|r| r.start <= ts).map(|r| RunRef { node: item.node_name.clone(), k: r.k })
+        });
+        let recent = self.state.recent.entry(node.to_string()).or_default();
+        if recent.len() == RECENT_RUNS {
+            recent.pop_front();
+        }
+        recent.push_back(Recent { seq, k, start: ts, end: None });
+        self.state.open.push(Run {
+            seq,
             node: node.to_string(),
             k,
             kind,
@@ -369,7 +554,10 @@ impl Converter<'_> {
             end: None,
             parent,
             sources,
+            links: Vec::new(),
+            waiting_on: Vec::new(),
             events: Vec::new(),
+            dropped_events: 0,
             failure: None,
             skew: false,
             incomplete: false,
@@ -378,43 +566,124 @@ impl Converter<'_> {
             output_tokens: 0,
             expected_outputs: None,
             outputs_seen: 0,
+            one_sided: false,
         });
-        self.open.entry(node.to_string()).or_default().push_back(index);
-        index
+        self.state.open.len() - 1
     }
 
-    fn close(&mut self, run: usize, ts: i64) {
-        let r = &mut self.runs[run];
-        if ts < r.start {
+    /// Closes the open run at position `run` at time `ts` (its start when `ts` is earlier: clock
+    /// skew); closing a Loop closes the per-entry runs of its LoopInput and LoopController.
+    fn close_at(&mut self, run: usize, ts: i64) {
+        let mut r = self.state.open.remove(run);
+        let end = if ts < r.start {
             r.skew = true;
-            r.end = Some(r.start);
+            r.start
         } else {
-            r.end = Some(ts);
+            ts
+        };
+        self.end(r, end);
+    }
+
+    /// Records a run's end, decides its links (or lets it wait for them) and sets it aside to
+    /// come out as a span.
+    fn end(&mut self, mut r: Run, end: i64) {
+        r.end = Some(end);
+        // For links a run ends at its end or its latest event, whichever is later (they differ
+        // only with clock skew): never earlier than its latest event, so a link to a run still
+        // open is decided as soon as that run has an event after the linking run started.
+        let link_end = end.max(r.last);
+        if let Some(recent) = self.state.recent.get_mut(&r.node).and_then(|q| q.iter_mut().rev().find(|x| x.seq == r.seq)) {
+            recent.end = Some(link_end);
         }
-        let node = r.node.clone();
-        if let Some(q) = self.open.get_mut(&node) {
-            q.retain(|i| *i != run);
-        }
-        // Closing a Loop closes the per-entry runs of its LoopInput and LoopController.
-        if self.runs[run].kind == "Loop" {
-            let children: Vec<usize> = self
-                .open
-                .values()
-                .flatten()
-                .copied()
-                .filter(|i| self.runs[*i].parent == Some(run) && matches!(self.runs[*i].kind.as_str(), "LoopInput" | "LoopController"))
-                .collect();
-            for child in children {
-                let last = self.runs[child].last;
-                self.close(child, last);
+        for w in &mut self.state.waiting {
+            for c in w.waiting_on.iter_mut().flat_map(|(_, c)| c.iter_mut()).filter(|c| c.seq == r.seq) {
+                c.end = Some(link_end);
             }
+        }
+        // Links: the latest run of each source node begun before this run and ended before it
+        // started; the candidates are the source's latest runs begun before this one.
+        r.waiting_on = r
+            .sources
+            .iter()
+            .map(|source| {
+                let candidates = self
+                    .state
+                    .recent
+                    .get(source)
+                    .map(|q| q.iter().rev().filter(|x| x.seq < r.seq).map(|x| Candidate { seq: x.seq, k: x.k, end: x.end }).collect())
+                    .unwrap_or_default();
+                (source.clone(), candidates)
+            })
+            .collect();
+        let is_loop = r.kind == "Loop";
+        let me = RunRef { node: r.node.clone(), k: r.k };
+        self.settle_links(r, false);
+        if is_loop {
+            while let Some(i) = self.state.open.iter().position(|c| c.parent.as_ref() == Some(&me) && matches!(c.kind.as_str(), "LoopInput" | "LoopController"))
+            {
+                let last = self.state.open[i].last;
+                self.close_at(i, last);
+            }
+        }
+    }
+
+    /// The run's links when they can be decided (with `force`, an open candidate counts as
+    /// ending too late), then the run is set aside; else it waits.
+    fn settle_links(&mut self, mut r: Run, force: bool) {
+        match self.links_of(&r, force) {
+            Some(links) => {
+                r.links = links;
+                r.waiting_on.clear();
+                if !self.known(&r.node) && self.state.held.len() < MAX_HELD {
+                    self.state.held.push(r);
+                } else {
+                    self.closed.push(r);
+                }
+            }
+            None => self.state.waiting.push(r),
+        }
+    }
+
+    fn links_of(&self, r: &Run, force: bool) -> Option<Vec<[u8; 8]>> {
+        let mut links = Vec::new();
+        for (source, candidates) in &r.waiting_on {
+            let mut found = None;
+            for c in candidates {
+                let end = match c.end {
+                    Some(end) => end,
+                    None => match self.state.open.iter().find(|o| o.seq == c.seq) {
+                        // It will end at its latest event or later: after this run started.
+                        Some(open) if open.last > r.start => continue,
+                        _ if force => continue,
+                        _ => return None,
+                    },
+                };
+                if end <= r.start {
+                    found = Some(c.k);
+                    break;
+                }
+            }
+            if let Some(k) = found {
+                let link = node_span_id(self.view.arn, source, k);
+                if !links.contains(&link) {
+                    links.push(link);
+                }
+            }
+        }
+        Some(links)
+    }
+
+    /// Decides the links that can be decided now.
+    fn settle_waiting(&mut self, force: bool) {
+        for r in std::mem::take(&mut self.state.waiting) {
+            self.settle_links(r, force);
         }
     }
 
     /// Open run of a node that aggregates several events (Collector, LoopInput, LoopController)
     /// within the same enclosing run.
     fn aggregating_run(&self, node: &str, parent_chain: &[ExecutionChainItem]) -> Option<usize> {
-        self.open.get(node)?.iter().copied().find(|i| self.runs[*i].chain == parent_chain)
+        self.state.open.iter().position(|r| r.node == node && r.chain == parent_chain)
     }
 
     fn node_input(&mut self, e: &NodeInputEvent, ts: i64, at: Option<(bool, usize)>) {
@@ -444,8 +713,8 @@ impl Converter<'_> {
                     Some(r) => r,
                     None => self.open_run(&e.node_name, run_chain, ts, sources.clone()),
                 };
-                let r = &mut self.runs[run];
-                r.events.push(record);
+                let r = &mut self.state.open[run];
+                r.push(record);
                 r.last = r.last.max(ts);
                 for s in sources {
                     if !r.sources.contains(&s) {
@@ -455,12 +724,12 @@ impl Converter<'_> {
             }
             "Output" => {
                 let run = self.open_run(&e.node_name, chain, ts, sources);
-                self.runs[run].events.push(record);
-                self.close(run, ts);
+                self.state.open[run].push(record);
+                self.close_at(run, ts);
             }
             _ => {
                 let run = self.open_run(&e.node_name, chain, ts, sources);
-                self.runs[run].events.push(record);
+                self.state.open[run].push(record);
             }
         }
     }
@@ -475,52 +744,53 @@ impl Converter<'_> {
             "Iterator" => {
                 let Some(run) = self.first_open(&e.node_name) else {
                     self.problem("output_without_input", e.node_name.clone(), at);
-                    let run = self.open_run(&e.node_name, Vec::new(), ts, Vec::new());
-                    self.runs[run].events.push(record);
-                    return self.close(run, ts);
+                    let run = self.open_one_sided(&e.node_name, ts);
+                    self.state.open[run].push(record);
+                    return self.close_at(run, ts);
                 };
                 let size = e.fields.iter().find(|f| f.name == "arraySize").and_then(|f| f.content.as_ref()).and_then(|c| c.document.as_u64());
-                let r = &mut self.runs[run];
-                r.events.push(record);
+                let r = &mut self.state.open[run];
+                r.push(record);
                 r.outputs_seen += 1;
                 r.last = r.last.max(ts);
                 if let Some(size) = size {
                     r.expected_outputs = Some(size as usize);
                 }
                 if r.expected_outputs.is_some_and(|n| r.outputs_seen >= n) {
-                    self.close(run, ts);
+                    self.close_at(run, ts);
                 }
             }
             "LoopInput" => {
                 // One run per entry into the loop; each iteration's output is an event of it.
                 let parent_chain: Vec<ExecutionChainItem> = self
-                    .runs
+                    .state
+                    .open
                     .iter()
                     .rev()
-                    .find(|r| r.kind == "Loop" && r.end.is_none())
+                    .find(|r| r.kind == "Loop")
                     .map(|r| vec![ExecutionChainItem { node_name: r.node.clone(), kind: "Loop".into(), index: None }])
                     .unwrap_or_default();
                 let run = match self.aggregating_run(&e.node_name, &parent_chain) {
                     Some(r) => r,
                     None => self.open_run(&e.node_name, parent_chain, ts, Vec::new()),
                 };
-                let r = &mut self.runs[run];
-                r.events.push(record);
+                let r = &mut self.state.open[run];
+                r.push(record);
                 r.last = r.last.max(ts);
             }
             _ => match self.first_open(&e.node_name) {
                 Some(run) => {
-                    self.runs[run].events.push(record);
-                    self.close(run, ts);
+                    self.state.open[run].push(record);
+                    self.close_at(run, ts);
                 }
                 None => {
                     // One-sided nodes (the flow's Input node) give a zero-length run at the event.
                     if kind != "Input" && kind != "unknown" {
                         self.problem("output_without_input", e.node_name.clone(), at);
                     }
-                    let run = self.open_run(&e.node_name, Vec::new(), ts, Vec::new());
-                    self.runs[run].events.push(record);
-                    self.close(run, ts);
+                    let run = self.open_one_sided(&e.node_name, ts);
+                    self.state.open[run].push(record);
+                    self.close_at(run, ts);
                 }
             },
         }
@@ -528,112 +798,133 @@ impl Converter<'_> {
 
     fn finish(mut self) -> Conversion {
         let view = self.view;
-        let end_of_execution = view.ended_at.map(|t| t.0);
+        self.settle_waiting(false);
+        // Held runs whose node has a type now come out.
+        let held = std::mem::take(&mut self.state.held);
+        for r in held {
+            if view.finished || self.known(&r.node) {
+                self.closed.push(r);
+            } else {
+                self.state.held.push(r);
+            }
+        }
         if view.finished {
-            let still_open: Vec<usize> = (0..self.runs.len()).filter(|i| self.runs[*i].end.is_none()).collect();
-            for run in still_open {
-                let r = &mut self.runs[run];
-                if matches!(r.kind.as_str(), "Iterator" | "Collector" | "LoopInput" | "LoopController")
-                    && r.events.len() > 1
+            let end_of_execution = view.ended_at.map(|t| t.0);
+            let still_open = std::mem::take(&mut self.state.open);
+            // Every end first, then the links (a run may link to one that closes only now).
+            let mut ending = Vec::with_capacity(still_open.len());
+            for mut r in still_open {
+                let end = if matches!(r.kind.as_str(), "Iterator" | "Collector" | "LoopInput" | "LoopController")
+                    && r.events.len() + r.dropped_events as usize > 1
                     && view.status == &ExecutionStatus::Succeeded
                 {
-                    r.end = Some(r.last);
+                    r.last
                 } else {
                     r.incomplete = true;
-                    r.end = Some(end_of_execution.unwrap_or(r.last).max(r.start));
+                    end_of_execution.unwrap_or(r.last).max(r.start)
+                };
+                r.end = Some(end);
+                if let Some(recent) = self.state.recent.get_mut(&r.node).and_then(|q| q.iter_mut().rev().find(|x| x.seq == r.seq)) {
+                    recent.end = Some(end.max(r.last));
                 }
+                ending.push(r);
             }
+            for r in ending {
+                let end = r.end.unwrap_or(r.start);
+                self.end(r, end);
+            }
+            self.settle_waiting(true);
+            self.closed.append(&mut self.state.held);
         }
-        let mut spans = Vec::new();
-        let root_id = root_span_id(view.arn);
-        for index in 0..self.runs.len() {
-            let r = &self.runs[index];
-            let Some(end) = r.end else { continue };
-            let id = node_span_id(view.arn, &r.node, r.k);
-            let parent = r.parent.map(|p| node_span_id(view.arn, &self.runs[p].node, self.runs[p].k)).unwrap_or(root_id);
-            // Links: the latest run of each source node that ended before this run started.
-            let mut links = Vec::new();
-            for source in &r.sources {
-                if let Some(s) = self.runs[..index].iter().rev().find(|s| &s.node == source && s.end.is_some_and(|e| e <= r.start)) {
-                    let link = node_span_id(view.arn, &s.node, s.k);
-                    if !links.contains(&link) {
-                        links.push(link);
-                    }
-                }
-            }
-            let (operation, span_kind) = operation_for(&r.kind);
-            let mut attributes: Attributes = vec![
-                ("aws.bedrock.flow.node.name".into(), r.node.clone().into()),
-                ("aws.bedrock.flow.node.type".into(), r.kind.clone().into()),
-                ("aws.bedrock.flow.execution.arn".into(), view.arn.into()),
-                ("aws.bedrock.flow.id".into(), view.flow_id.into()),
-                ("openinference.span.kind".into(), span_kind.into()),
-            ];
-            if let Some(op) = operation {
-                attributes.push(("gen_ai.operation.name".into(), op.into()));
-            }
-            if !r.chain.is_empty() {
-                let chain: Vec<String> = r
-                    .chain
-                    .iter()
-                    .map(|c| match c.index {
-                        Some(i) => format!("{}[{i}]", c.node_name),
-                        None => c.node_name.clone(),
-                    })
-                    .collect();
-                attributes.push(("aws.bedrock.flow.node.execution_chain".into(), AttrValue::StrArray(chain)));
-            }
-            if let Some(model) = self.types.get(&r.node).and_then(|t| t.1.clone()) {
-                attributes.push(("gen_ai.request.model".into(), model.into()));
-            }
-            if r.input_tokens > 0 || r.output_tokens > 0 {
-                attributes.push(("gen_ai.usage.input_tokens".into(), r.input_tokens.into()));
-                attributes.push(("gen_ai.usage.output_tokens".into(), r.output_tokens.into()));
-            }
-            if !r.conditions.is_empty() {
-                attributes.push(("aws.bedrock.flow.condition.satisfied".into(), AttrValue::StrArray(r.conditions.clone())));
-            }
-            if r.skew {
-                attributes.push(("aws.bedrock.flow.clock_skew".into(), true.into()));
-            }
-            if r.incomplete {
-                attributes.push(("aws.bedrock.flow.node.incomplete".into(), true.into()));
-            }
-            let status = if let Some((code, message)) = &r.failure {
-                attributes.push(("error.type".into(), code.clone().into()));
-                SpanStatus::Error(message.clone())
-            } else if r.incomplete && matches!(view.status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) {
-                attributes.push(("error.type".into(), if view.status == &ExecutionStatus::TimedOut { "timeout".into() } else { "incomplete".into() }));
-                SpanStatus::Error(format!("{} did not finish before the execution ended {}", r.node, view.status.as_str()))
-            } else {
-                SpanStatus::Unset
-            };
-            spans.push(SpanRecord {
-                trace_id: self.trace_id,
-                span_id: id,
-                parent_span_id: Some(parent),
-                name: format!("{} {}", r.kind, r.node),
-                start: r.start,
-                end,
-                attributes,
-                events: r.events.clone(),
-                links,
-                status,
-                facts: SpanFacts {
-                    node: Some(r.node.clone()),
-                    node_type: r.kind.clone(),
-                    failure_code: r.failure.as_ref().map(|f| f.0.clone()),
-                    incomplete: r.incomplete,
-                    satisfied_conditions: r.conditions.clone(),
-                    input_tokens: r.input_tokens,
-                    output_tokens: r.output_tokens,
-                },
-            });
-        }
+        let mut closed = std::mem::take(&mut self.closed);
+        closed.sort_by_key(|r| r.seq);
+        let mut spans: Vec<SpanRecord> = closed.into_iter().map(|r| self.span_of(r)).collect();
         if view.finished {
             spans.push(self.root_span());
+            self.state.finished = true;
+            self.state.recent.clear();
+            self.state.seen_node.clear();
+            self.state.seen_flow.clear();
         }
+        self.state.spans += spans.len() as u64;
         Conversion { spans, problems: self.problems }
+    }
+
+    fn span_of(&self, r: Run) -> SpanRecord {
+        let view = self.view;
+        let kind = if r.kind == "unknown" { self.node_type(&r.node) } else { r.kind };
+        let end = r.end.unwrap_or(r.start);
+        let id = node_span_id(view.arn, &r.node, r.k);
+        let parent = r.parent.as_ref().map(|p| node_span_id(view.arn, &p.node, p.k)).unwrap_or_else(|| root_span_id(view.arn));
+        let (operation, span_kind) = operation_for(&kind);
+        let mut attributes: Attributes = vec![
+            ("aws.bedrock.flow.node.name".into(), r.node.clone().into()),
+            ("aws.bedrock.flow.node.type".into(), kind.clone().into()),
+            ("aws.bedrock.flow.execution.arn".into(), view.arn.into()),
+            ("aws.bedrock.flow.id".into(), view.flow_id.into()),
+            ("openinference.span.kind".into(), span_kind.into()),
+        ];
+        if let Some(op) = operation {
+            attributes.push(("gen_ai.operation.name".into(), op.into()));
+        }
+        if !r.chain.is_empty() {
+            let chain: Vec<String> = r
+                .chain
+                .iter()
+                .map(|c| match c.index {
+                    Some(i) => format!("{}[{i}]", c.node_name),
+                    None => c.node_name.clone(),
+                })
+                .collect();
+            attributes.push(("aws.bedrock.flow.node.execution_chain".into(), AttrValue::StrArray(chain)));
+        }
+        if let Some(model) = view.types.and_then(|t| t.0.get(&r.node)).and_then(|t| t.1.clone()) {
+            attributes.push(("gen_ai.request.model".into(), model.into()));
+        }
+        if r.input_tokens > 0 || r.output_tokens > 0 {
+            attributes.push(("gen_ai.usage.input_tokens".into(), r.input_tokens.into()));
+            attributes.push(("gen_ai.usage.output_tokens".into(), r.output_tokens.into()));
+        }
+        if !r.conditions.is_empty() {
+            attributes.push(("aws.bedrock.flow.condition.satisfied".into(), AttrValue::StrArray(r.conditions.clone())));
+        }
+        if r.skew {
+            attributes.push(("aws.bedrock.flow.clock_skew".into(), true.into()));
+        }
+        if r.incomplete {
+            attributes.push(("aws.bedrock.flow.node.incomplete".into(), true.into()));
+        }
+        let status = if let Some((code, message)) = &r.failure {
+            attributes.push(("error.type".into(), code.clone().into()));
+            SpanStatus::Error(message.clone())
+        } else if r.incomplete && matches!(view.status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) {
+            attributes.push(("error.type".into(), if view.status == &ExecutionStatus::TimedOut { "timeout".into() } else { "incomplete".into() }));
+            SpanStatus::Error(format!("{} did not finish before the execution ended {}", r.node, view.status.as_str()))
+        } else {
+            SpanStatus::Unset
+        };
+        SpanRecord {
+            trace_id: self.trace_id,
+            span_id: id,
+            parent_span_id: Some(parent),
+            name: format!("{kind} {}", r.node),
+            start: r.start,
+            end,
+            attributes,
+            dropped_events: r.dropped_events,
+            links: r.links,
+            status,
+            facts: SpanFacts {
+                node: Some(r.node),
+                node_type: kind,
+                failure_code: r.failure.map(|f| f.0),
+                incomplete: r.incomplete,
+                satisfied_conditions: r.conditions,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+            },
+            events: r.events,
+        }
     }
 
     fn root_span(&mut self) -> SpanRecord {
@@ -655,17 +946,14 @@ impl Converter<'_> {
             ("cloud.region".into(), region.into()),
             ("cloud.account.id".into(), account.into()),
         ];
-        let flow_failure = self.view.flow_events.iter().chain(self.view.node_events).find_map(|e| match e {
-            Event::FlowFailure(f) => Some(f.clone()),
-            _ => None,
-        });
+        let flow_failure = self.state.flow_failure.clone();
         let status = match view.status {
             ExecutionStatus::Succeeded => SpanStatus::Ok,
             ExecutionStatus::Failed => {
                 let (code, message) = match &flow_failure {
-                    Some(f) => (f.error_code.clone(), f.error_message.clone()),
+                    Some(f) => (f.code.clone(), f.message.clone()),
                     None => {
-                        let code = self.last_node_failure.clone().unwrap_or_else(|| "Failed".into());
+                        let code = self.state.last_node_failure.clone().unwrap_or_else(|| "Failed".into());
                         let message = view.errors.iter().find_map(|e| e.message.clone()).unwrap_or_else(|| "execution failed".into());
                         (code, message)
                     }
@@ -681,8 +969,11 @@ impl Converter<'_> {
         };
         let start = view.created_at.0;
         let end = view.ended_at.map(|t| t.0).unwrap_or(start).max(start);
-        let mut events = std::mem::take(&mut self.root_events);
-        events.sort_by_key(|e| e.time);
+        let mut events = std::mem::take(&mut self.state.root_events);
+        events.sort_by_key(|e| e.key);
+        let mut events: Vec<SpanEventRecord> = events.into_iter().map(|e| e.record).collect();
+        let dropped = events.len().saturating_sub(MAX_EVENTS_PER_SPAN);
+        events.truncate(MAX_EVENTS_PER_SPAN);
         SpanRecord {
             trace_id: self.trace_id,
             span_id: root_span_id(view.arn),
@@ -692,9 +983,10 @@ impl Converter<'_> {
             end,
             attributes,
             events,
+            dropped_events: dropped as u32,
             links: Vec::new(),
             status,
-            facts: SpanFacts { node: None, node_type: String::new(), failure_code: flow_failure.map(|f| f.error_code), ..Default::default() },
+            facts: SpanFacts { node: None, node_type: String::new(), failure_code: flow_failure.map(|f| f.code), ..Default::default() },
         }
     }
 }

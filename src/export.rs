@@ -265,6 +265,7 @@ pub fn to_span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData
     let context = SpanContext::new(trace_id, SpanId::from_bytes(span.span_id), TraceFlags::SAMPLED, false, TraceState::default());
     let mut events = SpanEvents::default();
     events.events = span.events.iter().map(|e| opentelemetry::trace::Event::new(e.name.clone(), time(e.time), key_values(&e.attributes), 0)).collect();
+    events.dropped_count = span.dropped_events;
     let mut links = SpanLinks::default();
     links.links = span
         .links
@@ -322,6 +323,7 @@ mod tests {
                     attributes: vec![("field".into(), AttrValue::Str("document".into())), ("content".into(), AttrValue::Str("é".repeat(content_bytes / 2)))],
                 })
                 .collect(),
+            dropped_events: 0,
             links: vec![[4; 8], [5; 8]],
             status: SpanStatus::Error("node failed".into()),
             facts: Default::default(),

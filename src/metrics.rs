@@ -69,6 +69,7 @@ pub struct Metrics {
     pub span_export_errors: Counter,
     pub span_export_refused: Family<Labels, Counter>,
     pub executions_parked: Gauge,
+    pub outbox_bytes: Gauge,
     pub spans_cut: Counter,
     pub event_lag: Histogram,
     pub node_labels: bool,
@@ -116,6 +117,7 @@ impl Metrics {
             span_export_errors: Counter::default(),
             span_export_refused: Family::default(),
             executions_parked: Gauge::default(),
+            outbox_bytes: Gauge::default(),
             spans_cut: Counter::default(),
             event_lag: Histogram::new(LAG_BUCKETS),
             node_labels,
@@ -174,6 +176,11 @@ impl Metrics {
             "bedrock_flow_exporter_executions_parked",
             "Executions set aside because the OTLP endpoint refused their spans for good.",
             m.executions_parked.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_outbox_bytes",
+            "Bytes of spans waiting in the durable outbox for the OTLP endpoint; reading pauses at traces.outbox_max_bytes.",
+            m.outbox_bytes.clone(),
         );
         registry.register(
             "bedrock_flow_exporter_spans_cut",

@@ -1,9 +1,10 @@
 //! Spans as plain data: what `convert` produces and `export` sends. No OpenTelemetry SDK type
 //! appears here, so the trace model can be tested without one.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AttrValue {
     Str(String),
     Int(i64),
@@ -39,14 +40,14 @@ impl From<Vec<String>> for AttrValue {
 
 pub type Attributes = Vec<(String, AttrValue)>;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpanEventRecord {
     pub name: String,
     pub time: i64,
     pub attributes: Attributes,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SpanStatus {
     Unset,
     Ok,
@@ -54,7 +55,7 @@ pub enum SpanStatus {
 }
 
 /// What the metrics need to know of a span beyond OpenTelemetry's fields.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SpanFacts {
     /// `None` for the root span.
     pub node: Option<String>,
@@ -67,7 +68,7 @@ pub struct SpanFacts {
     pub output_tokens: i64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpanRecord {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
@@ -78,6 +79,9 @@ pub struct SpanRecord {
     pub end: i64,
     pub attributes: Attributes,
     pub events: Vec<SpanEventRecord>,
+    /// Events left out beyond `convert::MAX_EVENTS_PER_SPAN` (OTLP `dropped_events_count`).
+    #[serde(default)]
+    pub dropped_events: u32,
     /// Span ids (same trace) this span links to.
     pub links: Vec<[u8; 8]>,
     pub status: SpanStatus,

@@ -1,18 +1,18 @@
 //! Delivery of spans to the OTLP endpoint: requests bounded by span count and encoded bytes,
 //! spans too large cut to fit, a permanent refusal narrowed down to the execution responsible
-//! (which is parked), a retryable failure that stops the sending until the backoff.
+//! (whose spans are parked in the outbox), a retryable failure that stops the sending until the
+//! backoff (what was not sent waits in the outbox).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::events::{ExecutionParked, ExecutionUnparked, ExportRequestFailed, SpanCut};
-use super::lifecycle::Tracked;
+use super::events::{ExecutionParked, ExecutionUnparked, ExportBackedOff, ExportRequestFailed, SpanCut};
 use super::Collector;
 use crate::export::ExportError;
 use crate::span::SpanRecord;
 
 /// How long an execution refused for good waits before its spans are offered again.
-const PARK_RETRY: Duration = Duration::from_secs(15 * 60);
+pub(super) const PARK_RETRY: Duration = Duration::from_secs(15 * 60);
 
 /// What became of one execution's spans in one export.
 #[derive(Clone, Debug)]
@@ -28,6 +28,32 @@ pub(super) enum Delivery {
 }
 
 impl Collector {
+    /// `send`, unless the export is backing off (then nothing is sent); a retryable failure
+    /// starts or doubles the backoff. An execution without spans counts as accepted.
+    pub(super) async fn send_now(&mut self, spans: &mut [SpanRecord], bounds: &[usize]) -> Vec<Delivery> {
+        let backing_off = self.export_backoff.is_some_and(|(until, _)| Instant::now() < until);
+        let mut deliveries = if backing_off || spans.is_empty() {
+            vec![Delivery::NotSent; bounds.len() - 1]
+        } else {
+            let (deliveries, retry_error) = self.send(spans, bounds).await;
+            match retry_error {
+                Some(e) => {
+                    let delay = self.export_backoff.map(|(_, d)| (d * 2).min(Duration::from_secs(60))).unwrap_or(Duration::from_secs(1));
+                    self.export_backoff = Some((Instant::now() + delay, delay));
+                    self.events.emit(ExportBackedOff { error: &e, retry_in: delay });
+                }
+                None => self.export_backoff = None,
+            }
+            deliveries
+        };
+        for (i, w) in bounds.windows(2).enumerate() {
+            if w[0] == w[1] {
+                deliveries[i] = Delivery::Accepted;
+            }
+        }
+        deliveries
+    }
+
     /// Sends the spans of several executions (`spans[bounds[i]..bounds[i + 1]]` is execution
     /// i's) in requests bounded by span count and encoded bytes, cutting down any span larger
     /// than a request. A permanent refusal is narrowed down by halving the executions sent
@@ -71,17 +97,9 @@ impl Collector {
 
     /// Sets an execution the endpoint refused for good aside, counted and shown on `/`; its
     /// spans are offered again after `PARK_RETRY`, while the others go on.
-    pub(super) fn park(&mut self, t: &Tracked, reason: &'static str, message: String) {
-        let again = self.parked.insert(t.arn.clone(), Instant::now() + PARK_RETRY).is_some();
-        self.events.emit(ExecutionParked {
-            flow_id: &t.flow_id,
-            arn: &t.arn,
-            reason,
-            message: &message,
-            retry_in: PARK_RETRY,
-            again,
-            parked_now: self.parked.len(),
-        });
+    pub(super) fn park(&mut self, flow_id: &str, arn: &str, reason: &'static str, message: String) {
+        let again = self.parked.insert(arn.to_string(), Instant::now() + PARK_RETRY).is_some();
+        self.events.emit(ExecutionParked { flow_id, arn, reason, message: &message, retry_in: PARK_RETRY, again, parked_now: self.parked.len() });
     }
 
     pub(super) fn unpark(&mut self, arn: &str) {

@@ -110,8 +110,6 @@ impl Collector {
                         errors: None,
                         node_cursor: Cursor::default(),
                         flow_cursor: Cursor::default(),
-                        node_checked: 0,
-                        flow_checked: 0,
                         final_read: false,
                         unknown_status_counted: false,
                     };
@@ -119,7 +117,6 @@ impl Collector {
                     if self.seen_aliases.insert((flow_id.clone(), t.alias.clone())) {
                         self.events.emit(AliasSeen(&FlowLabels { flow_id: flow_id.clone(), flow_name: self.flows[f].name.clone(), alias: t.alias.clone() }));
                     }
-                    self.pending.insert(t.arn.clone());
                     self.tracked.insert(t.arn.clone(), t);
                 }
                 let Some(next_token) = next else { break };

@@ -189,7 +189,7 @@ pub struct ExportBackedOff<'a> {
 
 impl InternalEvent for ExportBackedOff<'_> {
     fn emit(self, _: &Instruments) {
-        tracing::warn!(error = %self.error, retry_in = ?self.retry_in, "span export failed; what was not accepted is not checkpointed and is retried later");
+        tracing::warn!(error = %self.error, retry_in = ?self.retry_in, "span export failed; what was not accepted waits in the outbox and is sent again after the backoff");
     }
 }
 
@@ -213,6 +213,38 @@ impl InternalEvent for ExecutionParked<'_> {
         }
         to.metrics.executions_parked.set(self.parked_now as i64);
         to.board.park(self.flow_id, self.arn, self.reason, self.message);
+    }
+}
+
+/// The outbox changed: what waits in it now.
+pub struct OutboxChanged {
+    pub bytes: u64,
+}
+
+impl InternalEvent for OutboxChanged {
+    fn emit(self, to: &Instruments) {
+        to.metrics.outbox_bytes.set(self.bytes as i64);
+    }
+}
+
+/// Reading paused (the outbox is full) or resumed.
+pub struct ReadingPaused {
+    pub paused: bool,
+    pub bytes: u64,
+    pub max_bytes: u64,
+}
+
+impl InternalEvent for ReadingPaused {
+    fn emit(self, _: &Instruments) {
+        if self.paused {
+            tracing::warn!(
+                outbox_bytes = self.bytes,
+                max_bytes = self.max_bytes,
+                "the outbox is full: reading pauses until the OTLP endpoint accepts spans again"
+            );
+        } else {
+            tracing::info!(outbox_bytes = self.bytes, "the outbox has room again: reading resumes");
+        }
     }
 }
 
@@ -397,6 +429,7 @@ mod tests {
             end: now_nanos(),
             attributes: vec![("error.type".into(), AttrValue::Str("NODE_EXECUTION_FAILED".into()))],
             events: vec![],
+            dropped_events: 0,
             links: vec![],
             status: SpanStatus::Error("failed".into()),
             facts: Default::default(),

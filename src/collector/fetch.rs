@@ -24,7 +24,7 @@ pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work) -> Result<Fet
     let first_seq = (t.node_cursor.total, t.flow_cursor.total);
     let mut new_node = Vec::new();
     let mut new_flow = Vec::new();
-    if work != Work::ExportOnly && !(work == Work::Final && t.final_read) {
+    if !(work == Work::Final && t.final_read) {
         let mut vanished = false;
         for stream in [EventStream::Node, EventStream::Flow] {
             let cursor = match stream {

@@ -32,9 +32,6 @@ pub struct Tracked {
     pub errors: Option<Vec<ExecutionError>>,
     pub node_cursor: Cursor,
     pub flow_cursor: Cursor,
-    /// Events whose problems were already counted, per stream.
-    pub node_checked: usize,
-    pub flow_checked: usize,
     pub final_read: bool,
     pub unknown_status_counted: bool,
 }

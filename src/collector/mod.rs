@@ -1,12 +1,15 @@
 //! The collector (SPEC §2, §9, §10): discovers executions, pages incrementally through both
-//! event streams, stores what it read, converts, exports, and only then checkpoints.
+//! event streams, folds the new events into each execution's state, exports the spans they
+//! closed, and checkpoints (cursors and fold state) once those spans are safe.
 //!
-//! One pass is `cycle`: `discovery` lists the flows, `plan` picks the work of each tracked
-//! execution, and `pipeline` processes the work in chunks (`fetch` reads concurrently, the reads
-//! are saved, the histories converted, `delivery` sends the new spans, the accepted ones are
-//! checkpointed). What happens is emitted as `events`, which the metrics, the status `board`
-//! and the demo's console consume; `observe` counts the running executions. The execution's
-//! state between cycles is `lifecycle::Tracked`, kept in one registry (`tracked`).
+//! One pass is `cycle`: `discovery` lists the flows, the `outbox` sends what waits in it, `plan`
+//! picks the work of each tracked execution, and `pipeline` processes the work in chunks
+//! (`fetch` reads concurrently, `convert::fold` folds, `delivery` sends the closed spans, one
+//! transaction checkpoints every execution of the chunk and puts what was not accepted in the
+//! outbox). What happens is emitted as `events`, which the metrics, the status `board` and the
+//! demo's console consume; `observe` counts the running executions. The execution's state
+//! between cycles is `lifecycle::Tracked` with its fold state, kept in two registries
+//! (`tracked`, `folds`) that change only when a checkpoint is written.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
@@ -16,10 +19,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::{Config, PollConfig};
-use crate::convert::ContentPolicy;
+use crate::convert::{ContentPolicy, ExecutionState, NodeTypes};
 use crate::export::Exporter;
 use crate::metrics::{FlowLabels, Metrics};
-use crate::model::FlowDefinition;
 use crate::source::FlowSource;
 use crate::state::StateStore;
 
@@ -30,12 +32,14 @@ mod events;
 mod fetch;
 pub mod lifecycle;
 mod observe;
+mod outbox;
 mod pipeline;
 mod plan;
 
 use discovery::{Admission, Scan};
 use events::{AliasSeen, FirstPollDone, Instruments, TrackedCounted};
-use lifecycle::Tracked;
+use lifecycle::{Cursor, Tracked};
+use outbox::Outbox;
 use plan::Work;
 
 use crate::timefmt::now_nanos;
@@ -61,12 +65,14 @@ pub struct Collector {
     policy: ContentPolicy,
     poll: PollConfig,
     tracked: HashMap<String, Tracked>,
-    snapshots: HashMap<(String, String), Option<Arc<FlowDefinition>>>,
+    /// The fold state of each tracked execution (as checkpointed).
+    folds: HashMap<String, ExecutionState>,
+    snapshots: HashMap<(String, String), Option<Arc<NodeTypes>>>,
     export_backoff: Option<(Instant, Duration)>,
     /// Executions the OTLP endpoint refused for good, with when to offer them again.
     parked: HashMap<String, Instant>,
-    /// Executions with spans that may still need exporting (all active ones after a start).
-    pending: HashSet<String>,
+    /// Spans waiting for the endpoint.
+    outbox: Outbox,
     /// Executions this process finished, by status, and spans it exported.
     finished_here: std::collections::BTreeMap<String, usize>,
     spans_here: u64,
@@ -97,10 +103,28 @@ impl Collector {
                 events.emit(AliasSeen(&FlowLabels { flow_id: flow.id.clone(), flow_name: flow.name.clone(), alias: alias.clone() }));
             }
         }
-        let pending = loaded.iter().map(|t| t.arn.clone()).collect();
-        let tracked: HashMap<String, Tracked> = loaded.into_iter().map(|t| (t.arn.clone(), t)).collect();
+        let mut tracked = HashMap::with_capacity(loaded.len());
+        let mut folds = HashMap::with_capacity(loaded.len());
+        for crate::state::Saved { execution: mut t, state } in loaded {
+            let fold = match state.as_deref().map(pipeline::decode_state) {
+                Some(Ok(fold)) => fold,
+                None if t.node_cursor == Cursor::default() && t.flow_cursor == Cursor::default() => ExecutionState::default(),
+                other => {
+                    let why = match other {
+                        Some(Err(why)) => why,
+                        _ => "none saved: a store of an older version".to_string(),
+                    };
+                    tracing::warn!(arn = %t.arn, "the saved fold state of this execution cannot be used ({why}); it is read again from the start");
+                    (t.node_cursor, t.flow_cursor, t.final_read) = (Cursor::default(), Cursor::default(), false);
+                    ExecutionState::default()
+                }
+            };
+            folds.insert(t.arn.clone(), fold);
+            tracked.insert(t.arn.clone(), t);
+        }
         events.emit(TrackedCounted(tracked.len()));
-        Ok(Collector {
+        let outbox = Outbox::new(store.outbox().await?, config.traces.outbox_max_bytes);
+        let mut collector = Collector {
             flows,
             store,
             exporter,
@@ -108,14 +132,17 @@ impl Collector {
             policy,
             poll: config.poll.clone(),
             tracked,
+            folds,
             snapshots: HashMap::new(),
             export_backoff: None,
             parked: HashMap::new(),
-            pending,
+            outbox,
             finished_here: Default::default(),
             spans_here: 0,
             seen_aliases: HashSet::new(),
-        })
+        };
+        collector.restore_parked();
+        Ok(collector)
     }
 
     /// "N executions exported (Succeeded: a, ...), M spans": what this process did.
@@ -134,15 +161,38 @@ impl Collector {
     }
 
     fn labels(&self, t: &Tracked) -> FlowLabels {
-        let name = self.flow_index(&t.flow_id).map(|i| self.flows[i].name.clone()).unwrap_or_else(|| t.flow_id.clone());
-        FlowLabels { flow_id: t.flow_id.clone(), flow_name: name, alias: t.alias.clone() }
+        self.labels_of(&t.flow_id, &t.alias)
+    }
+
+    fn labels_of(&self, flow_id: &str, alias: &str) -> FlowLabels {
+        let name = self.flow_index(flow_id).map(|i| self.flows[i].name.clone()).unwrap_or_else(|| flow_id.to_string());
+        FlowLabels { flow_id: flow_id.to_string(), flow_name: name, alias: alias.to_string() }
+    }
+
+    /// After a start: what waits in the outbox refused for good shows as parked again.
+    fn restore_parked(&mut self) {
+        let now = now_nanos();
+        let parked: Vec<(String, i64)> = self.outbox.parked(now).map(|(arn, at)| (arn.to_string(), at)).collect();
+        for (arn, at) in parked {
+            let flow_id = arn.split('/').nth(1).unwrap_or("").to_string();
+            self.parked.insert(arn.clone(), Instant::now() + Duration::from_nanos((at - now).max(0) as u64));
+            self.events.emit(events::ExecutionParked {
+                flow_id: &flow_id,
+                arn: &arn,
+                reason: "refused",
+                message: "refused for good before the last restart",
+                retry_in: Duration::from_nanos((at - now).max(0) as u64),
+                again: true,
+                parked_now: self.parked.len(),
+            });
+        }
+        self.outbox_changed();
     }
 
     /// What each tracked execution needs now.
     fn plan(&self, now: i64) -> Vec<(String, Work)> {
         let settle = self.poll.settle_secs as i64 * SECOND;
-        let mut work: Vec<(String, Work)> =
-            self.tracked.values().filter_map(|t| Some((t.arn.clone(), plan::work_for(t, now, settle, self.pending.contains(&t.arn))?))).collect();
+        let mut work: Vec<(String, Work)> = self.tracked.values().filter_map(|t| Some((t.arn.clone(), plan::work_for(t, now, settle)?))).collect();
         work.sort_by(|a, b| a.0.cmp(&b.0));
         work
     }
@@ -155,6 +205,7 @@ impl Collector {
         }
         // Ready once every flow has been polled (successfully or not), not after the backlog.
         self.events.emit(FirstPollDone);
+        self.flush_outbox().await;
         let now = now_nanos();
         self.update_running_gauges();
         let work = self.plan(now);
@@ -230,7 +281,7 @@ impl Collector {
                 unlisted = failed;
             }
             self.cycle(None, &stop).await;
-            let left: Vec<String> = targets.iter().filter(|a| self.tracked.contains_key(*a)).cloned().collect();
+            let left: Vec<String> = targets.iter().filter(|a| self.tracked.contains_key(*a) || self.outbox.holds(a)).cloned().collect();
             if show_progress {
                 eprint!("\r{}", progress_bar(targets.len() - left.len(), targets.len(), 30));
             }

@@ -9,18 +9,17 @@ pub enum Work {
     Fetch,
     /// The final read of a terminal execution, then finish it.
     Final,
-    /// Nothing to read: export what is derived and not exported yet.
-    ExportOnly,
 }
 
 /// The work an execution has now: running (or of unknown status) executions are read; a
 /// terminal one gets its final read once it settled (`settle` after it ended, or at once when it
-/// needs no settle re-read); meanwhile only its pending spans are exported. `None`: nothing now.
-pub fn work_for(t: &Tracked, now: i64, settle: i64, pending: bool) -> Option<Work> {
+/// needs no settle re-read); meanwhile it waits (every span it closed so far is out or in the
+/// outbox). `None`: nothing now.
+pub fn work_for(t: &Tracked, now: i64, settle: i64) -> Option<Work> {
     match t.phase(now, settle) {
         Phase::Reading => Some(Work::Fetch),
         Phase::FinalRead => Some(Work::Final),
-        Phase::Settling => pending.then_some(Work::ExportOnly),
+        Phase::Settling => None,
     }
 }
 
@@ -30,7 +29,7 @@ mod tests {
     use crate::state::tests::tracked;
 
     #[test]
-    fn work_follows_the_status_the_settle_time_and_what_is_pending() {
+    fn work_follows_the_status_and_the_settle_time() {
         let at = |status: &str, ended: Option<i64>, seen: Option<i64>, needs_settle: bool, final_read: bool| {
             let mut t = tracked("a");
             t.status = crate::model::ExecutionStatus::parse(status);
@@ -40,23 +39,22 @@ mod tests {
             t.final_read = final_read;
             t
         };
-        // (state, now, pending) -> work, with settle = 10.
-        let cases: [(Tracked, i64, bool, Option<Work>); 10] = [
-            (at("Running", None, None, true, false), 100, false, Some(Work::Fetch)),
-            (at("Paused", None, None, true, false), 100, false, Some(Work::Fetch)),
-            (at("Succeeded", Some(95), Some(96), true, false), 100, false, None),
-            (at("Succeeded", Some(95), Some(96), true, false), 100, true, Some(Work::ExportOnly)),
-            (at("Succeeded", Some(95), Some(96), true, false), 105, false, Some(Work::Final)),
-            (at("Failed", None, Some(92), true, false), 101, false, None),
-            (at("Failed", None, Some(92), true, false), 102, false, Some(Work::Final)),
-            (at("Aborted", Some(99), None, false, false), 100, false, Some(Work::Final)),
-            (at("TimedOut", Some(99), None, true, true), 100, false, Some(Work::Final)),
+        // (state, now) -> work, with settle = 10.
+        let cases: [(Tracked, i64, Option<Work>); 9] = [
+            (at("Running", None, None, true, false), 100, Some(Work::Fetch)),
+            (at("Paused", None, None, true, false), 100, Some(Work::Fetch)),
+            (at("Succeeded", Some(95), Some(96), true, false), 100, None),
+            (at("Succeeded", Some(95), Some(96), true, false), 105, Some(Work::Final)),
+            (at("Failed", None, Some(92), true, false), 101, None),
+            (at("Failed", None, Some(92), true, false), 102, Some(Work::Final)),
+            (at("Aborted", Some(99), None, false, false), 100, Some(Work::Final)),
+            (at("TimedOut", Some(99), None, true, true), 100, Some(Work::Final)),
             // No end time known: it waits (discovery records when it saw the terminal status,
             // so this state does not arise from a listing).
-            (at("Succeeded", None, None, true, false), 100, false, None),
+            (at("Succeeded", None, None, true, false), 100, None),
         ];
-        for (i, (t, now, pending, expected)) in cases.iter().enumerate() {
-            assert_eq!(work_for(t, *now, 10, *pending), *expected, "case {i}: {:?} at {now}", t.status);
+        for (i, (t, now, expected)) in cases.iter().enumerate() {
+            assert_eq!(work_for(t, *now, 10), *expected, "case {i}: {:?} at {now}", t.status);
         }
     }
 }

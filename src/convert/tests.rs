@@ -86,6 +86,7 @@ fn check(path: &std::path::Path) {
     let status = ExecutionStatus::parse(execution["status"].as_str().unwrap());
     let created_at = time(&execution["created_at"]).unwrap();
     let definition: Option<FlowDefinition> = (!fixture["definition"].is_null()).then(|| serde_json::from_value(fixture["definition"].clone()).unwrap());
+    let types = definition.as_ref().map(NodeTypes::of);
     let errors: Vec<ExecutionError> = serde_json::from_value(execution["errors"].clone()).unwrap_or_default();
     let node_events = events(&fixture["node_events"]);
     let flow_events = events(&fixture["flow_events"]);
@@ -109,14 +110,15 @@ fn check(path: &std::path::Path) {
         created_at: Timestamp(created_at),
         ended_at: time(&execution["ended_at"]).map(Timestamp),
         finished: execution["finished"].as_bool().unwrap_or(true),
-        definition: definition.as_ref(),
+        types: types.as_ref(),
         errors: &errors,
-        node_events: &node_events,
-        flow_events: &flow_events,
     };
-    let conversion = convert(&view, &policy);
+    let conversion = convert(&view, &node_events, &flow_events, &policy);
     // The same input always gives the same output (ids included).
-    assert_eq!(convert(&view, &policy).spans, conversion.spans);
+    assert_eq!(convert(&view, &node_events, &flow_events, &policy).spans, conversion.spans);
+    // And so does every split of it into chunks.
+    let mut rng = bedrock_flow_emulator::rng::Rng::new(path.to_string_lossy().len() as u64);
+    assert_split_invariant(&view, &node_events, &flow_events, &policy, &mut rng, &path.display().to_string());
     let actual = render(&conversion, created_at);
     let expected: Vec<String> = fixture["expected"].as_array().map(|a| a.iter().map(|l| l.as_str().unwrap().to_string()).collect()).unwrap_or_default();
     if actual != expected {
@@ -162,8 +164,9 @@ fn never_panics_on_arbitrary_event_orders() {
     let kinds = ["Input", "Output", "Iterator", "Collector", "Loop", "LoopInput", "LoopController", "Condition", "Prompt"];
     let nodes: Vec<Value> = kinds.iter().map(|k| serde_json::json!({"name": format!("N{k}"), "type": k})).collect();
     let definition: FlowDefinition = serde_json::from_value(serde_json::json!({"nodes": nodes})).unwrap();
+    let types = NodeTypes::of(&definition);
     let mut rng = bedrock_flow_emulator::rng::Rng::new(3);
-    for _ in 0..300 {
+    for _ in 0..120 {
         let mut list = Vec::new();
         for _ in 0..rng.between(0, 30) {
             let node = format!("N{}", rng.pick(&kinds));
@@ -207,16 +210,211 @@ fn never_panics_on_arbitrary_event_orders() {
                     created_at: Timestamp(5),
                     ended_at: Some(Timestamp(500_000_000)),
                     finished,
-                    definition: Some(&definition),
+                    types: Some(&types),
                     errors: &[],
-                    node_events: &list,
-                    flow_events: &[],
                 };
-                let conversion = convert(&view, &ContentPolicy::default());
+                let conversion = convert(&view, &list, &[], &ContentPolicy::default());
                 for s in &conversion.spans {
                     assert!(s.end >= s.start, "no negative span");
+                }
+                assert_split_invariant(&view, &list, &[], &ContentPolicy::default(), &mut rng, "random events");
+            }
+        }
+    }
+}
+
+/// A problem as compared: reason, detail, event.
+type ProblemKey = (String, String, Option<(bool, usize)>);
+
+/// Spans and problems in a comparable order: spans by id, problems by reason and event.
+fn canonical(mut spans: Vec<SpanRecord>, mut problems: Vec<Problem>) -> (Vec<SpanRecord>, Vec<ProblemKey>) {
+    spans.sort_by_key(|s| s.span_id);
+    let mut problems: Vec<_> = problems.drain(..).map(|p| (p.reason.to_string(), p.detail, p.event)).collect();
+    problems.sort();
+    (spans, problems)
+}
+
+/// Folds the history in random splits (each stream cut at its own points, the same number of
+/// chunks; empty chunks included; the execution finished only with the last chunk) and
+/// compares with the fold in one piece. The state goes through its saved form between chunks.
+fn assert_split_invariant(
+    view: &ExecutionView<'_>,
+    node: &[Event],
+    flow: &[Event],
+    policy: &ContentPolicy,
+    rng: &mut bedrock_flow_emulator::rng::Rng,
+    what: &str,
+) {
+    let whole = convert(view, node, flow, policy);
+    let expected = canonical(whole.spans, whole.problems);
+    for attempt in 0..6 {
+        let chunks = if attempt == 0 { node.len().max(flow.len()).max(1) } else { rng.between(2, 8) as usize };
+        let cuts = |len: usize, rng: &mut bedrock_flow_emulator::rng::Rng| {
+            let mut points: Vec<usize> =
+                (1..chunks).map(|i| if attempt == 0 { (i * len / chunks).min(len) } else { rng.between(0, len as u64) as usize }).collect();
+            points.sort();
+            let mut bounds = vec![0];
+            bounds.extend(points);
+            bounds.push(len);
+            bounds
+        };
+        let (node_cuts, flow_cuts) = (cuts(node.len(), rng), cuts(flow.len(), rng));
+        let mut state = ExecutionState::default();
+        let mut spans = Vec::new();
+        let mut problems = Vec::new();
+        for i in 0..chunks {
+            let part = ExecutionView { finished: view.finished && i == chunks - 1, ..*view };
+            let new =
+                NewEvents { node: &node[node_cuts[i]..node_cuts[i + 1]], flow: &flow[flow_cuts[i]..flow_cuts[i + 1]], first: (node_cuts[i], flow_cuts[i]) };
+            let out = fold(&mut state, &part, new, policy);
+            spans.extend(out.spans);
+            problems.extend(out.problems);
+            state = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        }
+        let actual = canonical(spans, problems);
+        assert_eq!(actual.1, expected.1, "{what}: problems differ with cuts {node_cuts:?} / {flow_cuts:?}");
+        assert_eq!(actual.0.len(), expected.0.len(), "{what}: span count differs with cuts {node_cuts:?} / {flow_cuts:?}");
+        for (a, e) in actual.0.iter().zip(&expected.0) {
+            assert_eq!(a, e, "{what}: a span differs with cuts {node_cuts:?} / {flow_cuts:?}");
+        }
+    }
+}
+
+/// The emulator's generator: every flow, every outcome, every malformation, in random splits.
+#[test]
+fn folding_any_split_of_a_generated_history_gives_the_spans_of_one_piece() {
+    use bedrock_flow_emulator::generate::{plan, Malformation, Outcome, Params};
+    let mut rng = bedrock_flow_emulator::rng::Rng::new(11);
+    let mut histories = 0;
+    for name in ["support-triage", "doc-batch", "refine-loop", "backlog"] {
+        let definition = bedrock_flow_emulator::flows::by_name(&name.replace('-', "_"), 45).unwrap();
+        let types = NodeTypes::of(&definition);
+        for outcome in [Outcome::Succeed, Outcome::Fail, Outcome::TimeOut, Outcome::Abort] {
+            for malformation in std::iter::once(None).chain(Malformation::ALL.into_iter().map(Some)) {
+                let input = bedrock_flow_emulator::world::sample_input(name, &mut rng);
+                let params = Params {
+                    definition: &definition,
+                    start_nanos: 1_700_000_000_000_000_000,
+                    input,
+                    outcome,
+                    nanos_per_second: 1e8,
+                    timeout_nanos: 2_000_000_000,
+                    malformation,
+                };
+                let p = plan(params, &mut rng);
+                let (flow, node): (Vec<Event>, Vec<Event>) = p.events.into_iter().partition(|e| e.is_flow_level());
+                let status = p.status.clone();
+                for (with_types, capture) in [(true, CaptureContent::Off), (false, CaptureContent::Truncated)] {
+                    let policy = ContentPolicy { mode: capture, max_bytes: 64, redact: vec![] };
+                    let view = ExecutionView {
+                        arn: "arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/e",
+                        flow_id: "F",
+                        flow_name: name,
+                        alias: "A",
+                        version: "1",
+                        status: &status,
+                        created_at: Timestamp(1_700_000_000_000_000_000),
+                        ended_at: Some(Timestamp(p.ended_at)),
+                        finished: true,
+                        types: with_types.then_some(&types),
+                        errors: &p.errors,
+                    };
+                    assert_split_invariant(&view, &node, &flow, &policy, &mut rng, &format!("{name} {outcome:?} {malformation:?} types={with_types}"));
+                    histories += 1;
                 }
             }
         }
     }
+    assert_eq!(histories, 4 * 4 * 7 * 2);
+}
+
+/// A run with more events than a span keeps holds the first ones and counts the rest.
+#[test]
+fn a_span_keeps_its_first_events_and_counts_the_dropped_ones() {
+    let definition: FlowDefinition = serde_json::from_value(serde_json::json!({"nodes": [{"name": "Gather", "type": "Collector"}]})).unwrap();
+    let types = NodeTypes::of(&definition);
+    let chain = serde_json::json!([{"nodeName": "Each", "type": "Iterator", "index": 0}]);
+    let events: Vec<Event> = (0..300)
+        .map(|i| {
+            let ts = crate::timefmt::format_nanos(1_000_000 * (i + 1));
+            Event::from_wire(&serde_json::json!({"nodeInputEvent": {"nodeName": "Gather", "timestamp": ts, "fields": [{"name": "item", "content": {"document": i}, "executionChain": chain}]}})).unwrap()
+        })
+        .collect();
+    let status = ExecutionStatus::Succeeded;
+    let view = ExecutionView {
+        arn: "arn",
+        flow_id: "F",
+        flow_name: "f",
+        alias: "A",
+        version: "1",
+        status: &status,
+        created_at: Timestamp(1),
+        ended_at: Some(Timestamp(1_000_000_000)),
+        finished: true,
+        types: Some(&types),
+        errors: &[],
+    };
+    let mut state = ExecutionState::default();
+    let half =
+        fold(&mut state, &ExecutionView { finished: false, ..view }, NewEvents { node: &events[..150], flow: &[], first: (0, 0) }, &ContentPolicy::default());
+    assert!(half.spans.is_empty(), "the Collector is still gathering");
+    assert_eq!(state.open[0].events.len(), MAX_EVENTS_PER_SPAN, "the open run holds no more than a span keeps");
+    let rest = fold(&mut state, &view, NewEvents { node: &events[150..], flow: &[], first: (150, 0) }, &ContentPolicy::default());
+    let gather = rest.spans.iter().find(|s| s.name == "Collector Gather").unwrap();
+    assert_eq!((gather.events.len(), gather.dropped_events), (MAX_EVENTS_PER_SPAN, 300 - MAX_EVENTS_PER_SPAN as u32));
+    assert_eq!(gather.end, 300_000_000, "the end is its last input's, dropped or not");
+    assert!(state.finished && state.open.is_empty() && state.recent.is_empty());
+}
+
+/// An Iterator over 1,000 items folded a few events at a time: the state holds the open runs
+/// and the per-node indexes, never the closed runs, so its saved size stops growing once the
+/// open runs hold as many events as a span keeps.
+#[test]
+fn the_state_of_a_long_iteration_stays_bounded() {
+    use bedrock_flow_emulator::generate::{plan, Outcome, Params};
+    let definition = bedrock_flow_emulator::flows::doc_batch();
+    let types = NodeTypes::of(&definition);
+    let documents: Vec<String> = (0..1000).map(|i| format!("s3://inbox/doc-{i}.pdf")).collect();
+    let input = serde_json::json!({"documents": documents, "key": "batch-1"});
+    let mut rng = bedrock_flow_emulator::rng::Rng::new(5);
+    let p = plan(
+        Params {
+            definition: &definition,
+            start_nanos: 1_000_000_000,
+            input,
+            outcome: Outcome::Succeed,
+            nanos_per_second: 1e6,
+            timeout_nanos: i64::MAX / 4,
+            malformation: None,
+        },
+        &mut rng,
+    );
+    let (flow, node): (Vec<Event>, Vec<Event>) = p.events.into_iter().partition(|e| e.is_flow_level());
+    assert!(node.len() > 4000, "{} node events", node.len());
+    let status = ExecutionStatus::Running;
+    let view = ExecutionView {
+        arn: "arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/long",
+        flow_id: "F",
+        flow_name: "doc-batch",
+        alias: "A",
+        version: "1",
+        status: &status,
+        created_at: Timestamp(1_000_000_000),
+        ended_at: None,
+        finished: false,
+        types: Some(&types),
+        errors: &[],
+    };
+    let mut state = ExecutionState::default();
+    fold(&mut state, &view, NewEvents { node: &[], flow: &flow, first: (0, 0) }, &ContentPolicy::default());
+    let (mut sizes, mut spans, mut most_runs) = (Vec::new(), 0, 0);
+    for (i, chunk) in node.chunks(8).enumerate() {
+        spans += fold(&mut state, &view, NewEvents { node: chunk, flow: &[], first: (i * 8, flow.len()) }, &ContentPolicy::default()).spans.len();
+        sizes.push(serde_json::to_string(&state).unwrap().len());
+        most_runs = most_runs.max(state.open_runs());
+    }
+    assert!(spans >= 2000, "the closed runs came out as they closed: {spans}");
+    assert!(most_runs <= 8, "at most {most_runs} runs held at once");
+    let (early, late) = (sizes[sizes.len() / 3], *sizes.iter().max().unwrap());
+    assert!((late as f64) < 1.2 * early as f64, "the state grew from {early} to {late} bytes");
 }

@@ -5,9 +5,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{ExportMark, FlowMarks, History, StateError, StateStore, StreamRead};
+use super::{Checkpoint, FlowMarks, Parcel, ParcelInfo, Saved, StateError, StateStore};
 use crate::collector::lifecycle::Tracked;
-use crate::model::Event;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -16,11 +15,10 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Memory {
-    /// State and whether it is done, by ARN.
-    executions: HashMap<String, (Tracked, bool)>,
-    /// Events by (ARN, flow stream) and sequence number.
-    events: HashMap<(String, bool), BTreeMap<usize, Event>>,
-    exported: HashMap<String, HashSet<[u8; 8]>>,
+    /// State, fold state and whether it is done, by ARN.
+    executions: HashMap<String, (Tracked, Option<String>, bool)>,
+    outbox: BTreeMap<i64, Parcel>,
+    next_parcel: i64,
     snapshots: HashMap<(String, String), String>,
     flows: HashMap<String, FlowMarks>,
 }
@@ -33,29 +31,39 @@ impl MemoryStore {
 
 impl Memory {
     fn upsert(&mut self, t: &Tracked) {
-        let done = self.executions.get(&t.arn).is_some_and(|(_, done)| *done);
-        self.executions.insert(t.arn.clone(), (t.clone(), done));
+        let (state, done) = self.executions.get(&t.arn).map(|(_, s, d)| (s.clone(), *d)).unwrap_or((None, false));
+        self.executions.insert(t.arn.clone(), (t.clone(), state, done));
     }
 }
 
 #[async_trait]
 impl StateStore for MemoryStore {
-    async fn load(&self) -> Result<Vec<Tracked>, StateError> {
-        Ok(self.lock().executions.values().filter(|(_, done)| !done).map(|(t, _)| t.clone()).collect())
+    async fn load(&self) -> Result<Vec<Saved>, StateError> {
+        let m = self.lock();
+        Ok(m.executions.values().filter(|(_, _, done)| !done).map(|(t, state, _)| Saved { execution: t.clone(), state: state.clone() }).collect())
     }
 
-    async fn save_reads(&self, reads: &[StreamRead]) -> Result<(), StateError> {
+    async fn checkpoint(&self, checkpoints: &[Checkpoint], parcels: &[Parcel]) -> Result<Vec<i64>, StateError> {
         let mut m = self.lock();
-        for read in reads {
-            m.upsert(&read.execution);
-            for (flow_stream, events, start) in [(false, &read.new_node, read.first_seq.0), (true, &read.new_flow, read.first_seq.1)] {
-                let stored = m.events.entry((read.execution.arn.clone(), flow_stream)).or_default();
-                for (i, event) in events.iter().enumerate() {
-                    stored.insert(start + i, event.clone());
+        for c in checkpoints {
+            let t = &c.execution;
+            if c.done {
+                m.executions.insert(t.arn.clone(), (t.clone(), None, true));
+                if t.version == "DRAFT" {
+                    m.snapshots.remove(&(t.flow_id.clone(), format!("DRAFT:{}", t.arn)));
                 }
+            } else {
+                m.executions.insert(t.arn.clone(), (t.clone(), Some(c.state.clone()), false));
             }
         }
-        Ok(())
+        let mut ids = Vec::with_capacity(parcels.len());
+        for p in parcels {
+            m.next_parcel += 1;
+            let id = m.next_parcel;
+            m.outbox.insert(id, p.clone());
+            ids.push(id);
+        }
+        Ok(ids)
     }
 
     async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError> {
@@ -66,34 +74,29 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn histories(&self, arns: &[&str]) -> Result<HashMap<String, History>, StateError> {
+    async fn outbox(&self) -> Result<Vec<ParcelInfo>, StateError> {
         let m = self.lock();
-        let stream = |arn: &str, flow_stream| m.events.get(&(arn.to_string(), flow_stream)).map(|e| e.values().cloned().collect()).unwrap_or_default();
-        Ok(arns
-            .iter()
-            .map(|arn| {
-                let history =
-                    History { node_events: stream(arn, false), flow_events: stream(arn, true), exported: m.exported.get(*arn).cloned().unwrap_or_default() };
-                (arn.to_string(), history)
-            })
-            .collect())
+        Ok(m.outbox.iter().map(|(id, p)| ParcelInfo { id: *id, arn: p.arn.clone(), bytes: p.body.len() as u64, not_before: p.not_before }).collect())
     }
 
-    async fn mark_exported(&self, marks: &[ExportMark]) -> Result<(), StateError> {
+    async fn parcels(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+        let m = self.lock();
+        Ok(ids.iter().filter_map(|id| m.outbox.get(id).map(|p| (*id, p.body.clone()))).collect())
+    }
+
+    async fn delivered(&self, ids: &[i64]) -> Result<(), StateError> {
         let mut m = self.lock();
-        for mark in marks {
-            let t = &mark.execution;
-            m.upsert(t);
-            if mark.done {
-                m.executions.insert(t.arn.clone(), (t.clone(), true));
-                m.events.remove(&(t.arn.clone(), false));
-                m.events.remove(&(t.arn.clone(), true));
-                m.exported.remove(&t.arn);
-                if t.version == "DRAFT" {
-                    m.snapshots.remove(&(t.flow_id.clone(), format!("DRAFT:{}", t.arn)));
-                }
-            } else {
-                m.exported.entry(t.arn.clone()).or_default().extend(mark.exported.iter().copied());
+        for id in ids {
+            m.outbox.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn postpone(&self, ids: &[i64], not_before: i64) -> Result<(), StateError> {
+        let mut m = self.lock();
+        for id in ids {
+            if let Some(p) = m.outbox.get_mut(id) {
+                p.not_before = not_before;
             }
         }
         Ok(())
@@ -122,12 +125,12 @@ impl StateStore for MemoryStore {
 
     async fn finished_among(&self, arns: &[&str]) -> Result<HashSet<String>, StateError> {
         let m = self.lock();
-        Ok(arns.iter().filter(|a| m.executions.get(**a).is_some_and(|(_, done)| *done)).map(|a| a.to_string()).collect())
+        Ok(arns.iter().filter(|a| m.executions.get(**a).is_some_and(|(_, _, done)| *done)).map(|a| a.to_string()).collect())
     }
 
     async fn prune(&self, before: i64) -> Result<usize, StateError> {
         let mut m = self.lock();
-        let old: Vec<String> = m.executions.iter().filter(|(_, (t, done))| *done && t.created_at < before).map(|(arn, _)| arn.clone()).collect();
+        let old: Vec<String> = m.executions.iter().filter(|(_, (t, _, done))| *done && t.created_at < before).map(|(arn, _)| arn.clone()).collect();
         for arn in &old {
             m.executions.remove(arn);
         }

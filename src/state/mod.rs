@@ -1,17 +1,18 @@
 //! The state stores (the one module that knows SQL and the on-disk format), behind the one small
 //! interface of SPEC §2. Per execution: its lifecycle state with the cursors of both event
-//! streams, the events read so far (until it is finished), which spans were exported, whether it
-//! is done; snapshots per (flow, version); per flow, when it was last listed.
+//! streams and its fold state (saved together: the checkpoint), whether it is done; the outbox
+//! of spans waiting for the endpoint; snapshots per (flow, version); per flow, when it was last
+//! listed.
 //!
-//! Events are stored before their spans are exported; the exported-span set advances only after
-//! the OTLP endpoint accepted them. A replay re-derives the same spans from the stored events.
+//! A checkpoint is written once the spans it closed are safe: accepted by the endpoint, or put
+//! in the outbox in the same transaction. Events are not stored: the backlog is the API.
 //! `SqliteStore` is the embedded default; `MemoryStore` serves tests and keeps the same contract
 //! (`tests::contract`, which every implementation passes).
 
 mod memory;
 mod sqlite;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use async_trait::async_trait;
 
@@ -19,9 +20,8 @@ pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 use crate::collector::lifecycle::Tracked;
-use crate::model::Event;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -39,32 +39,40 @@ pub enum StateError {
     Task(String),
 }
 
-/// Spans of one execution accepted by the OTLP endpoint; with `done`, the execution is finished:
-/// its events and span ids are dropped and only its row stays, so it is never collected again.
-#[derive(Clone, Debug)]
-pub struct ExportMark {
+/// The checkpoint of one execution: its state with both cursors and its fold state (opaque text
+/// the collector versions). With `done`, the execution is finished: its fold state is dropped
+/// and only its row stays, so it is never collected again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
     pub execution: Tracked,
-    pub exported: Vec<[u8; 8]>,
+    pub state: String,
     pub done: bool,
 }
 
-/// What one read brought: the execution's advanced state and the new events of each stream,
-/// which start at the stream totals before the read (`first_seq`: node, flow).
-#[derive(Clone, Debug)]
-pub struct StreamRead {
+/// An execution as saved: its state and its fold state (`None`: never folded, or saved by an
+/// older version).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Saved {
     pub execution: Tracked,
-    pub new_node: Vec<Event>,
-    pub new_flow: Vec<Event>,
-    pub first_seq: (usize, usize),
+    pub state: Option<String>,
 }
 
-/// What conversion and export need of an execution: its stored events, in order, and the span
-/// ids accepted so far.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct History {
-    pub node_events: Vec<Event>,
-    pub flow_events: Vec<Event>,
-    pub exported: HashSet<[u8; 8]>,
+/// Spans waiting in the outbox (opaque bytes the collector encodes), for one execution; not
+/// offered before `not_before` (nanoseconds since the epoch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parcel {
+    pub arn: String,
+    pub body: Vec<u8>,
+    pub not_before: i64,
+}
+
+/// What is known of a parcel without reading its body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParcelInfo {
+    pub id: i64,
+    pub arn: String,
+    pub bytes: u64,
+    pub not_before: i64,
 }
 
 /// When a flow was last listed successfully, and last read to its last page.
@@ -78,18 +86,21 @@ pub struct FlowMarks {
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// The executions not finished yet (at start).
-    async fn load(&self) -> Result<Vec<Tracked>, StateError>;
-    /// Saves the reads of many executions (their states and new events), in one transaction.
-    /// An event at a position already stored replaces it, never doubles it.
-    async fn save_reads(&self, reads: &[StreamRead]) -> Result<(), StateError>;
-    /// Saves the states of many executions in one transaction (status changes from a listing).
+    async fn load(&self) -> Result<Vec<Saved>, StateError>;
+    /// Writes checkpoints and puts parcels in the outbox, in one transaction; returns the ids of
+    /// the parcels in order.
+    async fn checkpoint(&self, checkpoints: &[Checkpoint], parcels: &[Parcel]) -> Result<Vec<i64>, StateError>;
+    /// Saves the states of many executions in one transaction (status changes from a listing);
+    /// their fold states stay as they are.
     async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError>;
-    /// The histories of these executions (an empty one for an execution the store does not
-    /// know). A row that cannot be read is an error, never a span "not exported".
-    async fn histories(&self, arns: &[&str]) -> Result<HashMap<String, History>, StateError>;
-    /// Records accepted spans (and finished executions), with each execution's state, in one
-    /// transaction.
-    async fn mark_exported(&self, marks: &[ExportMark]) -> Result<(), StateError>;
+    /// The parcels in the outbox, oldest first, without their bodies.
+    async fn outbox(&self) -> Result<Vec<ParcelInfo>, StateError>;
+    /// The bodies of these parcels (those still in the outbox), by id.
+    async fn parcels(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<u8>)>, StateError>;
+    /// Removes parcels the endpoint accepted.
+    async fn delivered(&self, ids: &[i64]) -> Result<(), StateError>;
+    /// Offers these parcels again only after `not_before`.
+    async fn postpone(&self, ids: &[i64], not_before: i64) -> Result<(), StateError>;
     async fn snapshot(&self, flow_id: &str, key: &str) -> Result<Option<String>, StateError>;
     async fn put_snapshot(&self, flow_id: &str, key: &str, definition: &str) -> Result<(), StateError>;
     async fn flow_marks(&self, flow_id: &str) -> Result<FlowMarks, StateError>;
@@ -106,7 +117,6 @@ pub trait StateStore: Send + Sync {
 pub(crate) mod tests {
     use super::*;
     use crate::collector::lifecycle::Cursor;
-    use crate::model::{FlowIoEvent, Timestamp};
 
     pub(crate) fn tracked(arn: &str) -> Tracked {
         Tracked {
@@ -122,50 +132,62 @@ pub(crate) mod tests {
             errors: None,
             node_cursor: Cursor::default(),
             flow_cursor: Cursor { token: Some("t".into()), consumed: 3, total: 13 },
-            node_checked: 0,
-            flow_checked: 0,
             final_read: false,
             unknown_status_counted: false,
         }
     }
 
-    fn event(node: &str, at: i64) -> Event {
-        Event::FlowInput(FlowIoEvent { node_name: node.into(), timestamp: Some(Timestamp(at)), fields: vec![] })
+    fn saved(t: &Tracked, state: Option<&str>) -> Saved {
+        Saved { execution: t.clone(), state: state.map(str::to_string) }
+    }
+
+    fn by_arn(mut v: Vec<Saved>) -> Vec<Saved> {
+        v.sort_by(|x, y| x.execution.arn.cmp(&y.execution.arn));
+        v
     }
 
     /// What every store must do, on a fresh store.
     pub(crate) async fn contract(store: &dyn StateStore) {
         assert!(store.load().await.unwrap().is_empty());
-        // Reads append events at their sequence numbers; states are saved with them.
-        let a = tracked("a");
-        let read = |new_node: Vec<Event>, new_flow: Vec<Event>, first_seq| StreamRead { execution: a.clone(), new_node, new_flow, first_seq };
-        store.save_reads(&[read(vec![event("n0", 1)], vec![event("f0", 2)], (0, 0))]).await.unwrap();
-        store.save_reads(&[read(vec![event("n1", 3), event("n2", 4)], vec![], (1, 1))]).await.unwrap();
-        // A re-read of the same positions replaces, never duplicates.
-        store.save_reads(&[read(vec![event("n2", 4)], vec![], (2, 1))]).await.unwrap();
-        let history = |arn: &'static str| async move { store.histories(&[arn]).await.unwrap().remove(arn).unwrap() };
-        let h = history("a").await;
-        assert_eq!(h.node_events, vec![event("n0", 1), event("n1", 3), event("n2", 4)]);
-        assert_eq!(h.flow_events, vec![event("f0", 2)]);
+        assert!(store.outbox().await.unwrap().is_empty());
+        // A checkpoint keeps the execution's state and its fold state together.
+        let mut a = tracked("a");
+        store.checkpoint(&[Checkpoint { execution: a.clone(), state: "s1".into(), done: false }], &[]).await.unwrap();
+        a.node_cursor.total = 7;
+        store.checkpoint(&[Checkpoint { execution: a.clone(), state: "s2".into(), done: false }], &[]).await.unwrap();
+        // A status change from a listing keeps the fold state; a new execution has none.
         let mut b = tracked("b");
         b.status = crate::model::ExecutionStatus::Succeeded;
         b.ended_at = Some(9);
-        store.save_all(&[b.clone()]).await.unwrap();
-        let mut loaded = store.load().await.unwrap();
-        loaded.sort_by(|x, y| x.arn.cmp(&y.arn));
-        assert_eq!(loaded, vec![a.clone(), b.clone()], "the whole state survives, cursors included");
-        // Exported spans accumulate until the execution is done.
-        store.mark_exported(&[ExportMark { execution: a.clone(), exported: vec![[1; 8], [2; 8]], done: false }]).await.unwrap();
-        store.mark_exported(&[ExportMark { execution: a.clone(), exported: vec![[2; 8], [3; 8]], done: false }]).await.unwrap();
-        assert_eq!(history("a").await.exported, HashSet::from([[1; 8], [2; 8], [3; 8]]));
-        assert_eq!(history("b").await, History::default());
-        assert_eq!(store.histories(&["a", "b", "unknown"]).await.unwrap().len(), 3, "one history per ARN asked");
-        let mut finished_a = a.clone();
-        finished_a.status = crate::model::ExecutionStatus::Failed;
-        store.mark_exported(&[ExportMark { execution: finished_a, exported: vec![], done: true }]).await.unwrap();
-        assert_eq!(store.load().await.unwrap(), vec![b.clone()], "a finished execution is not loaded");
-        assert_eq!(history("a").await, History::default(), "its events and span ids are dropped");
+        a.status = crate::model::ExecutionStatus::Failed;
+        store.save_all(&[a.clone(), b.clone()]).await.unwrap();
+        assert_eq!(by_arn(store.load().await.unwrap()), vec![saved(&a, Some("s2")), saved(&b, None)], "the whole state survives, cursors included");
+        // Parcels go in with a checkpoint, oldest first, and leave once delivered.
+        let parcel = |arn: &str, body: &[u8], not_before| Parcel { arn: arn.into(), body: body.to_vec(), not_before };
+        let ids = store
+            .checkpoint(&[Checkpoint { execution: b.clone(), state: "sb".into(), done: false }], &[parcel("b", b"one", 0), parcel("a", b"second", 5)])
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        let infos = store.outbox().await.unwrap();
+        assert_eq!(
+            infos,
+            vec![ParcelInfo { id: ids[0], arn: "b".into(), bytes: 3, not_before: 0 }, ParcelInfo { id: ids[1], arn: "a".into(), bytes: 6, not_before: 5 }]
+        );
+        assert_eq!(
+            store.parcels(&[ids[1], ids[0], 999]).await.unwrap().into_iter().collect::<std::collections::HashMap<_, _>>(),
+            [(ids[0], b"one".to_vec()), (ids[1], b"second".to_vec())].into()
+        );
+        store.postpone(&[ids[0]], 50).await.unwrap();
+        assert_eq!(store.outbox().await.unwrap()[0].not_before, 50);
+        store.delivered(&[ids[0]]).await.unwrap();
+        assert_eq!(store.outbox().await.unwrap().iter().map(|p| p.id).collect::<Vec<_>>(), vec![ids[1]]);
+        // Done: not loaded again, finished for good.
+        store.checkpoint(&[Checkpoint { execution: a.clone(), state: String::new(), done: true }], &[]).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![saved(&b, Some("sb"))], "a finished execution is not loaded");
         assert_eq!(store.finished_among(&["a", "b", "c"]).await.unwrap(), HashSet::from(["a".to_string()]));
+        store.save_all(&[a.clone()]).await.unwrap();
+        assert_eq!(store.finished_among(&["a"]).await.unwrap().len(), 1, "a listing does not revive a finished execution");
         // Snapshots, with the DRAFT one of a finished execution dropped.
         store.put_snapshot("ABCDEFGHIJ", "1", "{\"v\":1}").await.unwrap();
         store.put_snapshot("ABCDEFGHIJ", "1", "{\"v\":2}").await.unwrap();
@@ -174,7 +196,7 @@ pub(crate) mod tests {
         let mut draft = tracked("d");
         draft.version = "DRAFT".into();
         store.put_snapshot("ABCDEFGHIJ", "DRAFT:d", "{}").await.unwrap();
-        store.mark_exported(&[ExportMark { execution: draft, exported: vec![], done: true }]).await.unwrap();
+        store.checkpoint(&[Checkpoint { execution: draft, state: String::new(), done: true }], &[]).await.unwrap();
         assert_eq!(store.snapshot("ABCDEFGHIJ", "DRAFT:d").await.unwrap(), None);
         // Flow marks: a listing without a full scan keeps the last full scan.
         assert_eq!(store.flow_marks("F").await.unwrap(), FlowMarks::default());
@@ -184,7 +206,7 @@ pub(crate) mod tests {
         // Pruning forgets finished executions created before the bound, and only those.
         assert_eq!(store.prune(2).await.unwrap(), 2, "a and d (created at 1)");
         assert!(store.finished_among(&["a", "d"]).await.unwrap().is_empty());
-        assert_eq!(store.load().await.unwrap(), vec![b], "an unfinished execution is never pruned");
+        assert_eq!(store.load().await.unwrap(), vec![saved(&b, Some("sb"))], "an unfinished execution is never pruned");
     }
 
     #[tokio::test]

@@ -2,16 +2,16 @@
 //! the old or the new state. Every statement runs on tokio's blocking pool, never on the async
 //! workers; the connection is one, behind a mutex.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ExportMark, FlowMarks, History, StateError, StateStore, StreamRead, SCHEMA_VERSION};
+use super::{Checkpoint, FlowMarks, Parcel, ParcelInfo, Saved, StateError, StateStore, SCHEMA_VERSION};
 use crate::collector::lifecycle::Tracked;
-use crate::model::{Event, ExecutionStatus};
+use crate::model::ExecutionStatus;
 
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
@@ -61,14 +61,30 @@ impl SqliteStore {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // Version 2 folds events into a state saved with the cursors, and keeps an outbox of
+            // spans instead of the events. Executions of version 1 have no fold state: the
+            // collector re-reads them from the start (and says so).
+            connection.execute_batch(
+                "BEGIN;
+                 ALTER TABLE executions ADD COLUMN state TEXT;
+                 DROP TABLE IF EXISTS events;
+                 DROP TABLE IF EXISTS exported;
+                 CREATE TABLE IF NOT EXISTS outbox (
+                   id INTEGER PRIMARY KEY AUTOINCREMENT, arn TEXT NOT NULL, bytes INTEGER NOT NULL,
+                   not_before INTEGER NOT NULL, body BLOB NOT NULL);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(SqliteStore { connection: Arc::new(Mutex::new(connection)) })
     }
 
-    fn load_blocking(&self) -> Result<Vec<Tracked>, StateError> {
+    fn load_blocking(&self) -> Result<Vec<Saved>, StateError> {
         let c = lock(&self.connection);
         let mut statement = c.prepare(
             "SELECT arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
-                    node_cursor, flow_cursor, node_checked, flow_checked, final_read, unknown_status_counted
+                    node_cursor, flow_cursor, final_read, unknown_status_counted, state
              FROM executions WHERE done = 0",
         )?;
         let active = statement
@@ -76,7 +92,7 @@ impl SqliteStore {
                 let errors: Option<String> = r.get(9)?;
                 let node_cursor: String = r.get(10)?;
                 let flow_cursor: String = r.get(11)?;
-                Ok(Tracked {
+                let execution = Tracked {
                     arn: r.get(0)?,
                     flow_id: r.get(1)?,
                     alias: r.get(2)?,
@@ -89,11 +105,10 @@ impl SqliteStore {
                     errors: errors.and_then(|e| serde_json::from_str(&e).ok()),
                     node_cursor: serde_json::from_str(&node_cursor).unwrap_or_default(),
                     flow_cursor: serde_json::from_str(&flow_cursor).unwrap_or_default(),
-                    node_checked: r.get::<_, i64>(12)? as usize,
-                    flow_checked: r.get::<_, i64>(13)? as usize,
-                    final_read: r.get(14)?,
-                    unknown_status_counted: r.get(15)?,
-                })
+                    final_read: r.get(12)?,
+                    unknown_status_counted: r.get(13)?,
+                };
+                Ok(Saved { execution, state: r.get(14)? })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(active)
@@ -103,10 +118,9 @@ impl SqliteStore {
         c.prepare_cached(
             "INSERT INTO executions (arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
                                      node_cursor, flow_cursor, node_checked, flow_checked, final_read, unknown_status_counted, done)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13, ?14, 0)
              ON CONFLICT(arn) DO UPDATE SET version = ?4, ended_at = ?6, status = ?7, needs_settle = ?8, terminal_seen_at = ?9,
-               errors = ?10, node_cursor = ?11, flow_cursor = ?12, node_checked = ?13, flow_checked = ?14, final_read = ?15,
-               unknown_status_counted = ?16",
+               errors = ?10, node_cursor = ?11, flow_cursor = ?12, final_read = ?13, unknown_status_counted = ?14",
         )?
         .execute(params![
             t.arn,
@@ -121,29 +135,65 @@ impl SqliteStore {
             t.errors.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()),
             serde_json::to_string(&t.node_cursor).unwrap_or_default(),
             serde_json::to_string(&t.flow_cursor).unwrap_or_default(),
-            t.node_checked as i64,
-            t.flow_checked as i64,
             t.final_read,
             t.unknown_status_counted,
         ])?;
         Ok(())
     }
 
-    /// `save_reads` with the events as wire JSON text.
-    fn save_reads_blocking(&self, reads: &[WireRead]) -> Result<(), StateError> {
+    fn checkpoint_blocking(&self, checkpoints: &[Checkpoint], parcels: &[Parcel]) -> Result<Vec<i64>, StateError> {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
-        {
-            let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO events (arn, stream, seq, body) VALUES (?1, ?2, ?3, ?4)")?;
-            for read in reads {
-                let t = &read.execution;
-                Self::upsert(&tx, t)?;
-                for (stream, events, start) in [(0i64, &read.new_node, read.first_seq.0), (1i64, &read.new_flow, read.first_seq.1)] {
-                    for (i, body) in events.iter().enumerate() {
-                        insert.execute(params![t.arn, stream, (start + i) as i64, body])?;
-                    }
+        for Checkpoint { execution: t, state, done } in checkpoints {
+            Self::upsert(&tx, t)?;
+            if *done {
+                tx.prepare_cached("UPDATE executions SET done = 1, state = NULL WHERE arn = ?1")?.execute([&t.arn])?;
+                if t.version == "DRAFT" {
+                    tx.prepare_cached("DELETE FROM snapshots WHERE flow_id = ?1 AND version = ?2")?.execute(params![t.flow_id, format!("DRAFT:{}", t.arn)])?;
                 }
+            } else {
+                tx.prepare_cached("UPDATE executions SET state = ?2 WHERE arn = ?1")?.execute(params![t.arn, state])?;
             }
+        }
+        let mut ids = Vec::with_capacity(parcels.len());
+        {
+            let mut insert = tx.prepare_cached("INSERT INTO outbox (arn, bytes, not_before, body) VALUES (?1, ?2, ?3, ?4)")?;
+            for p in parcels {
+                insert.execute(params![p.arn, p.body.len() as i64, p.not_before, p.body])?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    fn outbox_blocking(&self) -> Result<Vec<ParcelInfo>, StateError> {
+        let c = lock(&self.connection);
+        let mut statement = c.prepare_cached("SELECT id, arn, bytes, not_before FROM outbox ORDER BY id")?;
+        let rows = statement.query_map([], |r| Ok(ParcelInfo { id: r.get(0)?, arn: r.get(1)?, bytes: r.get::<_, i64>(2)? as u64, not_before: r.get(3)? }))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn parcels_blocking(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+        let c = lock(&self.connection);
+        let mut statement = c.prepare_cached("SELECT body FROM outbox WHERE id = ?1")?;
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(body) = statement.query_row([id], |r| r.get::<_, Vec<u8>>(0)).optional()? {
+                found.push((*id, body));
+            }
+        }
+        Ok(found)
+    }
+
+    fn outbox_update_blocking(&self, ids: &[i64], postpone_to: Option<i64>) -> Result<(), StateError> {
+        let mut c = lock(&self.connection);
+        let tx = c.transaction()?;
+        for id in ids {
+            match postpone_to {
+                Some(at) => tx.prepare_cached("UPDATE outbox SET not_before = ?2 WHERE id = ?1")?.execute(params![id, at])?,
+                None => tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([id])?,
+            };
         }
         tx.commit()?;
         Ok(())
@@ -154,72 +204,6 @@ impl SqliteStore {
         let tx = c.transaction()?;
         for t in items {
             Self::upsert(&tx, t)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn histories_blocking(&self, arns: &[String]) -> Result<HashMap<String, History>, StateError> {
-        let c = lock(&self.connection);
-        let mut histories = HashMap::with_capacity(arns.len());
-        for arn in arns {
-            let (node_events, flow_events) = Self::events_of(&c, arn)?;
-            histories.insert(arn.clone(), History { node_events, flow_events, exported: Self::exported_of(&c, arn)? });
-        }
-        Ok(histories)
-    }
-
-    fn events_of(c: &Connection, arn: &str) -> Result<(Vec<Event>, Vec<Event>), StateError> {
-        let mut statement = c.prepare_cached("SELECT stream, body FROM events WHERE arn = ?1 ORDER BY stream, seq")?;
-        let mut node = Vec::new();
-        let mut flow = Vec::new();
-        let rows = statement.query_map([arn], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        for row in rows {
-            let (stream, body) = row?;
-            let event = serde_json::from_str(&body).ok().and_then(|v| Event::from_wire(&v).ok()).unwrap_or_else(|| Event::Unknown("unreadable".into()));
-            if stream == 0 {
-                node.push(event)
-            } else {
-                flow.push(event)
-            }
-        }
-        Ok((node, flow))
-    }
-
-    fn exported_of(c: &Connection, arn: &str) -> Result<HashSet<[u8; 8]>, StateError> {
-        let mut statement = c.prepare_cached("SELECT span_id FROM exported WHERE arn = ?1")?;
-        // A row that cannot be read is an error, never a span "not exported": that would send
-        // and observe it again.
-        let mut ids = HashSet::new();
-        for row in statement.query_map([arn], |r| r.get::<_, Vec<u8>>(0))? {
-            let bytes = row?;
-            let id = <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| StateError::Corrupt(format!("exported span id of {arn} has {} bytes", bytes.len())))?;
-            ids.insert(id);
-        }
-        Ok(ids)
-    }
-
-    fn mark_exported_blocking(&self, marks: &[ExportMark]) -> Result<(), StateError> {
-        let mut c = lock(&self.connection);
-        let tx = c.transaction()?;
-        {
-            let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO exported (arn, span_id) VALUES (?1, ?2)")?;
-            for ExportMark { execution: t, exported: ids, done } in marks {
-                Self::upsert(&tx, t)?;
-                if *done {
-                    tx.prepare_cached("UPDATE executions SET done = 1 WHERE arn = ?1")?.execute([&t.arn])?;
-                    tx.prepare_cached("DELETE FROM events WHERE arn = ?1")?.execute([&t.arn])?;
-                    tx.prepare_cached("DELETE FROM exported WHERE arn = ?1")?.execute([&t.arn])?;
-                    if t.version == "DRAFT" {
-                        tx.prepare_cached("DELETE FROM snapshots WHERE flow_id = ?1 AND version = ?2")?
-                            .execute(params![t.flow_id, format!("DRAFT:{}", t.arn)])?;
-                    }
-                } else {
-                    for id in ids {
-                        insert.execute(params![t.arn, id.to_vec()])?;
-                    }
-                }
-            }
         }
         tx.commit()?;
         Ok(())
@@ -286,16 +270,13 @@ impl SqliteStore {
 
 #[async_trait]
 impl StateStore for SqliteStore {
-    async fn load(&self) -> Result<Vec<Tracked>, StateError> {
+    async fn load(&self) -> Result<Vec<Saved>, StateError> {
         self.blocking(|s| s.load_blocking()).await
     }
 
-    async fn save_reads(&self, reads: &[StreamRead]) -> Result<(), StateError> {
-        let reads: Vec<WireRead> = reads
-            .iter()
-            .map(|r| WireRead { execution: r.execution.clone(), new_node: wire_texts(&r.new_node), new_flow: wire_texts(&r.new_flow), first_seq: r.first_seq })
-            .collect();
-        self.blocking(move |s| s.save_reads_blocking(&reads)).await
+    async fn checkpoint(&self, checkpoints: &[Checkpoint], parcels: &[Parcel]) -> Result<Vec<i64>, StateError> {
+        let (checkpoints, parcels) = (checkpoints.to_vec(), parcels.to_vec());
+        self.blocking(move |s| s.checkpoint_blocking(&checkpoints, &parcels)).await
     }
 
     async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError> {
@@ -303,14 +284,23 @@ impl StateStore for SqliteStore {
         self.blocking(move |s| s.save_all_blocking(&items)).await
     }
 
-    async fn histories(&self, arns: &[&str]) -> Result<HashMap<String, History>, StateError> {
-        let arns: Vec<String> = arns.iter().map(|a| a.to_string()).collect();
-        self.blocking(move |s| s.histories_blocking(&arns)).await
+    async fn outbox(&self) -> Result<Vec<ParcelInfo>, StateError> {
+        self.blocking(|s| s.outbox_blocking()).await
     }
 
-    async fn mark_exported(&self, marks: &[ExportMark]) -> Result<(), StateError> {
-        let marks = marks.to_vec();
-        self.blocking(move |s| s.mark_exported_blocking(&marks)).await
+    async fn parcels(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+        let ids = ids.to_vec();
+        self.blocking(move |s| s.parcels_blocking(&ids)).await
+    }
+
+    async fn delivered(&self, ids: &[i64]) -> Result<(), StateError> {
+        let ids = ids.to_vec();
+        self.blocking(move |s| s.outbox_update_blocking(&ids, None)).await
+    }
+
+    async fn postpone(&self, ids: &[i64], not_before: i64) -> Result<(), StateError> {
+        let ids = ids.to_vec();
+        self.blocking(move |s| s.outbox_update_blocking(&ids, Some(not_before))).await
     }
 
     async fn snapshot(&self, flow_id: &str, key: &str) -> Result<Option<String>, StateError> {
@@ -343,20 +333,6 @@ impl StateStore for SqliteStore {
     }
 }
 
-/// A `StreamRead` with its events as the wire JSON the store keeps (made on the caller's
-/// thread, before the blocking task takes them).
-struct WireRead {
-    execution: Tracked,
-    new_node: Vec<String>,
-    new_flow: Vec<String>,
-    first_seq: (usize, usize),
-}
-
-/// Events as the wire JSON the store keeps (made before the blocking task takes them).
-fn wire_texts(events: &[Event]) -> Vec<String> {
-    events.iter().map(|e| e.to_wire().to_string()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,29 +342,50 @@ mod tests {
     async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.sqlite");
-        let event = Event::FlowInput(crate::model::FlowIoEvent { node_name: "In".into(), timestamp: Some(crate::model::Timestamp(5)), fields: vec![] });
         {
             let store = SqliteStore::open(&path).unwrap();
-            store.save_reads(&[StreamRead { execution: tracked("a"), new_node: vec![], new_flow: vec![event.clone()], first_seq: (0, 0) }]).await.unwrap();
-            store.mark_exported(&[ExportMark { execution: tracked("a"), exported: vec![[1; 8]], done: false }]).await.unwrap();
+            let parcel = Parcel { arn: "a".into(), body: b"spans".to_vec(), not_before: 0 };
+            store.checkpoint(&[Checkpoint { execution: tracked("a"), state: "{}".into(), done: false }], &[parcel]).await.unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.load().await.unwrap(), vec![tracked("a")]);
-        let history = store.histories(&["a"]).await.unwrap().remove("a").unwrap();
-        assert_eq!(history.flow_events, vec![event]);
-        assert!(history.exported.contains(&[1; 8]));
+        assert_eq!(store.load().await.unwrap(), vec![Saved { execution: tracked("a"), state: Some("{}".into()) }]);
+        let outbox = store.outbox().await.unwrap();
+        assert_eq!(store.parcels(&[outbox[0].id]).await.unwrap(), vec![(outbox[0].id, b"spans".to_vec())]);
     }
 
+    /// A store written by version 1 (events stored, no fold state) opens: its unfinished
+    /// executions load without a fold state (so they are re-read from the start), the events go.
     #[tokio::test]
-    async fn an_unreadable_exported_set_is_an_error_not_an_empty_set() {
+    async fn a_version_1_store_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("state.sqlite")).unwrap();
-        store.mark_exported(&[ExportMark { execution: tracked("a"), exported: vec![[1; 8]], done: false }]).await.unwrap();
-        assert_eq!(store.histories(&["a"]).await.unwrap()["a"].exported.len(), 1);
-        for bad in ["INSERT INTO exported (arn, span_id) VALUES ('a', 'not a blob')", "INSERT INTO exported (arn, span_id) VALUES ('a', x'0102')"] {
-            lock(&store.connection).execute(bad, []).unwrap();
-            assert!(store.histories(&["a"]).await.is_err(), "{bad}");
-            lock(&store.connection).execute("DELETE FROM exported WHERE span_id != x'0101010101010101'", []).unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE executions (
+                   arn TEXT PRIMARY KEY, flow_id TEXT NOT NULL, alias TEXT NOT NULL, version TEXT NOT NULL,
+                   created_at INTEGER NOT NULL, ended_at INTEGER, status TEXT NOT NULL,
+                   needs_settle INTEGER NOT NULL, terminal_seen_at INTEGER, errors TEXT,
+                   node_cursor TEXT NOT NULL, flow_cursor TEXT NOT NULL,
+                   node_checked INTEGER NOT NULL, flow_checked INTEGER NOT NULL,
+                   final_read INTEGER NOT NULL, unknown_status_counted INTEGER NOT NULL,
+                   done INTEGER NOT NULL DEFAULT 0);
+                 CREATE INDEX executions_done ON executions(done, ended_at);
+                 CREATE TABLE events (arn TEXT NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (arn, stream, seq)) WITHOUT ROWID;
+                 CREATE TABLE exported (arn TEXT NOT NULL, span_id BLOB NOT NULL, PRIMARY KEY (arn, span_id)) WITHOUT ROWID;
+                 CREATE TABLE snapshots (flow_id TEXT NOT NULL, version TEXT NOT NULL, definition TEXT NOT NULL, PRIMARY KEY (flow_id, version)) WITHOUT ROWID;
+                 CREATE TABLE flows (flow_id TEXT PRIMARY KEY, last_poll INTEGER, last_full_scan INTEGER);
+                 INSERT INTO executions VALUES ('a', 'ABCDEFGHIJ', 'A', '1', 1, NULL, 'Running', 1, NULL, NULL,
+                   '{\"token\":null,\"consumed\":0,\"total\":0}', '{\"token\":\"t\",\"consumed\":3,\"total\":13}', 4, 13, 0, 0, 0);
+                 INSERT INTO events VALUES ('a', 1, 0, '{}');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
         }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![Saved { execution: tracked("a"), state: None }]);
+        let tables: i64 =
+            lock(&store.connection).query_row("SELECT count(*) FROM sqlite_master WHERE name IN ('events', 'exported')", [], |r| r.get(0)).unwrap();
+        assert_eq!(tables, 0, "the stored events are gone");
     }
 }

@@ -21,6 +21,7 @@ pub fn expected_spans(facts: &ExecutionFacts, definition: &FlowDefinition, flow_
     let node: Vec<Event> = facts.node_events.iter().filter_map(|v| Event::from_wire(v).ok()).collect();
     let flow: Vec<Event> = facts.flow_events.iter().filter_map(|v| Event::from_wire(v).ok()).collect();
     let status = ExecutionStatus::parse(&facts.status);
+    let types = convert::NodeTypes::of(definition);
     let view = ExecutionView {
         arn: &facts.arn,
         flow_id: &facts.flow_id,
@@ -31,13 +32,11 @@ pub fn expected_spans(facts: &ExecutionFacts, definition: &FlowDefinition, flow_
         created_at: Timestamp(facts.created_at),
         ended_at: facts.ended_at.map(Timestamp),
         finished: status.is_terminal(),
-        definition: Some(definition),
+        types: Some(&types),
         errors: &[],
-        node_events: &node,
-        flow_events: &flow,
     };
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    convert::convert(&view, &ContentPolicy { mode: CaptureContent::Off, ..ContentPolicy::default() })
+    convert::convert(&view, &node, &flow, &ContentPolicy { mode: CaptureContent::Off, ..ContentPolicy::default() })
         .spans
         .into_iter()
         .map(|s| (hex(&s.span_id), (s.name, s.parent_span_id.map(|p| hex(&p)).unwrap_or_default())))

@@ -354,7 +354,7 @@ fn split_streams(events: &[Event], created_at: i64) -> (Stream, Stream) {
     (flow, node)
 }
 
-fn sample_input(flow_name: &str, rng: &mut Rng) -> Value {
+pub fn sample_input(flow_name: &str, rng: &mut Rng) -> Value {
     match flow_name {
         "doc-batch" => {
             let n = rng.between(2, 4);
