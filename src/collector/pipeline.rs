@@ -285,3 +285,20 @@ impl Collector {
         self.observe_accepted(&accepted, &spans);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_state_of_another_version_is_refused_not_guessed_at() {
+        let mut state = ExecutionState::default();
+        state.spans = 7;
+        let text = encode_state(&state);
+        assert_eq!(decode_state(&text).unwrap(), state);
+        let future = text.replacen(&format!("\"version\":{STATE_VERSION}"), "\"version\":99", 1);
+        assert!(decode_state(&future).unwrap_err().contains("version 99"), "{}", decode_state(&future).unwrap_err());
+        assert!(decode_state("{\"version\":1,\"state\":{\"open\":7}}").unwrap_err().contains("unreadable"));
+        assert!(decode_state("not json").is_err());
+    }
+}

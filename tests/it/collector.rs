@@ -159,7 +159,7 @@ fn live_scenario() -> Scenario {
     s
 }
 
-fn definition_of(flow_id: &str) -> (FlowDefinition, &'static str) {
+pub fn definition_of(flow_id: &str) -> (FlowDefinition, &'static str) {
     match flow_id {
         "SUPPORTTRI" => (flows::support_triage(), "support-triage"),
         "DOCBATCH01" => (flows::doc_batch(), "doc-batch"),

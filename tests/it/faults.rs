@@ -190,3 +190,91 @@ async fn requests_stay_within_the_byte_bound_and_a_huge_span_is_cut_to_fit() {
     drop(child);
     h.stop().await;
 }
+
+const THREE_FLOWS: [(&str, &str); 3] = [("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")];
+
+fn event_pages(facts: &[emulator::ExecutionFacts]) -> u64 {
+    facts.iter().map(|f| (f.node_events.len().div_ceil(10) + f.flow_events.len().div_ceil(10)) as u64).sum()
+}
+
+use bedrock_flow_emulator as emulator;
+
+/// The OTLP endpoint down during a backlog drain: the closed spans wait in the outbox (nothing
+/// counted yet), reading pauses at `traces.outbox_max_bytes` and resumes by itself, and once the
+/// endpoint is back every span arrives with the ids the model derives, every execution is
+/// counted once, and every page of events was read exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_during_a_drain_reads_nothing_twice_and_loses_nothing() {
+    let mut h = Harness::start(support::history_scenario(50), &THREE_FLOWS).await;
+    h.config.extra = "outbox_max_bytes = 1048576\n".into();
+    h.otlp.receiver.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let facts = h.emulator.executions(now_nanos());
+    assert_eq!(facts.len(), 150);
+    let (child, exporter) = h.serve();
+    let metrics = || support::http_get(exporter, "/metrics", None).1;
+    let outbox = || support::sample(&metrics(), "bedrock_flow_exporter_outbox_bytes", &[]).unwrap_or(0.0);
+    assert!(support::eventually(Duration::from_secs(30), || outbox() >= 1048576.0).await, "the outbox fills to its bound: {}", outbox());
+    let calls = || support::requests(&h.emulator.stats(), "ListFlowExecutionEvents");
+    let at_bound = calls();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(calls(), at_bound, "reading pauses at the bound");
+    assert!(at_bound < event_pages(&facts), "the pause came before the end of the backlog");
+    assert!(h.log().contains("the outbox is full"), "the pause is said");
+    let text = metrics();
+    assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]), 0.0, "nothing is counted before it is accepted");
+    assert!(h.otlp.receiver.roots().is_empty());
+    h.otlp.receiver.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(support::eventually(Duration::from_secs(60), || h.otlp.receiver.roots().len() == 150).await, "roots: {}", h.otlp.receiver.roots().len());
+    assert!(support::eventually(Duration::from_secs(10), || outbox() == 0.0).await, "the outbox empties");
+    let text = metrics();
+    assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]), 150.0, "each execution counted once");
+    assert_eq!(calls(), event_pages(&facts), "every page of events read exactly once, outage or not");
+    assert!(h.log().contains("reading resumes"));
+    let received = h.otlp.receiver.unique();
+    let mut expected = std::collections::BTreeMap::new();
+    for f in &facts {
+        let (definition, name) = crate::collector::definition_of(&f.flow_id);
+        expected.extend(crate::collector::expected_spans(f, &definition, name));
+    }
+    let got: std::collections::BTreeMap<String, (String, String)> = received.iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
+    assert_eq!(got, expected, "every span of the model, with its id and parent");
+    drop(child);
+    h.stop().await;
+}
+
+/// The endpoint down while executions are still running (their events arriving over several
+/// polls): the event calls are the pages once plus each poll's tail page per stream, no re-read
+/// from the start; once the endpoint is back everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_while_executions_grow_costs_only_their_polls() {
+    let mut scenario = support::history_scenario(0);
+    scenario.traffic.running_at_start = 2;
+    scenario.traffic.running_secs = 10;
+    let mut h = Harness::start(scenario, &THREE_FLOWS).await;
+    h.config.settle_secs = 1;
+    h.otlp.receiver.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (child, exporter) = h.serve();
+    let started = std::time::Instant::now();
+    let running = || support::sum_samples(&support::http_get(exporter, "/metrics", None).1, "bedrock_flow_executions_running", &[]);
+    assert!(support::eventually(Duration::from_secs(10), || running() > 0.0).await);
+    assert!(support::eventually(Duration::from_secs(40), || running() == 0.0).await, "they finish");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(h.otlp.receiver.roots().is_empty(), "the endpoint was down throughout");
+    h.otlp.receiver.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(support::eventually(Duration::from_secs(30), || h.otlp.receiver.roots().len() == 6).await, "roots: {}", h.otlp.receiver.roots().len());
+    let facts = h.emulator.executions(now_nanos());
+    let polls = started.elapsed().as_secs() + 1;
+    let calls = support::requests(&h.emulator.stats(), "ListFlowExecutionEvents");
+    let bound = event_pages(&facts) + 2 * 6 * polls;
+    assert!(calls <= bound, "{calls} event calls: more than the pages once plus two tail pages per poll ({bound})");
+    assert!(calls >= event_pages(&facts));
+    let mut expected = std::collections::BTreeMap::new();
+    for f in &facts {
+        let (definition, name) = crate::collector::definition_of(&f.flow_id);
+        expected.extend(crate::collector::expected_spans(f, &definition, name));
+    }
+    let got: std::collections::BTreeMap<String, (String, String)> = h.otlp.receiver.unique().iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
+    assert_eq!(got, expected, "every span of the model, with its id and parent");
+    drop(child);
+    h.stop().await;
+}
