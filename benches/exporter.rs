@@ -2,7 +2,12 @@
 //! `target/bench-report.md` (and printed). Runs the optimized binary as a child process against
 //! the in-process emulator, spans into an in-process OTLP receiver; the child's CPU time and
 //! peak RSS come from wait4(2). Sizes: BENCH_EXECUTIONS (10000), BENCH_STEADY (1000),
-//! BENCH_STEADY_SECS (60), BENCH_STARTUP_ROWS (100000).
+//! BENCH_STEADY_SECS (60), BENCH_STARTUP_ROWS (100000), BENCH_GROWING_SECS (180),
+//! BENCH_GROWING_ITEMS (1000), BENCH_CHAIN_EVENTS (6000).
+//!
+//! The SDK floor: this harness runs itself as a child (BENCH_FLOOR_ENDPOINT set) that makes the
+//! drain's API calls through the product's SDK client (`FlowSource`: same connector, request
+//! budget, retry and timeout config) and does nothing with the answers.
 
 use bedrock_flow_exporter::state::StateStore as _;
 use bedrock_flow_test_support as support;
@@ -41,11 +46,16 @@ fn env_or(key: &str, default: usize) -> usize {
 
 /// Runs the binary to its end (or until `stop_after`, then SIGTERM) and measures it. The child
 /// is reaped with wait4(2) for its resource usage.
-#[allow(clippy::zombie_processes)]
 fn measure(binary: &Path, args: &[&str], stop_after: Option<Duration>, log: &Path) -> Usage {
+    measure_with(binary, args, &[], stop_after, log)
+}
+
+#[allow(clippy::zombie_processes)]
+fn measure_with(binary: &Path, args: &[&str], envs: &[(&str, String)], stop_after: Option<Duration>, log: &Path) -> Usage {
     let started = Instant::now();
     let child = Command::new(binary)
         .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
         .env("AWS_SECRET_ACCESS_KEY", "secret")
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -137,8 +147,81 @@ async fn emulator_throughput(address: std::net::SocketAddr, path: String, client
     total as f64 / secs as f64
 }
 
+/// The bare loop of the SDK floor (run as a child): list the flow's executions, read the
+/// snapshot once, page both event streams of every execution (32 at once, as the drain),
+/// through the product's SDK client; the answers are dropped.
+async fn floor_child(endpoint: String) {
+    use bedrock_flow_exporter::source::{AwsTarget, FlowSource, RequestBudget, StaticCredentials};
+    use futures_util::stream::{self, StreamExt};
+    let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(endpoint), ..AwsTarget::default() };
+    let credentials = StaticCredentials { access_key_id: "AKIDBENCH".into(), secret_access_key: "secret".into() };
+    let metrics = std::sync::Arc::new(bedrock_flow_exporter::metrics::Metrics::new(true));
+    let source = FlowSource::new(&target, std::sync::Arc::new(RequestBudget::per_second(100_000.0)), Some(&credentials), metrics).await;
+    let client = source.sdk_client().clone();
+    let mut executions = Vec::new();
+    let mut token = None;
+    loop {
+        let out = client.list_flow_executions().flow_identifier("BACKLOG001").max_results(10).set_next_token(token).send().await.unwrap();
+        executions.extend(out.flow_execution_summaries().iter().map(|s| (s.execution_arn().to_string(), s.flow_alias_identifier().to_string())));
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    let (arn, alias) = executions[0].clone();
+    client.get_execution_flow_snapshot().flow_identifier("BACKLOG001").flow_alias_identifier(alias).execution_identifier(arn).send().await.unwrap();
+    stream::iter(executions)
+        .map(|(arn, alias)| {
+            let client = client.clone();
+            async move {
+                for kind in [aws_sdk_bedrockagentruntime::types::FlowExecutionEventType::Node, aws_sdk_bedrockagentruntime::types::FlowExecutionEventType::Flow]
+                {
+                    let mut token = None;
+                    loop {
+                        let out = client
+                            .list_flow_execution_events()
+                            .flow_identifier("BACKLOG001")
+                            .flow_alias_identifier(&alias)
+                            .execution_identifier(&arn)
+                            .event_type(kind.clone())
+                            .max_results(10)
+                            .set_next_token(token)
+                            .send()
+                            .await
+                            .unwrap();
+                        match out.next_token() {
+                            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Fold states saved now: (executions with one, largest, total bytes).
+fn saved_states(path: &Path) -> (i64, i64, i64) {
+    let Ok(c) = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return (0, 0, 0) };
+    c.query_row("SELECT count(state), coalesce(max(length(state)), 0), coalesce(sum(length(state)), 0) FROM executions WHERE done = 0", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .unwrap_or((0, 0, 0))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if let Ok(endpoint) = std::env::var("BENCH_FLOOR_ENDPOINT") {
+        floor_child(endpoint).await;
+        return;
+    }
     let binary = release_binary();
     let executions = env_or("BENCH_EXECUTIONS", 10_000);
     let steady = env_or("BENCH_STEADY", 1_000);
@@ -157,6 +240,7 @@ async fn main() {
     )
     .unwrap();
 
+    let mut drain_per_k: Option<f64> = None;
     if section("drain") {
         // 1. Backlog drain with run --once.
         let emulator = support::emulator(Scenario::backlog(executions, 45)).await;
@@ -193,6 +277,22 @@ async fn main() {
         }
         writeln!(report, "| API calls / minimum of SPEC §9 | {calls} / {minimum} = {:.4} |", calls as f64 / minimum as f64).unwrap();
         writeln!(report, "| emulator requests served per second during the drain | {:.0} |\n", calls as f64 / drain.wall.as_secs_f64()).unwrap();
+        // The SDK floor: the same calls by a bare loop through the same client, same run.
+        let before_floor = emulator.stats()["total_requests"].as_u64().unwrap();
+        let this = std::env::current_exe().unwrap();
+        let floor_log = dir.path().join("floor.log");
+        let envs = [("BENCH_FLOOR_ENDPOINT", emulator.endpoint())];
+        let floor = tokio::task::spawn_blocking(move || measure_with(&this, &[], &envs, None, &floor_log)).await.unwrap();
+        assert_eq!(floor.code, 0, "the bare loop failed");
+        let floor_calls = emulator.stats()["total_requests"].as_u64().unwrap() - before_floor;
+        let per_k = |cpu: f64| cpu / (events as f64 / 1000.0);
+        drain_per_k = Some(per_k(drain.cpu_secs));
+        writeln!(report, "SDK floor (the same calls, {floor_calls} of them, by a bare loop through the product's SDK client, answers dropped):\n").unwrap();
+        writeln!(report, "| figure | value |\n|---|---|").unwrap();
+        writeln!(report, "| CPU seconds per 1,000 events, bare SDK loop | {:.4} |", per_k(floor.cpu_secs)).unwrap();
+        writeln!(report, "| CPU seconds per 1,000 events, collector | {:.4} |", per_k(drain.cpu_secs)).unwrap();
+        writeln!(report, "| collector / floor | **{:.2}x** (SPEC §9: at most 1.3x) |", drain.cpu_secs / floor.cpu_secs).unwrap();
+        writeln!(report, "| peak RSS, bare SDK loop | {:.1} MiB |\n", floor.max_rss_kib as f64 / 1024.0).unwrap();
         let address = emulator.addr;
         let arn = facts[0].arn.clone();
         let events_path = format!("/flows/BACKLOG001/aliases/BACKLOGLIV/executions/{}/events?eventType=Node&maxResults=10", arn.rsplit('/').next().unwrap());
@@ -239,6 +339,100 @@ async fn main() {
         writeln!(report, "| peak RSS with {steady} tracked | {:.1} MiB |", run.max_rss_kib as f64 / 1024.0).unwrap();
         writeln!(report, "| peak RSS with none tracked | {:.1} MiB |", baseline.max_rss_kib as f64 / 1024.0).unwrap();
         writeln!(report, "| memory per tracked execution | {:.1} KiB |\n", (run.max_rss_kib - baseline.max_rss_kib) as f64 / steady as f64).unwrap();
+        otlp.stop();
+        emulator.stop().await;
+    }
+
+    if section("growing") {
+        // 3. Long executions: events arriving over many polls.
+        let secs = env_or("BENCH_GROWING_SECS", 180) as u64;
+        let items = env_or("BENCH_GROWING_ITEMS", 1000);
+        let chain_events = env_or("BENCH_CHAIN_EVENTS", 6000);
+        let emulator = support::emulator(Scenario::growing(items, chain_events, secs)).await;
+        let otlp = support::OtlpServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut c = support::TestConfig::new(
+            dir.path(),
+            &emulator.endpoint(),
+            &format!("http://{}", otlp.grpc),
+            &[("DOCBATCH01", "doc-batch"), ("CHAIN00001", "chain")],
+        );
+        (c.rate, c.concurrency, c.interval_secs, c.settle_secs, c.listen) = (100_000.0, 32, 1, 0, format!("127.0.0.1:{port}"));
+        let state_path = c.state.clone();
+        let path = dir.path().join("config.toml");
+        c.write(&path);
+        let log = dir.path().join("growing.log");
+        let child = Command::new(&binary)
+            .args(["run", "--config", &path.display().to_string()])
+            .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let scrape = move || {
+            let text = support::http_get(address, "/metrics", None).1;
+            (
+                support::sum_samples(&text, "bedrock_flow_exporter_events_received_total", &[]),
+                support::sample(&text, "bedrock_flow_exporter_checkpoint_bytes_total", &[]).unwrap_or(0.0),
+            )
+        };
+        // Quarters of the run: CPU, events, checkpoint bytes, polls.
+        let quarter = Duration::from_secs(secs / 4);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut marks = vec![(support::cpu_seconds(pid), scrape(), Instant::now(), saved_states(&state_path))];
+        for _ in 0..4 {
+            tokio::time::sleep(quarter).await;
+            marks.push((support::cpu_seconds(pid), scrape(), Instant::now(), saved_states(&state_path)));
+        }
+        // Then until every execution is done.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while otlp.receiver.roots().len() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let end = (support::cpu_seconds(pid), scrape());
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let mut status = 0;
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+        let events: f64 = end.1 .0;
+        writeln!(
+            report,
+            "## Growing executions\n\nTwo doc-batch executions over {items} documents each and one straight chain of about {chain_events} events ({} node runs), their events arriving evenly over {secs} s, polled every second. {events:.0} events in all, {} spans received.\n",
+            chain_events / 3,
+            otlp.receiver.unique().len()
+        )
+        .unwrap();
+        writeln!(report, "| quarter | events | CPU-s | CPU-s per 1,000 events | CPU-s per poll | checkpoint bytes | bytes per event | fold states saved (largest, total) |\n|---|---|---|---|---|---|---|---|").unwrap();
+        for (i, w) in marks.windows(2).enumerate() {
+            let (cpu, (ev, bytes)) = (w[1].0 - w[0].0, (w[1].1 .0 - w[0].1 .0, w[1].1 .1 - w[0].1 .1));
+            let polls = (w[1].2 - w[0].2).as_secs_f64();
+            writeln!(
+                report,
+                "| {} | {ev:.0} | {cpu:.2} | {:.4} | {:.4} | {bytes:.0} | {:.0} | {} ({} B, {} B) |",
+                i + 1,
+                cpu / (ev / 1000.0).max(0.001),
+                cpu / polls,
+                bytes / ev.max(1.0),
+                w[1].3 .0,
+                w[1].3 .1,
+                w[1].3 .2
+            )
+            .unwrap();
+        }
+        let growing_per_k = end.0 / (events / 1000.0);
+        let versus = drain_per_k.map(|d| format!(": {:.2}x the backlog drain's {d:.4}", growing_per_k / d)).unwrap_or_default();
+        writeln!(
+            report,
+            "\nWhole run: **{growing_per_k:.4} CPU-s per 1,000 events**{versus} (SPEC §9: within 1.5x). Peak RSS {:.1} MiB.\n",
+            usage.ru_maxrss as f64 / 1024.0
+        )
+        .unwrap();
         otlp.stop();
         emulator.stop().await;
     }

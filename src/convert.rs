@@ -304,10 +304,24 @@ pub fn convert(view: &ExecutionView<'_>, node_events: &[Event], flow_events: &[E
     fold(&mut ExecutionState::default(), view, NewEvents { node: node_events, flow: flow_events, first: (0, 0) }, policy)
 }
 
-/// FNV-1a over the event's wire text: a stable fingerprint (it is saved in the state).
+/// FNV-1a over the event's wire text, written straight into the hash: a stable fingerprint
+/// (it is saved in the state) that builds no JSON value or string.
 fn fingerprint(event: &Event) -> u64 {
-    let text = event.to_wire().to_string();
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    struct Fnv(u64);
+    impl std::io::Write for Fnv {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            for b in bytes {
+                self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    let _ = event.write_wire(&mut hash);
+    hash.0
 }
 
 struct Converter<'a> {

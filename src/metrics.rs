@@ -70,6 +70,7 @@ pub struct Metrics {
     pub span_export_refused: Family<Labels, Counter>,
     pub executions_parked: Gauge,
     pub outbox_bytes: Gauge,
+    pub checkpoint_bytes: Counter,
     pub spans_cut: Counter,
     pub event_lag: Histogram,
     pub node_labels: bool,
@@ -118,6 +119,7 @@ impl Metrics {
             span_export_refused: Family::default(),
             executions_parked: Gauge::default(),
             outbox_bytes: Gauge::default(),
+            checkpoint_bytes: Counter::default(),
             spans_cut: Counter::default(),
             event_lag: Histogram::new(LAG_BUCKETS),
             node_labels,
@@ -181,6 +183,11 @@ impl Metrics {
             "bedrock_flow_exporter_outbox_bytes",
             "Bytes of spans waiting in the durable outbox for the OTLP endpoint; reading pauses at traces.outbox_max_bytes.",
             m.outbox_bytes.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_checkpoint_bytes",
+            "Bytes written to the state store by checkpoints: fold states and outbox parcels (proportional to the new events).",
+            m.checkpoint_bytes.clone(),
         );
         registry.register(
             "bedrock_flow_exporter_spans_cut",

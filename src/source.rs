@@ -291,6 +291,12 @@ impl FlowSource {
         FlowSource { client: bar::Client::from_conf(client_config), metrics }
     }
 
+    /// The SDK client itself, as configured here (for the benchmark's bare loop: the SDK floor).
+    #[doc(hidden)]
+    pub fn sdk_client(&self) -> &bar::Client {
+        &self.client
+    }
+
     /// Awaits one SDK call (its retries included) and records its duration; the attempts and
     /// their errors are counted by `AttemptCounter`.
     async fn call<T, E, R>(&self, operation: &'static str, request: impl std::future::Future<Output = Result<T, SdkError<E, R>>>) -> Result<T, ApiError>

@@ -227,6 +227,15 @@ impl InternalEvent for OutboxChanged {
     }
 }
 
+/// A checkpoint transaction was written: bytes of fold state and outbox parcels.
+pub struct CheckpointWritten(pub u64);
+
+impl InternalEvent for CheckpointWritten {
+    fn emit(self, to: &Instruments) {
+        to.metrics.checkpoint_bytes.inc_by(self.0);
+    }
+}
+
 /// Reading paused (the outbox is full) or resumed.
 pub struct ReadingPaused {
     pub paused: bool,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt};
 
 use super::delivery::{Delivery, PARK_RETRY};
-use super::events::{EventsReceived, ProblemFound, ReadDenied, StoreFailed};
+use super::events::{CheckpointWritten, EventsReceived, ProblemFound, ReadDenied, StoreFailed};
 use super::fetch::{fetch, Fetched};
 use super::lifecycle::Tracked;
 use super::outbox::{Accepted, ParcelBody};
@@ -235,8 +235,12 @@ impl Collector {
             parcel_of.push(Some(parcels.len()));
             parcels.push(Parcel { arn: t.arn.clone(), body: body.encode(), not_before });
         }
+        let bytes = checkpoints.iter().map(|c| c.state.len() as u64).sum::<u64>() + parcels.iter().map(|p| p.body.len() as u64).sum::<u64>();
         let ids = match self.store.checkpoint(&checkpoints, &parcels).await {
-            Ok(ids) => ids,
+            Ok(ids) => {
+                self.events.emit(CheckpointWritten(bytes));
+                ids
+            }
             Err(e) => {
                 // Nothing advanced: the same events are read and folded again next cycle (and
                 // the spans already accepted are sent again, with the same ids).

@@ -236,7 +236,8 @@ async fn an_outage_during_a_drain_reads_nothing_twice_and_loses_nothing() {
         let (definition, name) = crate::collector::definition_of(&f.flow_id);
         expected.extend(crate::collector::expected_spans(f, &definition, name));
     }
-    let got: std::collections::BTreeMap<String, (String, String)> = received.iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
+    let got: std::collections::BTreeMap<String, (String, String)> =
+        received.iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
     assert_eq!(got, expected, "every span of the model, with its id and parent");
     drop(child);
     h.stop().await;
@@ -273,7 +274,8 @@ async fn an_outage_while_executions_grow_costs_only_their_polls() {
         let (definition, name) = crate::collector::definition_of(&f.flow_id);
         expected.extend(crate::collector::expected_spans(f, &definition, name));
     }
-    let got: std::collections::BTreeMap<String, (String, String)> = h.otlp.receiver.unique().iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
+    let got: std::collections::BTreeMap<String, (String, String)> =
+        h.otlp.receiver.unique().iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
     assert_eq!(got, expected, "every span of the model, with its id and parent");
     drop(child);
     h.stop().await;

@@ -47,6 +47,11 @@ pub struct Traffic {
     /// Share of new executions started through the flow's second alias (by default
     /// `TSTALIASID`, on DRAFT), when it has one.
     pub second_alias_share: f64,
+    /// For `running_at_start`: their events arrive evenly over `running_secs` (growing
+    /// executions) instead of all at the end.
+    pub running_spread: bool,
+    /// For `running_at_start` of a doc-batch flow: documents in the input (0: a sample of 2-4).
+    pub batch_documents: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -135,7 +140,16 @@ impl Default for Scenario {
 
 impl Default for Traffic {
     fn default() -> Self {
-        Traffic { executions_per_minute: 0.0, history: 0, history_window_secs: 3600, running_at_start: 0, running_secs: 60, second_alias_share: 0.2 }
+        Traffic {
+            executions_per_minute: 0.0,
+            history: 0,
+            history_window_secs: 3600,
+            running_at_start: 0,
+            running_secs: 60,
+            second_alias_share: 0.2,
+            running_spread: false,
+            batch_documents: 0,
+        }
     }
 }
 
@@ -186,6 +200,8 @@ impl Scenario {
                 running_at_start: 1,
                 running_secs: 20,
                 second_alias_share: 0.2,
+                running_spread: false,
+                batch_documents: 0,
             },
             outcomes: Outcomes { failed: 0.06, timed_out: 0.01, aborted: 0.01, timeout_secs: 45.0 },
             flows: vec![
@@ -195,6 +211,25 @@ impl Scenario {
             ],
             ..Scenario::default()
         }
+    }
+
+    /// `growing`: executions whose events arrive evenly over `secs`: two doc-batch runs
+    /// over `items` documents each, and one straight chain of about `chain_events` events
+    /// (thousands of node runs), for benchmarks of long executions.
+    pub fn growing(items: usize, chain_events: usize, secs: u64) -> Scenario {
+        let mut scenario = Scenario::backlog(0, 45);
+        scenario.traffic.running_at_start = 2;
+        scenario.traffic.running_secs = secs;
+        scenario.traffic.running_spread = true;
+        scenario.traffic.batch_documents = items;
+        let mut chain = flow("CHAIN00001", "chain", "backlog");
+        chain.events_per_execution = chain_events;
+        chain.aliases = vec![AliasSpec { id: "CHAINLIVE1".into(), version: "1".into() }];
+        chain.traffic = Some(Traffic { running_at_start: 1, ..scenario.traffic.clone() });
+        let mut batch = flow("DOCBATCH01", "doc-batch", "doc_batch");
+        batch.aliases = vec![AliasSpec { id: "BATCHLIVE1".into(), version: "1".into() }];
+        scenario.flows = vec![batch, chain];
+        scenario
     }
 
     /// `backlog`: `executions` finished executions of about `events` events each, created
@@ -214,6 +249,8 @@ impl Scenario {
                 running_at_start: 0,
                 running_secs: 0,
                 second_alias_share: 0.2,
+                running_spread: false,
+                batch_documents: 0,
             },
             flows: vec![backlog],
             ..Scenario::default()
@@ -232,6 +269,8 @@ impl Scenario {
                 running_at_start: executions,
                 running_secs,
                 second_alias_share: 0.2,
+                running_spread: false,
+                batch_documents: 0,
             },
             flows: vec![flow("STEADY0001", "steady", "support_triage")],
             ..Scenario::default()

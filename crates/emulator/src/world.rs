@@ -162,16 +162,28 @@ impl World {
             for i in 0..traffic.running_at_start {
                 // Started over the last minute, a few milliseconds apart.
                 let start = now - 1_000_000_000 - (i as i64 % 60_000) * 1_000_000;
-                let index = self.create(f, None, start, None, None, None);
-                // Keep it running: everything after its first events waits `running_secs`.
+                let input = (traffic.batch_documents > 0 && self.flows[f].name == "doc-batch").then(|| {
+                    let documents: Vec<String> = (0..traffic.batch_documents).map(|d| format!("s3://inbox/batch-{i}/doc-{d}.pdf")).collect();
+                    json!({"documents": documents, "key": format!("batch-{i}")})
+                });
+                let index = self.create(f, None, start, None, input, None);
+                // Keep it running: everything after its first events waits `running_secs`, or
+                // (spread) arrives evenly over it.
                 let hold = traffic.running_secs as i64 * 1_000_000_000;
                 let execution = &mut self.executions[index];
+                let begin = execution.node_stream.visible_at.first().copied().unwrap_or(start);
+                let last = execution.node_stream.visible_at.iter().chain(&execution.flow_stream.visible_at).copied().max().unwrap_or(begin);
+                let span = (last - begin).max(1) as f64;
                 for stream in [&mut execution.flow_stream, &mut execution.node_stream] {
                     for t in stream.visible_at.iter_mut().skip(1) {
-                        *t += hold;
+                        if traffic.running_spread {
+                            *t = begin + ((*t - begin).max(0) as f64 / span * hold as f64) as i64;
+                        } else {
+                            *t += hold;
+                        }
                     }
                 }
-                execution.ended_at += hold;
+                execution.ended_at = if traffic.running_spread { execution.ended_at.max(begin + hold) } else { execution.ended_at + hold };
             }
             let rate = traffic.executions_per_minute;
             self.flows[f].next_arrival = if rate > 0.0 { now + self.interarrival(rate) } else { i64::MAX };

@@ -310,6 +310,26 @@ impl Event {
     }
 
     /// The wire form: `{"<key>": {...}}`. `Unknown` is written with an empty body.
+    /// The wire JSON written straight to `w`, without building a `Value` (the same text as
+    /// `to_wire().to_string()` up to the order of the body's fields).
+    pub fn write_wire<W: std::io::Write>(&self, mut w: W) -> std::io::Result<()> {
+        write!(w, "{{")?;
+        serde_json::to_writer(&mut w, self.wire_key())?;
+        write!(w, ":")?;
+        match self {
+            Event::FlowInput(e) | Event::FlowOutput(e) => serde_json::to_writer(&mut w, e),
+            Event::FlowFailure(e) => serde_json::to_writer(&mut w, e),
+            Event::NodeInput(e) => serde_json::to_writer(&mut w, e),
+            Event::NodeOutput(e) => serde_json::to_writer(&mut w, e),
+            Event::NodeFailure(e) => serde_json::to_writer(&mut w, e),
+            Event::ConditionResult(e) => serde_json::to_writer(&mut w, e),
+            Event::NodeAction(e) => serde_json::to_writer(&mut w, e),
+            Event::NodeDependency(e) => serde_json::to_writer(&mut w, e),
+            Event::Unknown(_) => serde_json::to_writer(&mut w, &serde_json::Map::new()),
+        }?;
+        write!(w, "}}")
+    }
+
     pub fn to_wire(&self) -> Value {
         let body = match self {
             Event::FlowInput(e) | Event::FlowOutput(e) => serde_json::to_value(e),
@@ -507,6 +527,22 @@ impl FlowDefinition {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_wire_text_written_directly_reads_back_as_the_same_event() {
+        let page = json!([
+            {"nodeOutputEvent":{"fields":[{"content":{"document":{"b":1,"a":[2]}},"name":"document"}],"nodeName":"FlowInputNode","timestamp":"2025-05-05T18:38:56.637867516Z"}},
+            {"flowFailureEvent":{"errorCode":"X","errorMessage":"m","timestamp":"2025-05-05T18:38:57Z"}},
+            {"somethingNew":{"x":1}}
+        ]);
+        for value in page.as_array().unwrap() {
+            let event = Event::from_wire(value).unwrap();
+            let mut text = Vec::new();
+            event.write_wire(&mut text).unwrap();
+            let back: Value = serde_json::from_slice(&text).unwrap();
+            assert_eq!(back, event.to_wire(), "{}", String::from_utf8_lossy(&text));
+        }
+    }
 
     #[test]
     fn reads_the_user_guide_sample() {
