@@ -11,7 +11,7 @@ use crate::config::{bare_flow_id, Config};
 use crate::export::Exporter;
 use crate::metrics::Metrics;
 use crate::source::{AwsTarget, Budgets, FlowSource, StaticCredentials};
-use crate::state::{SqliteStore, StateStore};
+use crate::state::{PostgresStore, SqliteStore, StateStore};
 
 /// Exit codes (SPEC §3).
 pub const EXIT_OK: u8 = 0;
@@ -80,7 +80,15 @@ const GRACE: Duration = Duration::from_secs(25);
 pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
     let metrics = Arc::new(Metrics::new(config.metrics.node_labels));
     let started = std::time::Instant::now();
-    let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&config.state.path).map_err(|e| AppError::Runtime(e.to_string()))?);
+    let store: Arc<dyn StateStore> = match &config.state.url {
+        Some(url) => {
+            let store = PostgresStore::open(url, &crate::collector::member_id())
+                .await
+                .map_err(|e| AppError::Runtime(format!("{e} ({})", config.state.url_redacted().unwrap_or_default())))?;
+            Arc::new(store)
+        }
+        None => Arc::new(SqliteStore::open(&config.state.sqlite_path().unwrap_or_default()).map_err(|e| AppError::Runtime(e.to_string()))?),
+    };
     let exporter = Arc::new(
         Exporter::new(&config.traces, config.aws.region.as_deref(), config.single_account().as_deref())
             .map_err(|e| AppError::Usage(format!("config key `traces.endpoint`: {e}")))?,
@@ -97,7 +105,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
         let budget = budgets.get(&target.budget_key(), config.aws.max_requests_per_second);
         let source = FlowSource::new(&target, budget, options.static_credentials.as_ref(), metrics.clone()).await;
         let id = bare_flow_id(&flow.id).unwrap_or_else(|| flow.id.clone());
-        flows.push(Flow { name: flow.name.clone().unwrap_or_else(|| id.clone()), id, aliases: flow.aliases.clone(), source });
+        let account = flow.id.split(':').nth(4).or_else(|| target.role_arn.as_deref().and_then(|r| r.split(':').nth(4))).unwrap_or("").to_string();
+        let lease_key = format!("{}/{account}/{id}", target.region.as_deref().unwrap_or(""));
+        flows.push(Flow { name: flow.name.clone().unwrap_or_else(|| id.clone()), id, aliases: flow.aliases.clone(), source, lease_key });
     }
     let board = Arc::new(StatusBoard::new(&flows.iter().map(|f| (f.id.clone(), f.name.clone())).collect::<Vec<_>>()));
     let listener = match options.listener {

@@ -43,8 +43,48 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
-    /// The embedded SQLite state store; created on first start.
-    pub path: PathBuf,
+    /// The embedded SQLite state store; created on first start (default `data/state.sqlite`
+    /// when no `url` is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// The shared PostgreSQL store of replicas (SPEC §11): `postgresql://user:password@host/db`;
+    /// what it leaves out comes from the usual `PG*` variables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Replicas: how long a flow's lease lasts without renewal.
+    pub lease_secs: u64,
+}
+
+impl StateConfig {
+    /// The SQLite file, when the store is SQLite.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match (&self.path, &self.url) {
+            (_, Some(_)) => None,
+            (Some(p), None) => Some(p.clone()),
+            (None, None) => Some(PathBuf::from("data/state.sqlite")),
+        }
+    }
+
+    /// The URL with its password replaced by `***` (for logs and `check-config`).
+    pub fn url_redacted(&self) -> Option<String> {
+        self.url.as_deref().map(redact_url_password)
+    }
+}
+
+/// `postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -150,7 +190,7 @@ impl Default for ServerConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { path: PathBuf::from("data/state.sqlite") }
+        StateConfig { path: None, url: None, lease_secs: 30 }
     }
 }
 
@@ -244,6 +284,9 @@ impl Config {
         if non_empty("OTEL_TRACES_EXPORTER").as_deref() == Some("none") {
             self.traces.enabled = false;
         }
+        if let Some(v) = non_empty("BEDROCK_FLOW_EXPORTER_STATE_URL") {
+            self.state.url = Some(v);
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -251,8 +294,28 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("server.listen", format!("{:?} is not an address like 0.0.0.0:9464 ({e})", self.server.listen)))?;
-        if self.state.path.as_os_str().is_empty() {
+        if self.state.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             return Err(invalid("state.path", "must not be empty"));
+        }
+        if let Some(url) = &self.state.url {
+            if self.state.path.is_some() {
+                return Err(invalid("state.url", "set either state.path (SQLite, one process) or state.url (PostgreSQL, replicas), not both"));
+            }
+            if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+                return Err(invalid("state.url", format!("{:?} is not a postgresql:// URL", redact_url_password(url))));
+            }
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                return Err(invalid("state.url", format!("{:?}: {e}", redact_url_password(url))));
+            }
+        }
+        if self.state.lease_secs < 3 {
+            return Err(invalid("state.lease_secs", "must be at least 3"));
+        }
+        if self.state.url.is_some() && self.poll.interval_secs >= self.state.lease_secs {
+            return Err(invalid(
+                "state.lease_secs",
+                format!("must be longer than poll.interval_secs ({}): leases are renewed once a cycle", self.poll.interval_secs),
+            ));
         }
         if !(self.aws.max_requests_per_second > 0.0 && self.aws.max_requests_per_second.is_finite()) {
             return Err(invalid("aws.max_requests_per_second", "must be a positive number"));
@@ -307,9 +370,11 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as TOML (what `check-config` prints).
+    /// The effective configuration as TOML (what `check-config` prints), never a password.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+        let mut shown = self.clone();
+        shown.state.url = self.state.url_redacted();
+        toml::to_string_pretty(&shown).unwrap_or_default()
     }
 }
 

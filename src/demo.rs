@@ -18,7 +18,7 @@ pub async fn run(listen: String) -> Result<u8, AppError> {
     let mut config = Config { flows, ..Config::default() };
     let listener = bind_or_fall_back(&listen).await?;
     config.server.listen = listen;
-    config.state.path = state_dir.join("state.sqlite");
+    config.state.path = Some(state_dir.join("state.sqlite"));
     config.aws.endpoint_url = Some(handle.endpoint());
     config.aws.region = Some("us-east-1".into());
     config.aws.max_requests_per_second = 50.0;

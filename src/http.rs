@@ -98,6 +98,28 @@ fn landing_page(board: &StatusBoard) -> String {
             parked.len()
         )
     };
+    let (member, holders) = board.holders();
+    let leases_section = if holders.is_empty() && member.is_empty() {
+        String::new()
+    } else {
+        let rows: String = holders
+            .iter()
+            .map(|(flow, holder)| {
+                format!(
+                    "<tr><td><code>{}</code></td><td><code>{}</code>{}</td></tr>\n",
+                    escape(flow),
+                    escape(holder),
+                    if holder == &member { " (this replica)" } else { "" }
+                )
+            })
+            .collect();
+        format!(
+            "<h2>Leases</h2>\n<p>This replica: <code>{}</code>{}.</p>\n<table><tr><th>Flow (region/account/id)</th><th>Held by</th></tr>\n{rows}</table>\n",
+            escape(&member),
+            if board.store_down() { "; the shared state store cannot be reached: no work until it returns" } else { "" }
+        )
+    };
+    let parked_section = parked_section + &leases_section;
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>bedrock-flow-exporter</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>\n\

@@ -70,6 +70,10 @@ pub struct Metrics {
     pub span_export_refused: Family<Labels, Counter>,
     pub executions_parked: Gauge,
     pub outbox_bytes: Gauge,
+    pub lease_held: Family<Labels, Gauge>,
+    pub replicas: Gauge,
+    pub state_store_up: Gauge,
+    pub checkpoint_rejected: Counter,
     pub checkpoint_bytes: Counter,
     pub spans_cut: Counter,
     pub event_lag: Histogram,
@@ -119,6 +123,10 @@ impl Metrics {
             span_export_refused: Family::default(),
             executions_parked: Gauge::default(),
             outbox_bytes: Gauge::default(),
+            lease_held: Family::default(),
+            replicas: Gauge::default(),
+            state_store_up: Gauge::default(),
+            checkpoint_rejected: Counter::default(),
             checkpoint_bytes: Counter::default(),
             spans_cut: Counter::default(),
             event_lag: Histogram::new(LAG_BUCKETS),
@@ -183,6 +191,22 @@ impl Metrics {
             "bedrock_flow_exporter_outbox_bytes",
             "Bytes of spans waiting in the durable outbox for the OTLP endpoint; reading pauses at traces.outbox_max_bytes.",
             m.outbox_bytes.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_lease_held",
+            "Replicas: 1 for each flow whose lease this replica holds (the series goes when the lease does).",
+            m.lease_held.clone(),
+        );
+        registry.register("bedrock_flow_exporter_replicas", "Replicas: live members this replica sees in the shared store.", m.replicas.clone());
+        registry.register(
+            "bedrock_flow_exporter_state_store_up",
+            "1 while the state store can be reached, 0 while it cannot (then no work is done).",
+            m.state_store_up.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_checkpoint_rejected",
+            "Replicas: checkpoints refused because this replica's lease of the flow was lost or taken over.",
+            m.checkpoint_rejected.clone(),
         );
         registry.register(
             "bedrock_flow_exporter_checkpoint_bytes",

@@ -16,6 +16,11 @@ pub struct StatusBoard {
 struct BoardInner {
     ready: bool,
     shutting_down: bool,
+    /// The shared state store cannot be reached: no work, not ready.
+    store_down: bool,
+    /// Replicas: which member holds each flow (lease key -> member), and who this one is.
+    holders: Vec<(String, String)>,
+    member: String,
     flows: Vec<FlowStatus>,
     parked: Vec<ParkedExecution>,
 }
@@ -52,11 +57,32 @@ impl StatusBoard {
     }
     pub fn ready(&self) -> bool {
         let b = self.lock();
-        b.ready && !b.shutting_down
+        b.ready && !b.shutting_down && !b.store_down
     }
     pub fn set_ready(&self) {
         self.lock().ready = true;
     }
+    pub fn set_store_down(&self, down: bool) {
+        self.lock().store_down = down;
+    }
+
+    pub fn store_down(&self) -> bool {
+        self.lock().store_down
+    }
+
+    pub fn set_holders(&self, member: &str, mut holders: Vec<(String, String)>) {
+        holders.sort();
+        let mut b = self.lock();
+        b.member = member.to_string();
+        b.holders = holders;
+    }
+
+    /// (this member, [(flow lease key, holder)]) when running as a replica.
+    pub fn holders(&self) -> (String, Vec<(String, String)>) {
+        let b = self.lock();
+        (b.member.clone(), b.holders.clone())
+    }
+
     pub fn set_shutting_down(&self) {
         self.lock().shutting_down = true;
     }

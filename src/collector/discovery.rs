@@ -136,7 +136,7 @@ impl Collector {
     }
 
     pub(super) async fn discover_all(&mut self, scan: Scan, admission: Admission) {
-        let all: Vec<usize> = (0..self.flows.len()).collect();
+        let all: Vec<usize> = (0..self.flows.len()).filter(|f| self.holds(&self.flows[*f].id)).collect();
         self.discover_flows(&all, scan, admission).await;
     }
 

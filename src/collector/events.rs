@@ -236,6 +236,72 @@ impl InternalEvent for CheckpointWritten {
     }
 }
 
+/// Replicas: the leases held now (flow ids), the live members, who holds what.
+pub struct LeasesChanged<'a> {
+    pub member: &'a str,
+    /// A shared store (replicas): leases are news worth a log line.
+    pub shared: bool,
+    pub taken: &'a [String],
+    pub lost: &'a [String],
+    pub members: Option<usize>,
+    pub holders: Option<Vec<(String, String)>>,
+}
+
+impl InternalEvent for LeasesChanged<'_> {
+    fn emit(self, to: &Instruments) {
+        for flow_id in self.taken {
+            if self.shared {
+                tracing::info!(flow_id = %flow_id, member = self.member, "this replica took the flow's lease");
+            }
+            to.metrics.lease_held.get_or_create(&vec![("flow_id", flow_id.clone())]).set(1);
+        }
+        for flow_id in self.lost {
+            if self.shared {
+                tracing::warn!(flow_id = %flow_id, member = self.member, "this replica no longer holds the flow's lease; it stops working on it");
+            }
+            to.metrics.lease_held.remove(&vec![("flow_id", flow_id.clone())]);
+        }
+        if let Some(members) = self.members {
+            to.metrics.replicas.set(members as i64);
+        }
+        if let Some(holders) = self.holders {
+            to.board.set_holders(self.member, holders);
+        }
+    }
+}
+
+/// The state store can (or cannot) be reached.
+pub struct StoreReachable<'a> {
+    pub up: bool,
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl InternalEvent for StoreReachable<'_> {
+    fn emit(self, to: &Instruments) {
+        let was_down = to.board.store_down();
+        if !self.up && !was_down {
+            tracing::error!(error = %self.error.map(|e| e.to_string()).unwrap_or_default(), "the state store cannot be reached: work stops until it returns");
+        }
+        if self.up && was_down {
+            tracing::info!("the state store is reachable again: work resumes");
+        }
+        to.metrics.state_store_up.set(i64::from(self.up));
+        to.board.set_store_down(!self.up);
+    }
+}
+
+/// A checkpoint refused: this replica's lease of a flow was lost.
+pub struct CheckpointRejected<'a> {
+    pub flow_key: &'a str,
+}
+
+impl InternalEvent for CheckpointRejected<'_> {
+    fn emit(self, to: &Instruments) {
+        tracing::warn!(flow = self.flow_key, "a checkpoint was refused: this replica's lease of the flow is gone (fenced); it drops the flow");
+        to.metrics.checkpoint_rejected.inc();
+    }
+}
+
 /// Reading paused (the outbox is full) or resumed.
 pub struct ReadingPaused {
     pub paused: bool,
@@ -331,6 +397,7 @@ impl InternalEvent for ExecutionFinished<'_> {
         let duration = (root.end - root.start) as f64 / 1e9;
         let trace_id = hex(&root.trace_id);
         metrics.executions_total.get_or_create(&with_status).inc();
+        tracing::debug!(target: "bedrock_flow_exporter::counted", arn = %self.arn, "execution counted");
         metrics.execution_duration.get_or_create(&with_status).observe(duration, Some(vec![("trace_id", trace_id.clone())]), None);
         // The latest end seen: a backlog is processed in ARN order, not in the order it ended.
         let last_end = metrics.last_execution_end.get_or_create(&with_status);

@@ -30,6 +30,7 @@ mod delivery;
 mod discovery;
 mod events;
 mod fetch;
+mod leases;
 pub mod lifecycle;
 mod observe;
 mod outbox;
@@ -52,9 +53,12 @@ pub struct Flow {
     pub name: String,
     pub aliases: Vec<String>,
     pub source: FlowSource,
+    /// The unit of a lease between replicas: the flow with its account and region.
+    pub lease_key: String,
 }
 
 pub use board::{FinishedExecution, FinishedHook, FlowStatus, ParkedExecution, StatusBoard};
+pub use leases::member_id;
 
 pub struct Collector {
     flows: Vec<Flow>,
@@ -78,6 +82,13 @@ pub struct Collector {
     spans_here: u64,
     /// (flow, alias) pairs seen: their gauges stay (at 0) when nothing runs.
     seen_aliases: HashSet<(String, String)>,
+    /// Replicas: this member, the lease duration, the leases held (key -> counter), the flows
+    /// worked on (ids), and whether the first coordination happened.
+    member: String,
+    lease_ms: i64,
+    held: HashMap<String, i64>,
+    working: HashSet<String>,
+    loaded_once: bool,
 }
 
 impl Collector {
@@ -103,27 +114,8 @@ impl Collector {
                 events.emit(AliasSeen(&FlowLabels { flow_id: flow.id.clone(), flow_name: flow.name.clone(), alias: alias.clone() }));
             }
         }
-        let mut tracked = HashMap::with_capacity(loaded.len());
-        let mut folds = HashMap::with_capacity(loaded.len());
-        for crate::state::Saved { execution: mut t, state } in loaded {
-            let fold = match state.as_deref().map(pipeline::decode_state) {
-                Some(Ok(fold)) => fold,
-                None if t.node_cursor == Cursor::default() && t.flow_cursor == Cursor::default() => ExecutionState::default(),
-                other => {
-                    let why = match other {
-                        Some(Err(why)) => why,
-                        _ => "none saved: a store of an older version".to_string(),
-                    };
-                    tracing::warn!(arn = %t.arn, "the saved fold state of this execution cannot be used ({why}); it is read again from the start");
-                    (t.node_cursor, t.flow_cursor, t.final_read) = (Cursor::default(), Cursor::default(), false);
-                    ExecutionState::default()
-                }
-            };
-            folds.insert(t.arn.clone(), fold);
-            tracked.insert(t.arn.clone(), t);
-        }
-        events.emit(TrackedCounted(tracked.len()));
         let outbox = Outbox::new(store.outbox().await?, config.traces.outbox_max_bytes);
+        let member = store.member().unwrap_or_else(leases::member_id);
         let mut collector = Collector {
             flows,
             store,
@@ -131,8 +123,8 @@ impl Collector {
             events,
             policy,
             poll: config.poll.clone(),
-            tracked,
-            folds,
+            tracked: HashMap::with_capacity(loaded.len()),
+            folds: HashMap::with_capacity(loaded.len()),
             snapshots: HashMap::new(),
             export_backoff: None,
             parked: HashMap::new(),
@@ -140,7 +132,16 @@ impl Collector {
             finished_here: Default::default(),
             spans_here: 0,
             seen_aliases: HashSet::new(),
+            member,
+            lease_ms: config.state.lease_secs as i64 * 1000,
+            held: HashMap::new(),
+            working: HashSet::new(),
+            loaded_once: false,
         };
+        for saved in loaded {
+            collector.adopt(saved);
+        }
+        collector.events.emit(TrackedCounted(collector.tracked.len()));
         collector.restore_parked();
         Ok(collector)
     }
@@ -158,6 +159,27 @@ impl Collector {
 
     fn flow_index(&self, flow_id: &str) -> Option<usize> {
         self.flows.iter().position(|f| f.id == flow_id)
+    }
+
+    /// Takes a saved execution into the registry with its fold state (or, when that cannot be
+    /// used, to be read again from the start).
+    fn adopt(&mut self, saved: crate::state::Saved) {
+        let crate::state::Saved { execution: mut t, state } = saved;
+        let fold = match state.as_deref().map(pipeline::decode_state) {
+            Some(Ok(fold)) => fold,
+            None if t.node_cursor == Cursor::default() && t.flow_cursor == Cursor::default() => ExecutionState::default(),
+            other => {
+                let why = match other {
+                    Some(Err(why)) => why,
+                    _ => "none saved: a store of an older version".to_string(),
+                };
+                tracing::warn!(arn = %t.arn, "the saved fold state of this execution cannot be used ({why}); it is read again from the start");
+                (t.node_cursor, t.flow_cursor, t.final_read) = (Cursor::default(), Cursor::default(), false);
+                ExecutionState::default()
+            }
+        };
+        self.folds.insert(t.arn.clone(), fold);
+        self.tracked.insert(t.arn.clone(), t);
     }
 
     fn labels(&self, t: &Tracked) -> FlowLabels {
@@ -200,6 +222,9 @@ impl Collector {
     /// One pass: a listing of every flow (unless `listing` is `None`), then every execution that
     /// has work.
     pub async fn cycle(&mut self, listing: Option<Admission>, stop: &watch::Receiver<bool>) {
+        if !self.coordinate().await {
+            return;
+        }
         if let Some(admission) = listing {
             self.discover_all(Scan::Incremental, admission).await;
         }

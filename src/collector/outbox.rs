@@ -52,6 +52,24 @@ impl Outbox {
         }
     }
 
+    /// Forgets the entries of executions `gone` says (flows no longer held).
+    pub(super) fn forget(&mut self, gone: impl Fn(&str) -> bool) {
+        let ids: Vec<i64> = self.entries.values().filter(|p| gone(&p.arn)).map(|p| p.id).collect();
+        for id in ids {
+            self.remove(id);
+        }
+    }
+
+    /// Adds entries not known yet (of flows just taken).
+    pub(super) fn merge(&mut self, parcels: impl Iterator<Item = ParcelInfo>) {
+        for p in parcels {
+            if !self.entries.contains_key(&p.id) {
+                self.bytes += p.bytes;
+                self.entries.insert(p.id, p);
+            }
+        }
+    }
+
     pub(super) fn is_full(&self) -> bool {
         self.bytes >= self.max_bytes
     }
@@ -77,6 +95,11 @@ impl Outbox {
     pub(super) fn bytes(&self) -> u64 {
         self.bytes
     }
+}
+
+/// The flow id in an execution ARN (`...:flow/FLOWID/alias/...`).
+pub(super) fn flow_of(arn: &str) -> &str {
+    arn.split('/').nth(1).unwrap_or("")
 }
 
 /// A parcel as stored: the spans and what counting them needs once they are accepted.
@@ -126,7 +149,7 @@ impl Collector {
             return;
         }
         let now = now_nanos();
-        let due = self.outbox.due(now);
+        let due: Vec<ParcelInfo> = self.outbox.due(now).into_iter().filter(|p| self.holds(flow_of(&p.arn))).collect();
         let mut next = 0;
         while next < due.len() {
             let mut group = Vec::new();

@@ -236,10 +236,15 @@ impl Collector {
             parcels.push(Parcel { arn: t.arn.clone(), body: body.encode(), not_before });
         }
         let bytes = checkpoints.iter().map(|c| c.state.len() as u64).sum::<u64>() + parcels.iter().map(|p| p.body.len() as u64).sum::<u64>();
-        let ids = match self.store.checkpoint(&checkpoints, &parcels).await {
+        let fences = self.fences(checkpoints.iter().map(|c| c.execution.flow_id.as_str()));
+        let ids = match self.store.checkpoint_fenced(&checkpoints, &parcels, &fences).await {
             Ok(ids) => {
                 self.events.emit(CheckpointWritten(bytes));
                 ids
+            }
+            Err(e @ crate::state::StateError::LeaseLost(_)) => {
+                self.fenced_off(&e);
+                return;
             }
             Err(e) => {
                 // Nothing advanced: the same events are read and folded again next cycle (and

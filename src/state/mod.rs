@@ -10,13 +10,15 @@
 //! (`tests::contract`, which every implementation passes).
 
 mod memory;
+mod postgres;
 mod sqlite;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::collector::lifecycle::Tracked;
@@ -37,6 +39,26 @@ pub enum StateError {
     Directory { path: String, source: std::io::Error },
     #[error("state store: the blocking task failed: {0}")]
     Task(String),
+    #[error("shared state store: {0}")]
+    Remote(String),
+    #[error("the lease of flow {0} is no longer this replica's: the write is refused")]
+    LeaseLost(String),
+}
+
+/// A lease a write depends on: the flow's lease key and the counter it had when taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub flow_key: String,
+    pub counter: i64,
+}
+
+/// The leases this replica holds after `coordinate` (flow key -> counter), the live members it
+/// sees, and who holds each flow.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Leases {
+    pub held: HashMap<String, i64>,
+    pub members: usize,
+    pub holders: HashMap<String, String>,
 }
 
 /// The checkpoint of one execution: its state with both cursors and its fold state (opaque text
@@ -111,6 +133,27 @@ pub trait StateStore: Send + Sync {
     /// Forgets finished executions created before `before` (outside every lookback window, so
     /// they cannot be listed as new again). Returns how many were removed.
     async fn prune(&self, before: i64) -> Result<usize, StateError>;
+    /// Whether several processes share this store (replicas).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The member id this store coordinates as (replicas).
+    fn member(&self) -> Option<String> {
+        None
+    }
+    /// `checkpoint`, refused as a whole (`LeaseLost`) unless every fence still holds, checked in
+    /// the same transaction. A store of one process has no leases to check.
+    async fn checkpoint_fenced(&self, checkpoints: &[Checkpoint], parcels: &[Parcel], fences: &[Fence]) -> Result<Vec<i64>, StateError> {
+        let _ = fences;
+        self.checkpoint(checkpoints, parcels).await
+    }
+    /// Replicas (SPEC §11): heartbeats this member, renews its leases, gives back what is above
+    /// a fair share and takes free or expired ones up to it. A store of one process holds every
+    /// flow, always.
+    async fn coordinate(&self, flows: &[String], lease_ms: i64) -> Result<Leases, StateError> {
+        let _ = lease_ms;
+        Ok(Leases { held: flows.iter().map(|f| (f.clone(), 0)).collect(), members: 1, holders: HashMap::new() })
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +255,48 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn the_memory_store_keeps_the_contract() {
         contract(&MemoryStore::default()).await;
+    }
+
+    /// The shared store on a real PostgreSQL server: the same contract, then leases: two
+    /// members split two flows, a member that stops renewing loses its flow to the other
+    /// after the lease time, and its fenced checkpoint is refused as a whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_postgres_store_keeps_the_contract_and_fences_a_lost_lease() {
+        let Some(pg) = bedrock_flow_test_support::PgServer::start() else {
+            panic!("PostgreSQL server binaries not found (Debian package postgresql; .ci/run installs it)");
+        };
+        // Two replicas migrating at the same moment.
+        let url = pg.url();
+        let (a, b) = tokio::join!(PostgresStore::open(&url, "a"), PostgresStore::open(&url, "b"));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        contract(&a).await;
+        let flows = vec!["us-east-1//F1".to_string(), "us-east-1//F2".to_string()];
+        let lease_ms = 1500;
+        let first = a.coordinate(&flows, lease_ms).await.unwrap();
+        assert_eq!(first.held.len(), 2, "alone, a takes every flow: {first:?}");
+        let joined = b.coordinate(&flows, lease_ms).await.unwrap();
+        assert!(joined.held.is_empty(), "both leases are a's and fresh");
+        let a_again = a.coordinate(&flows, lease_ms).await.unwrap();
+        assert_eq!((a_again.members, a_again.held.len()), (2, 1), "a sees b and gives one back");
+        let b_share = b.coordinate(&flows, lease_ms).await.unwrap();
+        assert_eq!(b_share.held.len(), 1, "b takes the one given back");
+        let (a_key, a_counter) = a_again.held.iter().next().map(|(k, c)| (k.clone(), *c)).unwrap();
+        assert!(!b_share.held.contains_key(&a_key));
+        // a stops renewing (paused); after the lease time b takes its flow, with a new counter.
+        tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+        let b_all = b.coordinate(&flows, lease_ms).await.unwrap();
+        assert_eq!(b_all.held.len(), 2, "b takes over the expired lease: {b_all:?}");
+        assert!(b_all.held[&a_key] > a_counter, "the counter moved on");
+        // a wakes up and writes with its old lease: refused, nothing written.
+        let mut t = tracked("fenced");
+        t.flow_id = "F1".into();
+        let fence = [Fence { flow_key: a_key.clone(), counter: a_counter }];
+        let refused = a.checkpoint_fenced(&[Checkpoint { execution: t.clone(), state: "x".into(), done: false }], &[], &fence).await;
+        assert!(matches!(refused, Err(StateError::LeaseLost(ref k)) if k == &a_key), "{refused:?}");
+        assert!(!a.load().await.unwrap().iter().any(|s| s.execution.arn == "fenced"), "the refused transaction wrote nothing");
+        let fence = [Fence { flow_key: a_key.clone(), counter: b_all.held[&a_key] }];
+        b.checkpoint_fenced(&[Checkpoint { execution: t, state: "x".into(), done: false }], &[], &fence).await.unwrap();
+        drop(pg);
     }
 
     #[tokio::test]

@@ -7,4 +7,5 @@ mod collector;
 mod emulator_sdk;
 mod faults;
 mod prometheus;
+mod replicas;
 mod traces;

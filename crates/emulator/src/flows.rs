@@ -118,6 +118,16 @@ pub fn doc_batch() -> FlowDefinition {
 /// refine-loop: draft an answer, then loop a critique prompt and an inline-code scorer until
 /// the score is good enough.
 pub fn refine_loop() -> FlowDefinition {
+    refine_loop_of(5)
+}
+
+/// refine-loop allowed `iterations` passes (more than 5: it runs them all), for benchmarks of
+/// one execution with thousands of node runs of the same few nodes.
+pub fn long_loop(events: usize) -> FlowDefinition {
+    refine_loop_of((events / 8).max(6))
+}
+
+fn refine_loop_of(iterations: usize) -> FlowDefinition {
     let body = json!({
         "nodes": [
             {"name": "LoopStart", "type": "LoopInput", "configuration": {"loopInput": {}},
@@ -128,7 +138,7 @@ pub fn refine_loop() -> FlowDefinition {
              "inputs": [io("draft", "String", "$.data")],
              "outputs": [{"name": "response", "type": "Number"}]},
             {"name": "Again", "type": "LoopController",
-             "configuration": {"loopController": {"continueCondition": {"name": "tooShort", "expression": "score < 0.8"}, "maxIterations": 5}},
+             "configuration": {"loopController": {"continueCondition": {"name": "tooShort", "expression": "score < 0.8"}, "maxIterations": iterations}},
              "inputs": [{"name": "score", "type": "Number", "expression": "$.data", "category": "LoopCondition"},
                         {"name": "draft", "type": "String", "expression": "$.data", "category": "ExitLoop"}]}
         ],
@@ -197,6 +207,7 @@ pub fn by_name(name: &str, backlog_events: usize) -> Option<FlowDefinition> {
         "doc_batch" => doc_batch(),
         "refine_loop" => refine_loop(),
         "backlog" => backlog(backlog_events),
+        "long_loop" => long_loop(backlog_events),
         _ => return None,
     })
 }

@@ -471,7 +471,14 @@ impl Walker<'_> {
             "Loop" => {
                 self.input_event(node, fields);
                 let nested = node.loop_definition().unwrap_or_default();
-                let iterations = self.rng.between(1, 3) as i32;
+                // One to three passes; a loop allowed more than 5 (a benchmark's long loop) runs them all.
+                let most = nested
+                    .nodes
+                    .iter()
+                    .find(|n| n.kind == "LoopController")
+                    .and_then(|n| n.configuration.as_ref()?.pointer("/loopController/maxIterations")?.as_u64())
+                    .unwrap_or(0);
+                let iterations = if most > 5 { most as i32 } else { self.rng.between(1, 3) as i32 };
                 let mut carried = first_value;
                 for index in 0..iterations {
                     let mut inner = chain.to_vec();

@@ -214,15 +214,15 @@ impl Scenario {
     }
 
     /// `growing`: executions whose events arrive evenly over `secs`: two doc-batch runs
-    /// over `items` documents each, and one straight chain of about `chain_events` events
-    /// (thousands of node runs), for benchmarks of long executions.
+    /// over `items` documents each, and one loop of about `chain_events` events (thousands of
+    /// runs of the same few nodes), for benchmarks of long executions.
     pub fn growing(items: usize, chain_events: usize, secs: u64) -> Scenario {
         let mut scenario = Scenario::backlog(0, 45);
         scenario.traffic.running_at_start = 2;
         scenario.traffic.running_secs = secs;
         scenario.traffic.running_spread = true;
         scenario.traffic.batch_documents = items;
-        let mut chain = flow("CHAIN00001", "chain", "backlog");
+        let mut chain = flow("LONGLOOP01", "long-loop", "long_loop");
         chain.events_per_execution = chain_events;
         chain.aliases = vec![AliasSpec { id: "CHAINLIVE1".into(), version: "1".into() }];
         chain.traffic = Some(Traffic { running_at_start: 1, ..scenario.traffic.clone() });

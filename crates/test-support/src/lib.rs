@@ -261,6 +261,8 @@ pub struct TestConfig {
     pub extra: String,
     /// Appended to the [poll] section.
     pub poll_extra: String,
+    /// The shared PostgreSQL store instead of `state` (SQLite), with `lease_secs`.
+    pub state_url: Option<(String, u64)>,
 }
 
 impl TestConfig {
@@ -278,16 +280,20 @@ impl TestConfig {
             concurrency: 8,
             extra: String::new(),
             poll_extra: String::new(),
+            state_url: None,
         }
     }
 
     pub fn write(&self, path: &Path) {
         let mut text = format!(
-            "[server]\nlisten = \"{}\"\n[state]\npath = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nmax_requests_per_second = {}\n\
+            "[server]\nlisten = \"{}\"\n[state]\n{}\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nmax_requests_per_second = {}\n\
              [poll]\ninterval_secs = {}\nsettle_secs = {}\nlookback_secs = 86400\nconcurrency = {}\n{}\n\
              [traces]\nendpoint = \"{}\"\nprotocol = \"{}\"\n{}\n",
             self.listen,
-            self.state.display(),
+            match &self.state_url {
+                Some((url, lease)) => format!("url = \"{url}\"\nlease_secs = {lease}"),
+                None => format!("path = \"{}\"", self.state.display()),
+            },
             self.emulator_url,
             self.rate,
             self.interval_secs,
@@ -486,5 +492,87 @@ impl Harness {
     pub async fn stop(self) {
         self.otlp.stop();
         self.emulator.stop().await;
+    }
+}
+
+/// A throw-away PostgreSQL cluster on a free loopback port (Debian's `postgresql`, whose
+/// binaries are in `/usr/lib/postgresql/*/bin`), run as `postgres` when the tests run as root
+/// (PostgreSQL refuses root). Stopped, and its directory removed, on drop.
+pub struct PgServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    as_root: bool,
+}
+
+impl PgServer {
+    /// `None` when no PostgreSQL server binaries are installed.
+    pub fn start() -> Option<PgServer> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).find(|b| b.join("initdb").exists())?;
+        let dir = tempfile::tempdir().ok()?;
+        let as_root = unsafe { libc::geteuid() } == 0;
+        if as_root {
+            let status = std::process::Command::new("chown").args(["-R", "postgres", &dir.path().display().to_string()]).status().ok()?;
+            assert!(status.success(), "chown of the cluster directory");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let server = PgServer { port, dir, bin, as_root };
+        let data = server.dir.path().join("data");
+        server.pg("initdb", &["-D", &data.display().to_string(), "-U", "postgres", "--auth=trust", "-E", "UTF8"]);
+        server.control("start");
+        Some(server)
+    }
+
+    fn pg(&self, tool: &str, args: &[&str]) {
+        let tool = self.bin.join(tool).display().to_string();
+        let mut command = if self.as_root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", &tool]);
+            c
+        } else {
+            std::process::Command::new(&tool)
+        };
+        let output = command.args(args).output().expect("PostgreSQL tool");
+        assert!(output.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    fn control(&self, action: &str) {
+        let data = self.dir.path().join("data").display().to_string();
+        let socket_dir = self.dir.path().display().to_string();
+        let log = self.dir.path().join("log").display().to_string();
+        let options = format!("-p {} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off", self.port);
+        match action {
+            "start" => self.pg("pg_ctl", &["-D", &data, "-o", &options, "-l", &log, "-w", "start"]),
+            _ => self.pg("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]),
+        }
+    }
+
+    /// Stops the server (the data stays): the database "lost".
+    pub fn stop(&self) {
+        self.control("stop");
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        self.control("start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data").display().to_string();
+        let tool = self.bin.join("pg_ctl").display().to_string();
+        let mut command = if self.as_root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", &tool]);
+            c
+        } else {
+            std::process::Command::new(&tool)
+        };
+        let _ = command.args(["-D", &data, "-m", "immediate", "-w", "stop"]).output();
     }
 }

@@ -1,0 +1,133 @@
+//! Replicas (SPEC §11): which flows this replica works on. Each cycle it heartbeats and renews
+//! its leases through the store (`StateStore::coordinate`), which also spreads the flows over
+//! the live members; a flow it takes is loaded from the shared checkpoints, a flow it loses is
+//! dropped at once (its executions leave the registry, its lease series goes). Every checkpoint
+//! is fenced by the leases of its executions' flows. A store of one process holds every flow.
+
+use std::collections::HashSet;
+
+use super::events::{CheckpointRejected, LeasesChanged, StoreReachable, TrackedCounted};
+use super::Collector;
+use crate::state::{Fence, StateError};
+
+/// This replica's member id: host name, process id and start time (unique per process).
+pub fn member_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_else(|| "replica".into());
+    format!("{host}-{}-{:x}", std::process::id(), crate::timefmt::now_nanos() & 0xffff_ffff)
+}
+
+impl Collector {
+    /// Renews, gives back and takes leases; false when the store cannot be reached (then no
+    /// work is done this cycle).
+    pub(super) async fn coordinate(&mut self) -> bool {
+        let keys: Vec<String> = self.flows.iter().map(|f| f.lease_key.clone()).collect();
+        let leases = match self.store.coordinate(&keys, self.lease_ms).await {
+            Ok(leases) => leases,
+            Err(e) => {
+                self.events.emit(StoreReachable { up: false, error: Some(&e) });
+                // Without the store nothing is held: no guessing.
+                let lost: Vec<String> = self.working.iter().cloned().collect();
+                self.drop_flows(&lost);
+                return false;
+            }
+        };
+        self.events.emit(StoreReachable { up: true, error: None });
+        self.held = leases.held.clone();
+        let now_working: HashSet<String> = self.flows.iter().filter(|f| self.held.contains_key(&f.lease_key)).map(|f| f.id.clone()).collect();
+        let taken: Vec<String> = now_working.difference(&self.working).cloned().collect();
+        let lost: Vec<String> = self.working.difference(&now_working).cloned().collect();
+        self.drop_flows(&lost);
+        if self.loaded_once {
+            if !taken.is_empty() {
+                self.load_flows(&taken).await;
+            }
+        } else {
+            // At start everything was loaded: keep only the flows held.
+            let others: Vec<String> = self.flows.iter().map(|f| f.id.clone()).filter(|id| !now_working.contains(id)).collect();
+            self.drop_flows(&others);
+            self.loaded_once = true;
+        }
+        self.working = now_working;
+        let holders = leases.holders.into_iter().collect();
+        let shared = self.store.shared();
+        self.events.emit(LeasesChanged {
+            member: &self.member,
+            shared,
+            taken: &taken,
+            lost: &lost,
+            members: Some(leases.members),
+            holders: shared.then_some(holders),
+        });
+        true
+    }
+
+    /// Forgets the executions (and outbox entries) of flows this replica no longer holds.
+    fn drop_flows(&mut self, flow_ids: &[String]) {
+        if flow_ids.is_empty() {
+            return;
+        }
+        let gone: Vec<String> = self.tracked.values().filter(|t| flow_ids.contains(&t.flow_id)).map(|t| t.arn.clone()).collect();
+        for arn in gone {
+            self.tracked.remove(&arn);
+            self.folds.remove(&arn);
+        }
+        self.outbox.forget(|arn| flow_ids.iter().any(|f| super::outbox::flow_of(arn) == f));
+        for f in flow_ids {
+            self.working.remove(f);
+        }
+        self.events.emit(TrackedCounted(self.tracked.len()));
+    }
+
+    /// Loads the shared checkpoints (and outbox) of flows just taken.
+    async fn load_flows(&mut self, flow_ids: &[String]) {
+        match self.store.load().await {
+            Ok(saved) => {
+                for s in saved.into_iter().filter(|s| flow_ids.contains(&s.execution.flow_id)) {
+                    self.adopt(s);
+                }
+            }
+            Err(e) => self.events.emit(StoreReachable { up: false, error: Some(&e) }),
+        }
+        if let Ok(parcels) = self.store.outbox().await {
+            self.outbox.merge(parcels.into_iter().filter(|p| flow_ids.iter().any(|f| super::outbox::flow_of(&p.arn) == f)));
+        }
+        self.events.emit(TrackedCounted(self.tracked.len()));
+    }
+
+    /// Whether this replica works on the flow now.
+    pub(super) fn holds(&self, flow_id: &str) -> bool {
+        self.working.contains(flow_id)
+    }
+
+    /// The fences of a write touching these flows.
+    pub(super) fn fences<'a>(&self, flow_ids: impl Iterator<Item = &'a str>) -> Vec<Fence> {
+        let mut seen = HashSet::new();
+        let mut fences = Vec::new();
+        for id in flow_ids {
+            if !seen.insert(id.to_string()) {
+                continue;
+            }
+            if let Some(flow) = self.flows.iter().find(|f| f.id == id) {
+                if let Some(counter) = self.held.get(&flow.lease_key) {
+                    fences.push(Fence { flow_key: flow.lease_key.clone(), counter: *counter });
+                }
+            }
+        }
+        fences
+    }
+
+    /// A write was refused for a lost lease: drop that flow at once.
+    pub(super) fn fenced_off(&mut self, error: &StateError) {
+        if let StateError::LeaseLost(key) = error {
+            self.events.emit(CheckpointRejected { flow_key: key });
+            self.held.remove(key);
+            let lost: Vec<String> = self.flows.iter().filter(|f| &f.lease_key == key).map(|f| f.id.clone()).collect();
+            self.drop_flows(&lost);
+            self.events.emit(LeasesChanged { member: &self.member, shared: true, taken: &[], lost: &lost, members: None, holders: None });
+        }
+    }
+}
