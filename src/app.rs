@@ -103,11 +103,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
             endpoint_url: flow.endpoint_url.clone().or_else(|| config.aws.endpoint_url.clone()),
         };
         let budget = budgets.get(&target.budget_key(), config.aws.max_requests_per_second);
-        let source = FlowSource::new(&target, budget, options.static_credentials.as_ref(), metrics.clone()).await;
+        let source = FlowSource::new(&target, budget.clone(), options.static_credentials.as_ref(), metrics.clone()).await;
         let id = bare_flow_id(&flow.id).unwrap_or_else(|| flow.id.clone());
         let account = flow.id.split(':').nth(4).or_else(|| target.role_arn.as_deref().and_then(|r| r.split(':').nth(4))).unwrap_or("").to_string();
         let lease_key = format!("{}/{account}/{id}", target.region.as_deref().unwrap_or(""));
-        flows.push(Flow { name: flow.name.clone().unwrap_or_else(|| id.clone()), id, aliases: flow.aliases.clone(), source, lease_key });
+        flows.push(Flow { name: flow.name.clone().unwrap_or_else(|| id.clone()), id, aliases: flow.aliases.clone(), source, lease_key, budget });
     }
     let board = Arc::new(StatusBoard::new(&flows.iter().map(|f| (f.id.clone(), f.name.clone())).collect::<Vec<_>>()));
     let listener = match options.listener {

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub executions_parked: Gauge,
     pub outbox_bytes: Gauge,
     pub lease_held: Family<Labels, Gauge>,
+    pub flow_configured: Family<Labels, Gauge>,
     pub replicas: Gauge,
     pub state_store_up: Gauge,
     pub checkpoint_rejected: Counter,
@@ -124,6 +125,7 @@ impl Metrics {
             executions_parked: Gauge::default(),
             outbox_bytes: Gauge::default(),
             lease_held: Family::default(),
+            flow_configured: Family::default(),
             replicas: Gauge::default(),
             state_store_up: Gauge::default(),
             checkpoint_rejected: Counter::default(),
@@ -196,6 +198,11 @@ impl Metrics {
             "bedrock_flow_exporter_lease_held",
             "Replicas: 1 for each flow whose lease this replica holds (the series goes when the lease does).",
             m.lease_held.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_flow_configured",
+            "1 for each flow in this replica's config (what an alert compares lease_held with).",
+            m.flow_configured.clone(),
         );
         registry.register("bedrock_flow_exporter_replicas", "Replicas: live members this replica sees in the shared store.", m.replicas.clone());
         registry.register(

@@ -25,33 +25,47 @@ use crate::model::*;
 
 /// At most `limit` HTTP attempts started in any window of `window` (SPEC §10: the budget is
 /// per account and region, SDK retries included).
+/// Replicas share the budget by lease: each spends its share (the flows of the target it holds
+/// over those configured), so that the shares never add up to more than the budget.
 #[derive(Debug)]
 pub struct RequestBudget {
-    limit: usize,
-    window: Duration,
+    rate: f64,
+    /// This process's share of `rate`, in millionths.
+    share_ppm: std::sync::atomic::AtomicU64,
     starts: Mutex<VecDeque<Instant>>,
 }
 
 impl RequestBudget {
     pub fn per_second(rate: f64) -> RequestBudget {
+        RequestBudget { rate, share_ppm: std::sync::atomic::AtomicU64::new(1_000_000), starts: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Spend `share` (0..=1) of the rate from now on.
+    pub fn set_share(&self, share: f64) {
+        self.share_ppm.store((share.clamp(0.0, 1.0) * 1e6) as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (attempts, window): at most `limit` attempts start in any `window`.
+    fn limits(&self) -> (usize, Duration) {
+        let rate = (self.rate * self.share_ppm.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6).max(1e-3);
         let limit = (rate.floor() as usize).max(1);
-        let window = Duration::from_secs_f64((limit as f64 / rate).max(1.0));
-        RequestBudget { limit, window, starts: Mutex::new(VecDeque::new()) }
+        (limit, Duration::from_secs_f64((limit as f64 / rate).max(1.0)))
     }
 
     pub async fn acquire(&self) {
         loop {
             let wait = {
+                let (limit, window) = self.limits();
                 let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
-                while starts.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+                while starts.front().is_some_and(|t| now.duration_since(*t) >= window) {
                     starts.pop_front();
                 }
-                if starts.len() < self.limit {
+                if starts.len() < limit {
                     starts.push_back(now);
                     return;
                 }
-                self.window - now.duration_since(starts[0])
+                window.saturating_sub(now.duration_since(starts[0]))
             };
             tokio::time::sleep(wait).await;
         }

@@ -145,6 +145,9 @@ impl Collector {
         let now = now_nanos();
         let mut failed = Vec::new();
         for &f in flows {
+            if !self.renew_if_due().await || !self.holds(&self.flows[f].id) {
+                continue;
+            }
             let flow_id = self.flows[f].id.clone();
             let marks = self.store.flow_marks(&flow_id).await.unwrap_or_default();
             let (last_poll, last_full) = (marks.last_poll, marks.last_full_scan);

@@ -259,7 +259,9 @@ impl InternalEvent for LeasesChanged<'_> {
             if self.shared {
                 tracing::warn!(flow_id = %flow_id, member = self.member, "this replica no longer holds the flow's lease; it stops working on it");
             }
+            // The flow's own exporter series live only on the replica that holds it.
             to.metrics.lease_held.remove(&vec![("flow_id", flow_id.clone())]);
+            to.metrics.last_successful_poll.remove(&vec![("flow_id", flow_id.clone())]);
         }
         if let Some(members) = self.members {
             to.metrics.replicas.set(members as i64);

@@ -24,6 +24,7 @@ impl Collector {
     /// Renews, gives back and takes leases; false when the store cannot be reached (then no
     /// work is done this cycle).
     pub(super) async fn coordinate(&mut self) -> bool {
+        self.last_coordinated = std::time::Instant::now();
         let keys: Vec<String> = self.flows.iter().map(|f| f.lease_key.clone()).collect();
         let leases = match self.store.coordinate(&keys, self.lease_ms).await {
             Ok(leases) => leases,
@@ -52,6 +53,7 @@ impl Collector {
             self.loaded_once = true;
         }
         self.working = now_working;
+        self.share_budgets();
         let holders = leases.holders.into_iter().collect();
         let shared = self.store.shared();
         self.events.emit(LeasesChanged {
@@ -63,6 +65,31 @@ impl Collector {
             holders: shared.then_some(holders),
         });
         true
+    }
+
+    /// Each target's budget is spent in proportion to the flows of it held (SPEC §11), so the
+    /// replicas together never exceed it. A store of one process holds every flow: share 1.
+    fn share_budgets(&self) {
+        let mut targets: Vec<(&std::sync::Arc<crate::source::RequestBudget>, usize, usize)> = Vec::new();
+        for f in &self.flows {
+            let held = usize::from(self.working.contains(&f.id));
+            match targets.iter_mut().find(|(b, _, _)| std::sync::Arc::ptr_eq(b, &f.budget)) {
+                Some(t) => (t.1, t.2) = (t.1 + held, t.2 + 1),
+                None => targets.push((&f.budget, held, 1)),
+            }
+        }
+        for (budget, held, all) in targets {
+            budget.set_share(held as f64 / all as f64);
+        }
+    }
+
+    /// `coordinate` when a third of the lease passed since the last one (always true on a store
+    /// of one process, which has no leases to lose).
+    pub(super) async fn renew_if_due(&mut self) -> bool {
+        if !self.store.shared() || self.last_coordinated.elapsed() < std::time::Duration::from_millis(self.lease_ms as u64 / 3) {
+            return true;
+        }
+        self.coordinate().await
     }
 
     /// Forgets the executions (and outbox entries) of flows this replica no longer holds.
@@ -100,7 +127,7 @@ impl Collector {
 
     /// Whether this replica works on the flow now.
     pub(super) fn holds(&self, flow_id: &str) -> bool {
-        self.working.contains(flow_id)
+        !self.store.shared() || self.working.contains(flow_id)
     }
 
     /// The fences of a write touching these flows.

@@ -55,6 +55,8 @@ pub struct Flow {
     pub source: FlowSource,
     /// The unit of a lease between replicas: the flow with its account and region.
     pub lease_key: String,
+    /// The request budget of the flow's account and region (shared by the flows of that target).
+    pub budget: Arc<crate::source::RequestBudget>,
 }
 
 pub use board::{FinishedExecution, FinishedHook, FlowStatus, ParkedExecution, StatusBoard};
@@ -89,6 +91,7 @@ pub struct Collector {
     held: HashMap<String, i64>,
     working: HashSet<String>,
     loaded_once: bool,
+    last_coordinated: Instant,
 }
 
 impl Collector {
@@ -108,6 +111,9 @@ impl Collector {
             max_bytes: config.traces.max_content_bytes,
             redact: config.traces.redact.iter().filter_map(|p| regex::Regex::new(p).ok()).collect(),
         };
+        for flow in &flows {
+            metrics.flow_configured.get_or_create(&vec![("flow_id", flow.id.clone())]).set(1);
+        }
         let events = Instruments::new(metrics, board, on_finished);
         for flow in &flows {
             for alias in &flow.aliases {
@@ -137,6 +143,7 @@ impl Collector {
             held: HashMap::new(),
             working: HashSet::new(),
             loaded_once: false,
+            last_coordinated: Instant::now(),
         };
         for saved in loaded {
             collector.adopt(saved);
@@ -239,7 +246,12 @@ impl Collector {
             if *stop.borrow() {
                 break;
             }
-            self.process_chunk(chunk).await;
+            // A long cycle renews its leases on the way (a third of the lease at most apart).
+            if !self.renew_if_due().await {
+                break;
+            }
+            let held: Vec<(String, Work)> = chunk.iter().filter(|(arn, _)| self.tracked.contains_key(arn)).cloned().collect();
+            self.process_chunk(&held).await;
         }
         self.events.emit(TrackedCounted(self.tracked.len()));
         self.update_running_gauges();

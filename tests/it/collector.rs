@@ -525,7 +525,14 @@ async fn the_collector_does_the_same_work_on_the_memory_store() {
     let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(emulator.endpoint()), ..AwsTarget::default() };
     let credentials = StaticCredentials { access_key_id: "AKIDTEST".into(), secret_access_key: "secret".into() };
     let source = FlowSource::new(&target, Arc::new(RequestBudget::per_second(1000.0)), Some(&credentials), metrics.clone()).await;
-    let flows = vec![Flow { id: "BACKLOG001".into(), name: "backlog".into(), aliases: Vec::new(), source, lease_key: "us-east-1//BACKLOG001".into() }];
+    let flows = vec![Flow {
+        id: "BACKLOG001".into(),
+        name: "backlog".into(),
+        aliases: Vec::new(),
+        source,
+        lease_key: "us-east-1//BACKLOG001".into(),
+        budget: Arc::new(RequestBudget::per_second(1000.0)),
+    }];
     let board = Arc::new(StatusBoard::new(&[("BACKLOG001".into(), "backlog".into())]));
     let store = Arc::new(MemoryStore::default());
     let exporter = Arc::new(Exporter::new(&config.traces, Some("us-east-1"), None).unwrap());

@@ -51,8 +51,8 @@ fn kill(r: &Replica, signal: i32) {
 
 /// Three replicas on a backlog over three flows with executions still running: each takes one
 /// flow; SIGKILL one mid-drain, then another; a new one joins. Every span of the model arrives
-/// (ids and parents as derived), and the executions counted over all replicas are each
-/// execution exactly once.
+/// (ids and parents as derived), the executions counted over all replicas are each execution
+/// exactly once, and the request budget of the account and region held for all together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_split_the_flows_and_take_over_without_loss_or_double_counts() {
     let pg = PgServer::start().expect("PostgreSQL server binaries (Debian package postgresql)");
@@ -63,7 +63,8 @@ async fn replicas_split_the_flows_and_take_over_without_loss_or_double_counts() 
     let mut h = Harness::start(scenario, &FLOWS).await;
     h.config.state_url = Some((pg.url(), 4));
     h.config.concurrency = 2;
-    h.config.rate = 200.0;
+    // A budget that binds: each replica alone could spend it (2 at once, 15 ms a call).
+    h.config.rate = 60.0;
     let facts = h.emulator.executions(now_nanos());
     let replicas: Vec<Replica> = ["r1", "r2", "r3"].iter().map(|n| start_replica(&h, n)).collect();
     assert!(
@@ -114,6 +115,10 @@ async fn replicas_split_the_flows_and_take_over_without_loss_or_double_counts() 
     let unique: BTreeSet<&String> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "no execution counted twice");
     assert_eq!(unique, facts.iter().map(|f| &f.arn).collect::<BTreeSet<_>>(), "every execution counted");
+    // The request budget held for the replicas together, not for each.
+    let busiest = h.emulator.stats()["busiest_second"].as_u64().unwrap();
+    assert!(busiest <= 66, "{busiest} requests in the busiest second: the budget of 60/s is shared by lease, not spent by each replica");
+    assert!(busiest >= 20, "{busiest}: the budget was used");
     // And the survivors' metrics agree with their logs.
     for r in [&replicas[2], &joined] {
         let text = support::http_get(r.address, "/metrics", None).1;
@@ -159,6 +164,46 @@ async fn a_replica_paused_past_its_lease_is_fenced() {
     assert!(support::eventually(Duration::from_secs(60), || h.otlp.receiver.roots().len() == 6).await, "everything arrives: {}", h.otlp.receiver.roots().len());
     drop(a);
     drop(b);
+    h.stop().await;
+    drop(pg);
+}
+
+/// The database lost for a while: work stops (no guessing), `/-/ready` turns 503, the metric and
+/// `/` say why; when it returns work resumes by itself, and every execution arrives and is
+/// counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_database_stops_work_and_it_resumes_by_itself() {
+    let pg = PgServer::start().expect("PostgreSQL server binaries (Debian package postgresql)");
+    let mut scenario = support::history_scenario(0);
+    scenario.traffic.running_at_start = 2;
+    scenario.traffic.running_secs = 20;
+    scenario.traffic.running_spread = true;
+    let mut h = Harness::start(scenario, &FLOWS[..2]).await;
+    h.config.state_url = Some((pg.url(), 4));
+    let r = start_replica(&h, "only");
+    assert!(support::eventually(Duration::from_secs(20), || support::http_get(r.address, "/-/ready", None).0 == 200).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.stop();
+    let up = || support::sample(&support::http_get(r.address, "/metrics", None).1, "bedrock_flow_exporter_state_store_up", &[]);
+    assert!(support::eventually(Duration::from_secs(20), || up() == Some(0.0)).await, "the metric says the store is down");
+    assert_eq!(support::http_get(r.address, "/-/ready", None).0, 503, "not ready without the store");
+    assert!(support::http_get(r.address, "/", None).1.contains("cannot be reached"), "the status page says why");
+    let roots_while_down = h.otlp.receiver.roots().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.restart();
+    assert!(support::eventually(Duration::from_secs(30), || up() == Some(1.0)).await, "work resumes by itself");
+    assert!(support::eventually(Duration::from_secs(20), || support::http_get(r.address, "/-/ready", None).0 == 200).await);
+    assert!(
+        support::eventually(Duration::from_secs(60), || h.otlp.receiver.roots().len() == 4).await,
+        "every execution arrives: {} ({roots_while_down} while down)",
+        h.otlp.receiver.roots().len()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = counted(&r.log);
+    let unique: BTreeSet<&String> = all.iter().collect();
+    assert_eq!((all.len(), unique.len()), (4, 4), "each counted once: {all:?}");
+    assert!(std::fs::read_to_string(&r.log).unwrap().contains("the state store cannot be reached"));
+    drop(r);
     h.stop().await;
     drop(pg);
 }

@@ -97,6 +97,9 @@ pub struct Stats {
     pub errors: BTreeMap<String, u64>,
     /// "access key id/region" of the SigV4 credential scope → requests signed with it.
     pub signers: BTreeMap<String, u64>,
+    /// Arrival times of the requests of the last second, and the most seen in any one second.
+    pub recent: std::collections::VecDeque<std::time::Instant>,
+    pub busiest_second: u64,
 }
 
 pub struct World {
@@ -300,6 +303,13 @@ impl World {
 
     pub fn count_request(&mut self, operation: &str) {
         *self.stats.requests.entry(operation.to_string()).or_default() += 1;
+        let now = std::time::Instant::now();
+        let recent = &mut self.stats.recent;
+        while recent.front().is_some_and(|t| now.duration_since(*t) >= std::time::Duration::from_secs(1)) {
+            recent.pop_front();
+        }
+        recent.push_back(now);
+        self.stats.busiest_second = self.stats.busiest_second.max(recent.len() as u64);
     }
 
     pub fn count_error(&mut self, code: &str) {
@@ -325,6 +335,7 @@ impl World {
             "errors": self.stats.errors,
             "signers": self.stats.signers,
             "total_requests": self.stats.requests.values().sum::<u64>(),
+            "busiest_second": self.stats.busiest_second,
             "flows": self.flows_json(),
             "executions": self.executions.len(),
         })
