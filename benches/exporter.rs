@@ -442,6 +442,78 @@ async fn main() {
         emulator.stop().await;
     }
 
+    if section("postgres") {
+        // 4. The shared store: the drain on PostgreSQL next to SQLite, and 1 vs 3 replicas.
+        let n = env_or("BENCH_PG_EXECUTIONS", 3000);
+        let pg = support::PgServer::start().expect("PostgreSQL server binaries (Debian package postgresql)");
+        let backlog = || {
+            let mut s = Scenario::backlog(n / 3, 45);
+            let first = s.flows[0].clone();
+            s.flows = (1..=3)
+                .map(|i| {
+                    let mut f = first.clone();
+                    f.id = format!("BACKLOG00{i}");
+                    f
+                })
+                .collect();
+            s
+        };
+        let flows = [("BACKLOG001", "backlog-1"), ("BACKLOG002", "backlog-2"), ("BACKLOG003", "backlog-3")];
+        writeln!(report, "## The shared store (PostgreSQL)\n\n{n} finished executions of ~45 events over three flows; PostgreSQL 15 on loopback (fsync off), one database per run.\n").unwrap();
+        writeln!(report, "| run | wall time | CPU-s per 1,000 events (all processes) |\n|---|---|---|").unwrap();
+        for (label, replicas, database) in [("SQLite, 1 process", 1usize, None), ("PostgreSQL, 1 replica", 1, Some("one")), ("PostgreSQL, 3 replicas", 3, Some("three"))] {
+            let emulator = support::emulator(backlog()).await;
+            let otlp = support::OtlpServer::start().await;
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &flows);
+            (c.rate, c.concurrency, c.interval_secs, c.settle_secs) = (100_000.0, 32, 2, 0);
+            if let Some(db) = database {
+                let admin = std::process::Command::new("psql").args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-c", &format!("create database {db}")]).output();
+                assert!(admin.is_ok_and(|o| o.status.success()), "create database {db}");
+                c.state_url = Some((pg.url().replace("/postgres", &format!("/{db}")), 10));
+            }
+            let path = dir.path().join("config.toml");
+            c.write(&path);
+            let facts = emulator.executions(now_nanos());
+            let events: usize = facts.iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
+            let started = Instant::now();
+            let children: Vec<std::process::Child> = (0..replicas)
+                .map(|i| {
+                    Command::new(&binary)
+                        .args(["run", "--config", &path.display().to_string()])
+                        .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+                        .env("AWS_SECRET_ACCESS_KEY", "secret")
+                        .env("AWS_EC2_METADATA_DISABLED", "true")
+                        .env("RUST_LOG", "warn")
+                        .stdout(Stdio::null())
+                        .stderr(std::fs::File::create(dir.path().join(format!("r{i}.log"))).unwrap())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while otlp.receiver.roots().len() < facts.len() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let wall = started.elapsed();
+            let mut cpu = 0.0;
+            for child in children {
+                let pid = child.id() as i32;
+                cpu += support::cpu_seconds(child.id());
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                let mut status = 0;
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                drop(child);
+            }
+            assert_eq!(otlp.receiver.roots().len(), facts.len(), "{label}: every execution arrived");
+            writeln!(report, "| {label} | {:.2} s | {:.4} |", wall.as_secs_f64(), cpu / (events as f64 / 1000.0)).unwrap();
+            otlp.stop();
+            emulator.stop().await;
+        }
+        writeln!(report, "\n(Service mode, `interval_secs = 2`: the wall time includes the first poll of each replica and the lease hand-over as replicas join; CPU is read from /proc just before SIGTERM.)\n").unwrap();
+        drop(pg);
+    }
+
     if section("startup") {
         // 3. Startup with many executions in the state store.
         let dir = tempfile::tempdir().unwrap();
