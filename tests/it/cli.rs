@@ -32,6 +32,9 @@ fn bad_config_exits_64_naming_the_key() {
         ("[poll]\nintervalsecs = 5\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "intervalsecs"),
         ("[[flows]]\nid = \"nope\"\n", "flows[0].id"),
         ("[traces]\ncapture_content = \"some\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "capture_content"),
+        ("[state]\npath = \"x.sqlite\"\nurl = \"postgresql://u@db/x\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "state.url"),
+        ("[state]\nurl = \"mysql://u@db/x\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "state.url"),
+        ("[state]\nurl = \"postgresql://u@db/x\"\nlease_secs = 10\n[poll]\ninterval_secs = 15\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "state.lease_secs"),
     ];
     for (text, key) in cases {
         let path = dir.path().join("bad.toml");
@@ -71,6 +74,31 @@ fn help_version_and_check_config() {
     assert!(effective.contains("interval_secs = 15"));
     let from_env = support::command(&["check-config"]).env("BEDROCK_FLOW_EXPORTER_CONFIG", &path).output().unwrap();
     assert_eq!(from_env.status.code(), Some(0), "the config path comes from the environment too");
+}
+
+/// The shared store's URL from the environment: validated, shown without its password.
+#[test]
+fn check_config_shows_the_state_url_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.toml");
+    std::fs::write(&path, "[[flows]]\nid = \"ABCDEFGHIJ\"\n").unwrap();
+    let out = support::command(&["check-config", "--config", path.to_str().unwrap()])
+        .env("BEDROCK_FLOW_EXPORTER_STATE_URL", "postgresql://exporter:s3cr3t-pw@db.internal:5432/flows")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(effective.contains("url = \"postgresql://exporter:***@db.internal:5432/flows\""), "{effective}");
+    assert!(!effective.contains("s3cr3t") && !String::from_utf8_lossy(&out.stderr).contains("s3cr3t"), "never the password");
+    assert!(effective.contains("lease_secs = 30"));
+    assert!(!effective.contains("path ="), "no SQLite path with a URL");
+    let bad = support::command(&["check-config", "--config", path.to_str().unwrap()])
+        .env("BEDROCK_FLOW_EXPORTER_STATE_URL", "postgresql://exporter:s3cr3t-pw@db.internal:notaport/flows")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("state.url") && !stderr.contains("s3cr3t"), "{stderr}");
 }
 
 type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;

@@ -159,6 +159,18 @@ fn live_scenario() -> Scenario {
     s
 }
 
+/// The spans the SPEC derives for these executions of the demo flows, and those received:
+/// span id -> (name, parent id), to compare.
+pub fn model_and_received(facts: &[ExecutionFacts], receiver: &support::Receiver) -> (BTreeMap<String, (String, String)>, BTreeMap<String, (String, String)>) {
+    let mut expected = BTreeMap::new();
+    for f in facts {
+        let (definition, name) = definition_of(&f.flow_id);
+        expected.extend(expected_spans(f, &definition, name));
+    }
+    let got = receiver.unique().iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
+    (expected, got)
+}
+
 pub fn definition_of(flow_id: &str) -> (FlowDefinition, &'static str) {
     match flow_id {
         "SUPPORTTRI" => (flows::support_triage(), "support-triage"),

@@ -230,14 +230,7 @@ async fn an_outage_during_a_drain_reads_nothing_twice_and_loses_nothing() {
     assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]), 150.0, "each execution counted once");
     assert_eq!(calls(), event_pages(&facts), "every page of events read exactly once, outage or not");
     assert!(h.log().contains("reading resumes"));
-    let received = h.otlp.receiver.unique();
-    let mut expected = std::collections::BTreeMap::new();
-    for f in &facts {
-        let (definition, name) = crate::collector::definition_of(&f.flow_id);
-        expected.extend(crate::collector::expected_spans(f, &definition, name));
-    }
-    let got: std::collections::BTreeMap<String, (String, String)> =
-        received.iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
+    let (expected, got) = crate::collector::model_and_received(&facts, &h.otlp.receiver);
     assert_eq!(got, expected, "every span of the model, with its id and parent");
     drop(child);
     h.stop().await;
@@ -269,13 +262,7 @@ async fn an_outage_while_executions_grow_costs_only_their_polls() {
     let bound = event_pages(&facts) + 2 * 6 * polls;
     assert!(calls <= bound, "{calls} event calls: more than the pages once plus two tail pages per poll ({bound})");
     assert!(calls >= event_pages(&facts));
-    let mut expected = std::collections::BTreeMap::new();
-    for f in &facts {
-        let (definition, name) = crate::collector::definition_of(&f.flow_id);
-        expected.extend(crate::collector::expected_spans(f, &definition, name));
-    }
-    let got: std::collections::BTreeMap<String, (String, String)> =
-        h.otlp.receiver.unique().iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
+    let (expected, got) = crate::collector::model_and_received(&facts, &h.otlp.receiver);
     assert_eq!(got, expected, "every span of the model, with its id and parent");
     drop(child);
     h.stop().await;

@@ -3,7 +3,7 @@
 //! flows taken over from the shared checkpoints, nothing lost, nothing counted twice; a replica
 //! paused past its lease is fenced.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -99,13 +99,7 @@ async fn replicas_split_the_flows_and_take_over_without_loss_or_double_counts() 
     );
     // Every span of the model (of the executions as they ended), with its id and parent.
     let facts = h.emulator.executions(now_nanos());
-    let mut expected = BTreeMap::new();
-    for f in &facts {
-        let (definition, name) = crate::collector::definition_of(&f.flow_id);
-        expected.extend(crate::collector::expected_spans(f, &definition, name));
-    }
-    let got: BTreeMap<String, (String, String)> =
-        h.otlp.receiver.unique().iter().map(|(id, s)| (id.clone(), (s.name.clone(), s.parent_span_id.clone()))).collect();
+    let (expected, got) = crate::collector::model_and_received(&facts, &h.otlp.receiver);
     let missing: Vec<_> = expected.iter().filter(|(k, _)| !got.contains_key(*k)).take(5).collect();
     let extra: Vec<_> = got.iter().filter(|(k, _)| !expected.contains_key(*k)).take(5).collect();
     assert!(missing.is_empty() && extra.is_empty() && got == expected, "every span arrives with its id and parent; missing {missing:?}, extra {extra:?}");
