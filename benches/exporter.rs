@@ -470,7 +470,7 @@ async fn main() {
             if let Some(db) = database {
                 let admin = std::process::Command::new("psql").args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-c", &format!("create database {db}")]).output();
                 assert!(admin.is_ok_and(|o| o.status.success()), "create database {db}");
-                c.state_url = Some((pg.url().replace("/postgres", &format!("/{db}")), 10));
+                c.state_url = Some((format!("postgresql://postgres@127.0.0.1:{}/{db}", pg.port), 10));
             }
             let path = dir.path().join("config.toml");
             c.write(&path);
@@ -491,8 +491,11 @@ async fn main() {
                         .unwrap()
                 })
                 .collect();
+            let mut children = children;
             let deadline = Instant::now() + Duration::from_secs(600);
             while otlp.receiver.roots().len() < facts.len() && Instant::now() < deadline {
+                let exited = children.iter_mut().any(|c| c.try_wait().ok().flatten().is_some());
+                assert!(!exited, "{label}: a replica exited: {}", std::fs::read_to_string(dir.path().join("r0.log")).unwrap_or_default());
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let wall = started.elapsed();
