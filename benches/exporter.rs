@@ -461,14 +461,18 @@ async fn main() {
         let flows = [("BACKLOG001", "backlog-1"), ("BACKLOG002", "backlog-2"), ("BACKLOG003", "backlog-3")];
         writeln!(report, "## The shared store (PostgreSQL)\n\n{n} finished executions of ~45 events over three flows; PostgreSQL 15 on loopback (fsync off), one database per run.\n").unwrap();
         writeln!(report, "| run | wall time | CPU-s per 1,000 events (all processes) |\n|---|---|---|").unwrap();
-        for (label, replicas, database) in [("SQLite, 1 process", 1usize, None), ("PostgreSQL, 1 replica", 1, Some("one")), ("PostgreSQL, 3 replicas", 3, Some("three"))] {
+        for (label, replicas, database) in
+            [("SQLite, 1 process", 1usize, None), ("PostgreSQL, 1 replica", 1, Some("one")), ("PostgreSQL, 3 replicas", 3, Some("three"))]
+        {
             let emulator = support::emulator(backlog()).await;
             let otlp = support::OtlpServer::start().await;
             let dir = tempfile::tempdir().unwrap();
             let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &flows);
             (c.rate, c.concurrency, c.interval_secs, c.settle_secs) = (100_000.0, 32, 2, 0);
             if let Some(db) = database {
-                let admin = std::process::Command::new("psql").args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-c", &format!("create database {db}")]).output();
+                let admin = std::process::Command::new("psql")
+                    .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-c", &format!("create database {db}")])
+                    .output();
                 assert!(admin.is_ok_and(|o| o.status.success()), "create database {db}");
                 c.state_url = Some((format!("postgresql://postgres@127.0.0.1:{}/{db}", pg.port), 10));
             }

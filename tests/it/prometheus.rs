@@ -26,16 +26,18 @@ fn query(prometheus: SocketAddr, path: &str, promql: &str) -> Value {
 }
 
 fn start_prometheus(dir: &Path, target: SocketAddr) -> (Running, SocketAddr) {
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/bedrock-flows-alerts.yml");
+    // The shipped example (deploy/prometheus.yml), with this test's target, a 1 s interval and
+    // the rules path made absolute.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("deploy/prometheus.yml")).unwrap();
+    let rules = root.join("dashboards/bedrock-flows-alerts.yml");
+    let text = example
+        .replace("localhost:9464", &target.to_string())
+        .replace("15s", "1s")
+        .replace("../dashboards/bedrock-flows-alerts.yml", &rules.display().to_string());
+    assert!(text.contains(&target.to_string()) && text.contains(&rules.display().to_string()), "the example names a target and the rules");
     let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: bedrock-flow-exporter\n    static_configs:\n      - targets: ['{target}']\n",
-            rules.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, text).unwrap();
     let port = free_port();
     let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
