@@ -159,9 +159,12 @@ fn live_scenario() -> Scenario {
     s
 }
 
+/// Spans by id: (name, parent id).
+pub type SpanTree = BTreeMap<String, (String, String)>;
+
 /// The spans the SPEC derives for these executions of the demo flows, and those received:
 /// span id -> (name, parent id), to compare.
-pub fn model_and_received(facts: &[ExecutionFacts], receiver: &support::Receiver) -> (BTreeMap<String, (String, String)>, BTreeMap<String, (String, String)>) {
+pub fn model_and_received(facts: &[ExecutionFacts], receiver: &support::Receiver) -> (SpanTree, SpanTree) {
     let mut expected = BTreeMap::new();
     for f in facts {
         let (definition, name) = definition_of(&f.flow_id);
