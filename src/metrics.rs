@@ -2,6 +2,7 @@
 //! caller, so that every test has its own. Encodes OpenMetrics (with exemplars) for scrapers
 //! that ask for it and the Prometheus 0.0.4 text format otherwise.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -79,6 +80,9 @@ pub struct Metrics {
     pub spans_cut: Counter,
     pub event_lag: Histogram,
     pub node_labels: bool,
+    /// The label sets of the per-flow series, by flow id: what a replica removes when it loses
+    /// the flow (SPEC §11).
+    flow_series: std::sync::Mutex<HashMap<String, HashSet<Labels>>>,
 }
 
 /// The labels that identify a flow and alias on every flow metric.
@@ -98,6 +102,38 @@ impl FlowLabels {
 }
 
 impl Metrics {
+    /// Records a per-flow label set (so `forget_flow` can remove it) and returns it.
+    pub fn flow_series(&self, labels: Labels) -> Labels {
+        let flow_id = labels.iter().find(|(k, _)| *k == "flow_id").map(|(_, v)| v.clone()).unwrap_or_default();
+        let mut series = self.flow_series.lock().unwrap_or_else(|p| p.into_inner());
+        let set = series.entry(flow_id).or_default();
+        if !set.contains(&labels) {
+            set.insert(labels.clone());
+        }
+        labels
+    }
+
+    /// Removes every series of this flow (a replica lost its lease; SPEC §11: its counters start
+    /// again from 0 if it takes the flow back).
+    pub fn forget_flow(&self, flow_id: &str) {
+        let sets = self.flow_series.lock().unwrap_or_else(|p| p.into_inner()).remove(flow_id).unwrap_or_default();
+        for labels in &sets {
+            self.executions_total.remove(labels);
+            self.executions_running.remove(labels);
+            self.oldest_running_start.remove(labels);
+            self.execution_duration.remove(labels);
+            self.node_duration.remove(labels);
+            self.node_failures.remove(labels);
+            self.flow_failures.remove(labels);
+            self.condition_results.remove(labels);
+            self.node_tokens.remove(labels);
+            self.last_execution_end.remove(labels);
+        }
+        let id = vec![("flow_id", flow_id.to_string())];
+        self.last_successful_poll.remove(&id);
+        self.lease_held.remove(&id);
+    }
+
     pub fn new(node_labels: bool) -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
@@ -133,6 +169,7 @@ impl Metrics {
             spans_cut: Counter::default(),
             event_lag: Histogram::new(LAG_BUCKETS),
             node_labels,
+            flow_series: Default::default(),
             registry: Registry::default(),
         };
         registry.register("bedrock_flow_executions", "Terminal flow executions, each counted once, by final status.", m.executions_total.clone());
@@ -254,9 +291,9 @@ impl Metrics {
     /// Creates the series of a flow and alias that are known in advance, at 0.
     pub fn init_flow(&self, flow: &FlowLabels) {
         for status in STATUSES {
-            let _ = self.executions_total.get_or_create(&flow.with(&[("status", status)]));
+            let _ = self.executions_total.get_or_create(&self.flow_series(flow.with(&[("status", status)])));
         }
-        let _ = self.executions_running.get_or_create(&flow.with(&[]));
+        let _ = self.executions_running.get_or_create(&self.flow_series(flow.with(&[])));
     }
 
     /// The node label values, or empty ones when per-node series are off.

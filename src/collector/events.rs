@@ -37,6 +37,17 @@ pub trait InternalEvent {
     fn emit(self, to: &Instruments);
 }
 
+/// Flows this process no longer works on: their series go.
+pub struct FlowsForgotten<'a>(pub &'a [String]);
+
+impl InternalEvent for FlowsForgotten<'_> {
+    fn emit(self, to: &Instruments) {
+        for flow_id in self.0 {
+            to.metrics.forget_flow(flow_id);
+        }
+    }
+}
+
 /// A flow and alias became known: its series known in advance start at 0.
 pub struct AliasSeen<'a>(pub &'a FlowLabels);
 
@@ -142,8 +153,9 @@ pub struct RunningCounted<'a> {
 
 impl InternalEvent for RunningCounted<'_> {
     fn emit(self, to: &Instruments) {
-        to.metrics.executions_running.get_or_create(&self.labels.with(&[])).set(self.running);
-        to.metrics.oldest_running_start.get_or_create(&self.labels.with(&[])).set(self.oldest_created.map_or(0.0, |t| t as f64 / 1e9));
+        let labels = to.metrics.flow_series(self.labels.with(&[]));
+        to.metrics.executions_running.get_or_create(&labels).set(self.running);
+        to.metrics.oldest_running_start.get_or_create(&labels).set(self.oldest_created.map_or(0.0, |t| t as f64 / 1e9));
     }
 }
 
@@ -259,9 +271,8 @@ impl InternalEvent for LeasesChanged<'_> {
             if self.shared {
                 tracing::warn!(flow_id = %flow_id, member = self.member, "this replica no longer holds the flow's lease; it stops working on it");
             }
-            // The flow's own exporter series live only on the replica that holds it.
-            to.metrics.lease_held.remove(&vec![("flow_id", flow_id.clone())]);
-            to.metrics.last_successful_poll.remove(&vec![("flow_id", flow_id.clone())]);
+            // The flow's series live only on the replica that holds it.
+            to.metrics.forget_flow(flow_id);
         }
         if let Some(members) = self.members {
             to.metrics.replicas.set(members as i64);
@@ -365,20 +376,23 @@ impl InternalEvent for NodeSpanExported<'_> {
             let status = if facts.failure_code.is_some() { "failed" } else { "ok" };
             metrics
                 .node_duration
-                .get_or_create(&labels.with(&[("node", node), ("node_type", node_type), ("status", status)]))
+                .get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("node_type", node_type), ("status", status)])))
                 .observe((span.end - span.start) as f64 / 1e9);
         }
         if let Some(code) = &facts.failure_code {
-            metrics.node_failures.get_or_create(&labels.with(&[("node", node), ("error_code", code)])).inc();
+            metrics.node_failures.get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("error_code", code)]))).inc();
         }
         for condition in &facts.satisfied_conditions {
-            metrics.condition_results.get_or_create(&labels.with(&[("node", node), ("condition", condition)])).inc();
+            metrics.condition_results.get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("condition", condition)]))).inc();
         }
         if facts.input_tokens > 0 {
-            metrics.node_tokens.get_or_create(&labels.with(&[("node", node), ("token_type", "input")])).inc_by(facts.input_tokens as u64);
+            metrics.node_tokens.get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("token_type", "input")]))).inc_by(facts.input_tokens as u64);
         }
         if facts.output_tokens > 0 {
-            metrics.node_tokens.get_or_create(&labels.with(&[("node", node), ("token_type", "output")])).inc_by(facts.output_tokens as u64);
+            metrics
+                .node_tokens
+                .get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("token_type", "output")])))
+                .inc_by(facts.output_tokens as u64);
         }
     }
 }
@@ -395,7 +409,7 @@ pub struct ExecutionFinished<'a> {
 impl InternalEvent for ExecutionFinished<'_> {
     fn emit(self, to: &Instruments) {
         let (labels, status, root, metrics) = (self.labels, self.status, self.root, &to.metrics);
-        let with_status = labels.with(&[("status", status)]);
+        let with_status = metrics.flow_series(labels.with(&[("status", status)]));
         let duration = (root.end - root.start) as f64 / 1e9;
         let trace_id = hex(&root.trace_id);
         metrics.executions_total.get_or_create(&with_status).inc();
@@ -415,7 +429,7 @@ impl InternalEvent for ExecutionFinished<'_> {
             _ => None,
         };
         if let Some(code) = failure_code {
-            metrics.flow_failures.get_or_create(&labels.with(&[("error_code", &code)])).inc();
+            metrics.flow_failures.get_or_create(&metrics.flow_series(labels.with(&[("error_code", &code)]))).inc();
         }
         let end = root.end;
         to.board.update(&labels.flow_id, |s| {

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use super::events::{CheckpointRejected, LeasesChanged, StoreReachable, TrackedCounted};
+use super::events::{AliasSeen, CheckpointRejected, FlowsForgotten, LeasesChanged, StoreReachable, TrackedCounted};
 use super::Collector;
 use crate::state::{Fence, StateError};
 
@@ -54,6 +54,12 @@ impl Collector {
         }
         self.working = now_working;
         self.share_budgets();
+        // A flow taken starts its known series at 0, as at start.
+        for f in self.flows.iter().filter(|f| taken.contains(&f.id)) {
+            for alias in &f.aliases {
+                self.events.emit(AliasSeen(&crate::metrics::FlowLabels { flow_id: f.id.clone(), flow_name: f.name.clone(), alias: alias.clone() }));
+            }
+        }
         let holders = leases.holders.into_iter().collect();
         let shared = self.store.shared();
         self.events.emit(LeasesChanged {
@@ -106,6 +112,8 @@ impl Collector {
         for f in flow_ids {
             self.working.remove(f);
         }
+        self.seen_aliases.retain(|(f, _)| !flow_ids.contains(f));
+        self.events.emit(FlowsForgotten(flow_ids));
         self.events.emit(TrackedCounted(self.tracked.len()));
     }
 

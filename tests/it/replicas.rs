@@ -97,6 +97,16 @@ async fn replicas_split_the_flows_and_take_over_without_loss_or_double_counts() 
         support::eventually(Duration::from_secs(20), || leases(&replicas[2]).len() + leases(&joined).len() == 3 && !leases(&joined).is_empty()).await,
         "the new replica takes its share"
     );
+    // A replica keeps no series of a flow it gave away (only the configured-flows gauge).
+    let given: Vec<String> = leases(&joined).iter().filter_map(|l| l.split("flow_id=\"").nth(1)?.split('"').next().map(str::to_string)).collect();
+    assert!(!given.is_empty());
+    let survivor = support::http_get(replicas[2].address, "/metrics", None).1;
+    for flow_id in &given {
+        let kept: Vec<&str> =
+            survivor.lines().filter(|l| l.contains(&format!("flow_id=\"{flow_id}\"")) && !l.starts_with("bedrock_flow_exporter_flow_configured")).collect();
+        assert!(kept.is_empty(), "series of {flow_id}, now held by the new replica, left on the one that gave it: {kept:?}");
+    }
+    assert!(survivor.contains("bedrock_flow_executions_total{"), "it keeps the series of the flows it holds");
     // Every span of the model (of the executions as they ended), with its id and parent.
     let facts = h.emulator.executions(now_nanos());
     let (expected, got) = crate::collector::model_and_received(&facts, &h.otlp.receiver);
@@ -113,11 +123,11 @@ async fn replicas_split_the_flows_and_take_over_without_loss_or_double_counts() 
     let busiest = h.emulator.stats()["busiest_second"].as_u64().unwrap();
     assert!(busiest <= 66, "{busiest} requests in the busiest second: the budget of 60/s is shared by lease, not spent by each replica");
     assert!(busiest >= 20, "{busiest}: the budget was used");
-    // And the survivors' metrics agree with their logs.
-    for r in [&replicas[2], &joined] {
-        let text = support::http_get(r.address, "/metrics", None).1;
-        assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]) as usize, counted(&r.log).len());
-    }
+    // The new replica (which never lost a flow) shows what its log counted; the one that gave a
+    // flow away dropped that flow's series, so it shows no more than it counted.
+    let shown = |r: &Replica| support::sum_samples(&support::http_get(r.address, "/metrics", None).1, "bedrock_flow_executions_total", &[]) as usize;
+    assert_eq!(shown(&joined), counted(&joined.log).len());
+    assert!(shown(&replicas[2]) <= counted(&replicas[2].log).len());
     drop(replicas);
     drop(joined);
     h.stop().await;
