@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS flows (flow_id TEXT PRIMARY KEY, last_poll BIGINT, la
 CREATE TABLE IF NOT EXISTS leases (
   flow_key TEXT PRIMARY KEY, owner TEXT, expires_at BIGINT NOT NULL DEFAULT 0, counter BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS members (id TEXT PRIMARY KEY, seen_at BIGINT NOT NULL);
+ALTER TABLE executions ADD COLUMN IF NOT EXISTS lease_counter BIGINT;
+ALTER TABLE executions ADD COLUMN IF NOT EXISTS written_at BIGINT;
 ";
 
 /// Milliseconds since the epoch on the database's clock.
@@ -215,6 +217,9 @@ impl StateStore for PostgresStore {
         self.check_fences(&tx, fences).await?;
         for Checkpoint { execution: t, state, done } in checkpoints {
             Self::upsert(&tx, t).await?;
+            // Which lease wrote the row, and when (database clock): the audit trail of fencing.
+            let counter = fences.iter().find(|f| f.flow_key.ends_with(&format!("/{}", t.flow_id))).map(|f| f.counter);
+            tx.execute(&format!("UPDATE executions SET lease_counter = $2, written_at = {NOW_MS} WHERE arn = $1"), &[&t.arn, &counter]).await.map_err(sql)?;
             if *done {
                 tx.execute("UPDATE executions SET done = TRUE, state = NULL WHERE arn = $1", &[&t.arn]).await.map_err(sql)?;
                 if t.version == "DRAFT" {

@@ -149,8 +149,28 @@ async fn a_replica_paused_past_its_lease_is_fenced() {
     assert!(support::eventually(Duration::from_secs(20), || leases(&a).len() == 2).await, "alone, it takes both flows");
     let b = start_replica(&h, "b");
     assert!(support::eventually(Duration::from_secs(20), || leases(&a).len() == 1 && leases(&b).len() == 1).await, "they split");
+    // The lease a holds, and its counter, before the pause.
+    let sql = |q: &str| {
+        let out = std::process::Command::new("psql").args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-tAc", q]).output().unwrap();
+        assert!(out.status.success(), "{q}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let b_member = sql("SELECT owner FROM leases WHERE owner IS NOT NULL ORDER BY owner");
+    let owners: Vec<String> = b_member.lines().map(str::to_string).collect();
+    assert_eq!(owners.len(), 2);
+    let a_row = sql("SELECT flow_key || ' ' || counter || ' ' || owner FROM leases WHERE owner IS NOT NULL ORDER BY flow_key");
     kill(&a, libc::SIGSTOP);
     assert!(support::eventually(Duration::from_secs(20), || leases(&b).len() == 2).await, "b takes over the paused one's flow");
+    let owner_now = sql("SELECT owner FROM leases WHERE owner IS NOT NULL GROUP BY owner");
+    assert_eq!(owner_now.lines().count(), 1, "one owner of both now");
+    let (taken_key, old_counter) = a_row
+        .lines()
+        .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .find(|f| f[2] != owner_now)
+        .map(|f| (f[0].clone(), f[1].parse::<i64>().unwrap()))
+        .expect("the lease a held");
+    let flow_id = taken_key.rsplit('/').next().unwrap().to_string();
+    let takeover_at: i64 = sql("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint").parse().unwrap();
     kill(&a, libc::SIGCONT);
     assert!(
         support::eventually(Duration::from_secs(20), || {
@@ -165,6 +185,16 @@ async fn a_replica_paused_past_its_lease_is_fenced() {
     let text = support::http_get(a.address, "/metrics", None).1;
     let rejected = support::sample(&text, "bedrock_flow_exporter_checkpoint_rejected_total", &[]).unwrap_or(0.0);
     assert!(rejected >= 1.0 || log.contains("no longer holds the flow's lease"), "fenced or dropped: {rejected}\n{log}");
+    // The audit trail: after the takeover, no row of that flow was written with a's old lease,
+    // while b's writes with its new one are there.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stale = sql(&format!("SELECT count(*) FROM executions WHERE flow_id = '{flow_id}' AND written_at > {takeover_at} AND lease_counter <= {old_counter}"));
+    assert_eq!(stale, "0", "a checkpoint written with the lost lease");
+    let fresh: i64 =
+        sql(&format!("SELECT count(*) FROM executions WHERE flow_id = '{flow_id}' AND written_at > {takeover_at} AND lease_counter > {old_counter}"))
+            .parse()
+            .unwrap();
+    assert!(fresh >= 1, "the new holder's checkpoints are visible to the check");
     assert!(support::eventually(Duration::from_secs(60), || h.otlp.receiver.roots().len() == 6).await, "everything arrives: {}", h.otlp.receiver.roots().len());
     drop(a);
     drop(b);
