@@ -202,6 +202,21 @@ async fn floor_child(endpoint: String) {
         .await;
 }
 
+/// The service (`run`) with this config, logging warnings to `log`; the caller reaps it.
+#[allow(clippy::zombie_processes)]
+fn start_service(binary: &Path, config: &Path, log: &Path) -> std::process::Child {
+    Command::new(binary)
+        .args(["run", "--config", &config.display().to_string()])
+        .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 /// A free loopback port (bound and released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -363,17 +378,7 @@ async fn main() {
         let path = dir.path().join("config.toml");
         c.write(&path);
         let log = dir.path().join("growing.log");
-        #[allow(clippy::zombie_processes)] // reaped with wait4 below, for its resource usage
-        let child = Command::new(&binary)
-            .args(["run", "--config", &path.display().to_string()])
-            .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
-            .env("AWS_SECRET_ACCESS_KEY", "secret")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = start_service(&binary, &path, &log);
         let pid = child.id();
         let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let scrape = move || {
@@ -481,20 +486,7 @@ async fn main() {
             let facts = emulator.executions(now_nanos());
             let events: usize = facts.iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
             let started = Instant::now();
-            let children: Vec<std::process::Child> = (0..replicas)
-                .map(|i| {
-                    Command::new(&binary)
-                        .args(["run", "--config", &path.display().to_string()])
-                        .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
-                        .env("AWS_SECRET_ACCESS_KEY", "secret")
-                        .env("AWS_EC2_METADATA_DISABLED", "true")
-                        .env("RUST_LOG", "warn")
-                        .stdout(Stdio::null())
-                        .stderr(std::fs::File::create(dir.path().join(format!("r{i}.log"))).unwrap())
-                        .spawn()
-                        .unwrap()
-                })
-                .collect();
+            let children: Vec<std::process::Child> = (0..replicas).map(|i| start_service(&binary, &path, &dir.path().join(format!("r{i}.log")))).collect();
             let mut children = children;
             let deadline = Instant::now() + Duration::from_secs(600);
             while otlp.receiver.roots().len() < facts.len() && Instant::now() < deadline {

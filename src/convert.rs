@@ -605,10 +605,7 @@ impl Converter<'_> {
         // For links a run ends at its end or its latest event, whichever is later (they differ
         // only with clock skew): never earlier than its latest event, so a link to a run still
         // open is decided as soon as that run has an event after the linking run started.
-        let link_end = end.max(r.last);
-        if let Some(recent) = self.state.recent.get_mut(&r.node).and_then(|q| q.iter_mut().rev().find(|x| x.seq == r.seq)) {
-            recent.end = Some(link_end);
-        }
+        let link_end = self.record_end(&r, end);
         for w in &mut self.state.waiting {
             for c in w.waiting_on.iter_mut().flat_map(|(_, c)| c.iter_mut()).filter(|c| c.seq == r.seq) {
                 c.end = Some(link_end);
@@ -639,6 +636,16 @@ impl Converter<'_> {
                 self.close_at(i, last);
             }
         }
+    }
+
+    /// Records a run's end for links in the node's index: its end or its latest event, whichever
+    /// is later. Returns that end.
+    fn record_end(&mut self, r: &Run, end: i64) -> i64 {
+        let link_end = end.max(r.last);
+        if let Some(recent) = self.state.recent.get_mut(&r.node).and_then(|q| q.iter_mut().rev().find(|x| x.seq == r.seq)) {
+            recent.end = Some(link_end);
+        }
+        link_end
     }
 
     /// The run's links when they can be decided (with `force`, an open candidate counts as
@@ -838,9 +845,7 @@ impl Converter<'_> {
                     end_of_execution.unwrap_or(r.last).max(r.start)
                 };
                 r.end = Some(end);
-                if let Some(recent) = self.state.recent.get_mut(&r.node).and_then(|q| q.iter_mut().rev().find(|x| x.seq == r.seq)) {
-                    recent.end = Some(end.max(r.last));
-                }
+                self.record_end(&r, end);
                 ending.push(r);
             }
             for r in ending {

@@ -203,7 +203,7 @@ impl Collector {
         let now = now_nanos();
         let parked: Vec<(String, i64)> = self.outbox.parked(now).map(|(arn, at)| (arn.to_string(), at)).collect();
         for (arn, at) in parked {
-            let flow_id = arn.split('/').nth(1).unwrap_or("").to_string();
+            let flow_id = outbox::flow_of(&arn).to_string();
             self.parked.insert(arn.clone(), Instant::now() + Duration::from_nanos((at - now).max(0) as u64));
             self.events.emit(events::ExecutionParked {
                 flow_id: &flow_id,

@@ -41,7 +41,7 @@ impl Outbox {
         outbox
     }
 
-    pub(super) fn add(&mut self, id: i64, arn: &str, bytes: u64, _spans: u64, not_before: i64) {
+    pub(super) fn add(&mut self, id: i64, arn: &str, bytes: u64, not_before: i64) {
         self.bytes += bytes;
         self.entries.insert(id, ParcelInfo { id, arn: arn.to_string(), bytes, not_before });
     }

@@ -273,7 +273,7 @@ impl Collector {
                 }),
                 Some(p) => {
                     let parcel = &parcels[p];
-                    self.outbox.add(ids[p], &t.arn, parcel.body.len() as u64, (bounds[i + 1] - bounds[i]) as u64, parcel.not_before);
+                    self.outbox.add(ids[p], &t.arn, parcel.body.len() as u64, parcel.not_before);
                     if let Delivery::Refused { reason, message } = &deliveries[i] {
                         self.park(&t.flow_id, &t.arn, reason, message.clone());
                     }

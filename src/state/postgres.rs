@@ -217,16 +217,18 @@ impl StateStore for PostgresStore {
         self.check_fences(&tx, fences).await?;
         for Checkpoint { execution: t, state, done } in checkpoints {
             Self::upsert(&tx, t).await?;
-            // Which lease wrote the row, and when (database clock): the audit trail of fencing.
+            // The fold state (none once done), and which lease wrote the row when (database
+            // clock): the audit trail of fencing.
             let counter = fences.iter().find(|f| f.flow_key.ends_with(&format!("/{}", t.flow_id))).map(|f| f.counter);
-            tx.execute(&format!("UPDATE executions SET lease_counter = $2, written_at = {NOW_MS} WHERE arn = $1"), &[&t.arn, &counter]).await.map_err(sql)?;
-            if *done {
-                tx.execute("UPDATE executions SET done = TRUE, state = NULL WHERE arn = $1", &[&t.arn]).await.map_err(sql)?;
-                if t.version == "DRAFT" {
-                    tx.execute("DELETE FROM snapshots WHERE flow_id = $1 AND version = $2", &[&t.flow_id, &format!("DRAFT:{}", t.arn)]).await.map_err(sql)?;
-                }
-            } else {
-                tx.execute("UPDATE executions SET state = $2 WHERE arn = $1", &[&t.arn, state]).await.map_err(sql)?;
+            let state = (!*done).then_some(state);
+            tx.execute(
+                &format!("UPDATE executions SET done = $2, state = $3, lease_counter = $4, written_at = {NOW_MS} WHERE arn = $1"),
+                &[&t.arn, done, &state, &counter],
+            )
+            .await
+            .map_err(sql)?;
+            if *done && t.version == "DRAFT" {
+                tx.execute("DELETE FROM snapshots WHERE flow_id = $1 AND version = $2", &[&t.flow_id, &format!("DRAFT:{}", t.arn)]).await.map_err(sql)?;
             }
         }
         let mut ids = Vec::with_capacity(parcels.len());
