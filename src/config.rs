@@ -151,7 +151,28 @@ pub struct TracesConfig {
     /// Bytes of spans the durable outbox holds while the endpoint does not accept them; at the
     /// bound reading pauses until it accepts again.
     pub outbox_max_bytes: u64,
+    /// Seconds one export request may take (`OTEL_EXPORTER_OTLP_TIMEOUT` is in milliseconds and
+    /// is rounded up to whole seconds).
     pub timeout_secs: u64,
+    /// PEM file of the CA certificates that verify the receiver (`https://` endpoints); when
+    /// set, only these are trusted, as OpenTelemetry SDKs do. Unset: the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) presented to a receiver that requires mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (PKCS#8, RSA or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    pub compression: Compression,
+}
+
+/// Compression of OTLP export requests (`grpc-encoding` / `content-encoding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -221,6 +242,10 @@ impl Default for TracesConfig {
             max_batch_bytes: 4 << 20,
             outbox_max_bytes: 256 << 20,
             timeout_secs: 10,
+            certificate: None,
+            client_certificate: None,
+            client_key: None,
+            compression: Compression::None,
         }
     }
 }
@@ -241,7 +266,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
-        config.apply_env(|key| std::env::var(key).ok());
+        config.apply_env(|key| std::env::var(key).ok())?;
         config.validate()?;
         Ok(config)
     }
@@ -250,9 +275,18 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
     }
 
-    /// Standard environment variables win over the file where one exists (SPEC §4).
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+    /// Standard environment variables win over the file where one exists (SPEC §4). For the
+    /// OTLP ones the `OTEL_EXPORTER_OTLP_TRACES_*` form wins over `OTEL_EXPORTER_OTLP_*`; a
+    /// value that cannot be used is an error naming the variable, never ignored.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let non_empty = |key: &str| var(key).filter(|v| !v.is_empty());
+        // (variable, value) of the first of the traces-specific and the general variable set.
+        let otlp = |suffix: &str| {
+            [format!("OTEL_EXPORTER_OTLP_TRACES_{suffix}"), format!("OTEL_EXPORTER_OTLP_{suffix}")]
+                .into_iter()
+                .find_map(|name| non_empty(&name).map(|value| (name, value)))
+        };
+        let from_env = |key: &str, name: &str, problem: String| invalid(format!("{key} (from {name})"), problem);
         if let Some(v) = non_empty("AWS_REGION").or_else(|| non_empty("AWS_DEFAULT_REGION")) {
             self.aws.region = Some(v);
         }
@@ -265,10 +299,32 @@ impl Config {
         if let Some(v) = non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT")) {
             self.traces.endpoint = v;
         }
-        match non_empty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| non_empty("OTEL_EXPORTER_OTLP_PROTOCOL")).as_deref() {
-            Some("grpc") => self.traces.protocol = Protocol::Grpc,
-            Some("http/protobuf") => self.traces.protocol = Protocol::HttpProtobuf,
-            _ => {}
+        if let Some((name, value)) = otlp("PROTOCOL") {
+            self.traces.protocol = match value.as_str() {
+                "grpc" => Protocol::Grpc,
+                "http/protobuf" => Protocol::HttpProtobuf,
+                _ => return Err(from_env("traces.protocol", &name, format!("{value:?} is not one of grpc, http/protobuf"))),
+            };
+        }
+        if let Some((name, value)) = otlp("COMPRESSION") {
+            self.traces.compression = match value.as_str() {
+                "gzip" => Compression::Gzip,
+                "none" => Compression::None,
+                _ => return Err(from_env("traces.compression", &name, format!("{value:?} is not one of none, gzip"))),
+            };
+        }
+        if let Some((name, value)) = otlp("TIMEOUT") {
+            let millis: u64 = value.trim().parse().map_err(|_| from_env("traces.timeout_secs", &name, format!("{value:?} is not a number of milliseconds")))?;
+            self.traces.timeout_secs = millis.div_ceil(1000);
+        }
+        if let Some((_, value)) = otlp("CERTIFICATE") {
+            self.traces.certificate = Some(PathBuf::from(value));
+        }
+        if let Some((_, value)) = otlp("CLIENT_CERTIFICATE") {
+            self.traces.client_certificate = Some(PathBuf::from(value));
+        }
+        if let Some((_, value)) = otlp("CLIENT_KEY") {
+            self.traces.client_key = Some(PathBuf::from(value));
         }
         if let Some(v) = non_empty("OTEL_SERVICE_NAME") {
             self.traces.service_name = v;
@@ -287,6 +343,7 @@ impl Config {
         if let Some(v) = non_empty("BEDROCK_FLOW_EXPORTER_STATE_URL") {
             self.state.url = Some(v);
         }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -343,6 +400,12 @@ impl Config {
         if self.traces.outbox_max_bytes < 1 << 20 {
             return Err(invalid("traces.outbox_max_bytes", "must be at least 1048576"));
         }
+        if self.traces.timeout_secs < 1 {
+            return Err(invalid("traces.timeout_secs", "must be at least 1"));
+        }
+        if self.traces.enabled {
+            self.check_tls()?;
+        }
         if self.traces.batch_size < 1 {
             return Err(invalid("traces.batch_size", "must be at least 1"));
         }
@@ -368,6 +431,29 @@ impl Config {
             check_role(&key("role_arn"), flow.role_arn.as_deref())?;
         }
         Ok(())
+    }
+
+    /// The TLS files must be readable PEM of the right kind, the client certificate and key
+    /// set together: a typo is found by `check-config`, not by the first export.
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        let traces = &self.traces;
+        let pem = |key: &str, path: &Option<PathBuf>, label: &str| -> Result<(), ConfigError> {
+            let Some(path) = path else { return Ok(()) };
+            let text = std::fs::read(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+            let text = String::from_utf8_lossy(&text);
+            if !text.lines().any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----"))) {
+                return Err(invalid(key, format!("{} holds no PEM block ending in {label:?}", path.display())));
+            }
+            Ok(())
+        };
+        pem("traces.certificate", &traces.certificate, "CERTIFICATE")?;
+        pem("traces.client_certificate", &traces.client_certificate, "CERTIFICATE")?;
+        pem("traces.client_key", &traces.client_key, "PRIVATE KEY")?;
+        match (&traces.client_certificate, &traces.client_key) {
+            (Some(_), None) => Err(invalid("traces.client_key", "must be set with traces.client_certificate (mTLS needs both)")),
+            (None, Some(_)) => Err(invalid("traces.client_certificate", "must be set with traces.client_key (mTLS needs both)")),
+            _ => Ok(()),
+        }
     }
 
     /// The effective configuration as TOML (what `check-config` prints), never a password.
@@ -471,12 +557,68 @@ mod tests {
             "OTEL_EXPORTER_OTLP_HEADERS" => Some("api-key=abc%3D,x=y".into()),
             "AWS_REGION" => Some("eu-west-1".into()),
             _ => None,
-        });
+        })
+        .unwrap();
         assert_eq!(c.traces.endpoint, "http://b:4318");
         assert_eq!(c.traces.protocol, Protocol::HttpProtobuf);
         assert_eq!(c.traces.service_name, "svc");
         assert_eq!(c.traces.headers["api-key"], "abc=");
         assert_eq!(c.aws.region.as_deref(), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn otlp_tls_compression_and_timeout_come_from_the_standard_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let ca = file("ca.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+        let key = file("key.pem", "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n");
+        let text = "[traces]\nendpoint = \"https://otel.example:4317\"\ncertificate = \"/nowhere/ca.pem\"\ntimeout_secs = 30\n[[flows]]\nid = \"ABCDEFGHIJ\"\n";
+        let env = |pairs: Vec<(&'static str, String)>| move |k: &str| pairs.iter().find(|(name, _)| *name == k).map(|(_, v)| v.clone());
+        let mut c = Config::parse(text).unwrap();
+        c.apply_env(env(vec![
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/general/ca.pem".into()),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca.clone()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", ca.clone()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.clone()),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".into()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500".into()),
+        ]))
+        .unwrap();
+        assert_eq!(c.traces.certificate.as_deref(), Some(Path::new(&ca)), "the TRACES_ variable wins over the general one and the file");
+        assert_eq!(c.traces.client_certificate.as_deref(), Some(Path::new(&ca)));
+        assert_eq!(c.traces.client_key.as_deref(), Some(Path::new(&key)));
+        assert_eq!(c.traces.compression, Compression::Gzip);
+        assert_eq!(c.traces.timeout_secs, 3, "milliseconds, rounded up to seconds");
+        c.validate().unwrap();
+        assert!(c.to_toml().contains("compression = \"gzip\""), "{}", c.to_toml());
+
+        // Values that cannot be used name the key and the variable.
+        for (name, value, key) in [
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "traces.compression (from OTEL_EXPORTER_OTLP_COMPRESSION)"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "10s", "traces.timeout_secs (from OTEL_EXPORTER_OTLP_TRACES_TIMEOUT)"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "traces.protocol (from OTEL_EXPORTER_OTLP_PROTOCOL)"),
+        ] {
+            let error = Config::parse(text).unwrap().apply_env(env(vec![(name, value.into())])).unwrap_err().to_string();
+            assert!(error.contains(key) && error.contains(value), "{error}");
+        }
+        // Files that are missing, of the wrong kind, or half of a pair.
+        let wrong_kind = key.clone();
+        for (traces, key_named) in [
+            ("certificate = \"/nowhere/ca.pem\"".to_string(), "traces.certificate"),
+            (format!("certificate = \"{wrong_kind}\""), "traces.certificate"),
+            (format!("certificate = \"{ca}\"\nclient_certificate = \"{ca}\""), "traces.client_key"),
+            (format!("certificate = \"{ca}\"\nclient_key = \"{key}\""), "traces.client_certificate"),
+            (format!("certificate = \"{ca}\"\nclient_certificate = \"{ca}\"\nclient_key = \"{ca}\""), "traces.client_key"),
+            (format!("certificate = \"{ca}\"\ncompression = \"brotli\""), "compression"),
+        ] {
+            let text = format!("[traces]\nendpoint = \"https://otel.example:4317\"\n{traces}\n[[flows]]\nid = \"ABCDEFGHIJ\"\n");
+            let error = check(&text).unwrap_err();
+            assert!(error.contains(key_named), "{key_named} not named in: {error}");
+        }
     }
 
     #[test]

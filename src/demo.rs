@@ -27,8 +27,9 @@ pub async fn run(listen: String) -> Result<u8, AppError> {
     config.poll.lookback_secs = 3600;
     config.traces.capture_content = CaptureContent::Truncated;
     let otlp = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.is_empty());
-    config.apply_env(|key| if key.starts_with("OTEL_") { std::env::var(key).ok() } else { None });
+    config.apply_env(|key| if key.starts_with("OTEL_") { std::env::var(key).ok() } else { None }).map_err(|e| AppError::Usage(e.to_string()))?;
     config.traces.enabled = otlp.is_some();
+    config.validate().map_err(|e| AppError::Usage(e.to_string()))?;
     println!("bedrock-flow-exporter demo: three sample flows on the embedded emulator, no AWS account needed");
     println!("  emulator (AWS API):   {}   (stats: {}/_emulator/stats)", handle.endpoint(), handle.endpoint());
     match &otlp {

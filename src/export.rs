@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
@@ -11,7 +12,7 @@ use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
-use crate::config::{Protocol, TracesConfig};
+use crate::config::{Compression, Protocol, TracesConfig};
 use crate::span::{AttrValue, SpanRecord, SpanStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -130,9 +131,53 @@ pub fn pack(sizes: &[usize], max_spans: usize, max_bytes: usize) -> Vec<std::ops
     batches
 }
 
+/// The PEM files of `traces.certificate`, `traces.client_certificate` and `traces.client_key`,
+/// read once when the exporter is built.
+struct Tls {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Tls {
+    fn read(config: &TracesConfig) -> Result<Tls, ExportError> {
+        let read = |key: &str, path: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, ExportError> {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p)
+                        .map_err(|e| ExportError::Build { endpoint: config.endpoint.clone(), message: format!("{key}: cannot read {}: {e}", p.display()) })
+                })
+                .transpose()
+        };
+        let ca = read("traces.certificate", &config.certificate)?;
+        let identity = match (read("traces.client_certificate", &config.client_certificate)?, read("traces.client_key", &config.client_key)?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        };
+        Ok(Tls { ca, identity })
+    }
+}
+
+/// An error with its sources, outermost first: transport errors say what went wrong (an
+/// unknown issuer, a refused connection) only in their sources.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    text
+}
+
 /// Where spans go: a real OTLP exporter, or nowhere (traces disabled).
 pub struct Exporter {
     inner: Option<tokio::sync::Mutex<opentelemetry_otlp::SpanExporter>>,
+    /// Why the HTTP client's last request failed (see `ReportingClient`).
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
     scope: InstrumentationScope,
     batch_size: usize,
     max_batch_bytes: usize,
@@ -151,7 +196,7 @@ pub fn http_traces_url(endpoint: &str) -> String {
 
 impl Exporter {
     pub fn disabled() -> Exporter {
-        Exporter { inner: None, scope: scope(), batch_size: usize::MAX, max_batch_bytes: usize::MAX, endpoint: String::new() }
+        Exporter { inner: None, last_error: Arc::default(), scope: scope(), batch_size: usize::MAX, max_batch_bytes: usize::MAX, endpoint: String::new() }
     }
 
     /// Builds the exporter. Must run inside a Tokio runtime (tonic's channel needs one).
@@ -163,6 +208,17 @@ impl Exporter {
         // One quick retry inside the exporter; longer outages are the collector's backoff.
         let retry = opentelemetry_otlp::RetryPolicy::default().with_max_retries(1).with_initial_delay(Duration::from_millis(100));
         let headers: HashMap<String, String> = config.headers.clone().into_iter().collect();
+        let tls = Tls::read(config)?;
+        let last_error = Arc::new(std::sync::Mutex::new(None));
+        let compression = match config.compression {
+            Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
+            Compression::None => None,
+        };
+        let secure = config.endpoint.starts_with("https://");
+        if !secure && (tls.ca.is_some() || tls.identity.is_some()) {
+            tracing::warn!(endpoint = %config.endpoint, "traces.certificate / client certificate set for an endpoint that is not https://: they are not used");
+        }
+        let build_error = |endpoint: &str, message: String| ExportError::Build { endpoint: endpoint.to_string(), message };
         let (built, endpoint) = match config.protocol {
             Protocol::Grpc => {
                 let mut metadata = tonic::metadata::MetadataMap::new();
@@ -177,22 +233,51 @@ impl Exporter {
                     .with_timeout(timeout)
                     .with_metadata(metadata)
                     .with_retry_policy(retry);
-                if config.endpoint.starts_with("https://") {
-                    builder = builder.with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
+                if let Some(compression) = compression {
+                    builder = builder.with_compression(compression);
+                }
+                if secure {
+                    let mut tls_config = tonic::transport::ClientTlsConfig::new();
+                    tls_config = match &tls.ca {
+                        Some(pem) => tls_config.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                        None => tls_config.with_native_roots(),
+                    };
+                    if let Some((cert, key)) = &tls.identity {
+                        tls_config = tls_config.identity(tonic::transport::Identity::from_pem(cert, key));
+                    }
+                    builder = builder.with_tls_config(tls_config);
                 }
                 (builder.build(), config.endpoint.clone())
             }
             Protocol::HttpProtobuf => {
                 let url = http_traces_url(&config.endpoint);
-                let built = opentelemetry_otlp::SpanExporter::builder()
+                // Our own client, so that the CA file and the client certificate apply.
+                let mut client = reqwest::Client::builder().timeout(timeout);
+                if secure {
+                    if let Some(pem) = &tls.ca {
+                        let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| build_error(&url, format!("traces.certificate: {e}")))?;
+                        client = client.tls_certs_only(roots);
+                    }
+                    if let Some((cert, key)) = &tls.identity {
+                        let pem = [cert.as_slice(), b"\n", key.as_slice()].concat();
+                        let identity =
+                            reqwest::Identity::from_pem(&pem).map_err(|e| build_error(&url, format!("traces.client_certificate / client_key: {e}")))?;
+                        client = client.identity(identity);
+                    }
+                }
+                let client = ReportingClient { client: client.build().map_err(|e| build_error(&url, error_chain(&e)))?, last_error: last_error.clone() };
+                let mut builder = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .with_endpoint(url.clone())
                     .with_timeout(timeout)
+                    .with_http_client(client)
                     .with_headers(headers)
-                    .with_retry_policy(retry)
-                    .build();
-                (built, url)
+                    .with_retry_policy(retry);
+                if let Some(compression) = compression {
+                    builder = builder.with_compression(compression);
+                }
+                (builder.build(), url)
             }
         };
         let mut exporter = built.map_err(|e| ExportError::Build { endpoint: endpoint.clone(), message: e.to_string() })?;
@@ -207,6 +292,7 @@ impl Exporter {
         exporter.set_resource(&resource);
         Ok(Exporter {
             inner: Some(tokio::sync::Mutex::new(exporter)),
+            last_error,
             scope: scope(),
             batch_size: config.batch_size,
             max_batch_bytes: config.max_batch_bytes,
@@ -233,7 +319,36 @@ impl Exporter {
         };
         let batch: Vec<SpanData> = spans.iter().map(|s| to_span_data(s, &self.scope)).collect();
         let exporter = inner.lock().await;
-        exporter.export(batch).await.map_err(|e| classify_failure(&e.to_string()))
+        exporter.export(batch).await.map_err(|e| {
+            let mut message = e.to_string();
+            // The OTLP/HTTP exporter says only "network error"; the reason is the client's.
+            if let Some(reason) = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                if message.contains("network error") {
+                    message = format!("{message}: {reason}");
+                }
+            }
+            classify_failure(&message)
+        })
+    }
+}
+
+/// The reqwest client of OTLP/HTTP, keeping the full reason of a failed request (an unknown
+/// issuer, a refused connection, a client certificate the receiver did not take), which the
+/// OTLP exporter replaces by "network error".
+#[derive(Debug)]
+struct ReportingClient {
+    client: reqwest::Client,
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for ReportingClient {
+    async fn send_bytes(&self, request: http::Request<bytes::Bytes>) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let result = self.client.send_bytes(request).await;
+        if let Err(e) = &result {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error_chain(e.as_ref()));
+        }
+        result
     }
 }
 

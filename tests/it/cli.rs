@@ -35,6 +35,7 @@ fn bad_config_exits_64_naming_the_key() {
         ("[state]\npath = \"x.sqlite\"\nurl = \"postgresql://u@db/x\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "state.url"),
         ("[state]\nurl = \"mysql://u@db/x\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "state.url"),
         ("[state]\nurl = \"postgresql://u@db/x\"\nlease_secs = 10\n[poll]\ninterval_secs = 15\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "state.lease_secs"),
+        ("[traces]\nendpoint = \"https://otel.example:4317\"\ncertificate = \"/nonexistent/ca.pem\"\n[[flows]]\nid = \"ABCDEFGHIJ\"\n", "traces.certificate"),
     ];
     for (text, key) in cases {
         let path = dir.path().join("bad.toml");
@@ -48,6 +49,13 @@ fn bad_config_exits_64_naming_the_key() {
     }
     let missing = support::command(&["run", "--config", "/nonexistent/config.toml"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(64));
+    // A standard variable with a value that cannot be used: 64, naming the key and the variable.
+    std::fs::write(dir.path().join("good.toml"), "[[flows]]\nid = \"ABCDEFGHIJ\"\n").unwrap();
+    let good = dir.path().join("good.toml");
+    let env = support::command(&["check-config", "--config", good.to_str().unwrap()]).env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd").output().unwrap();
+    assert_eq!(env.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&env.stderr);
+    assert!(stderr.contains("traces.compression (from OTEL_EXPORTER_OTLP_TRACES_COMPRESSION)"), "{stderr}");
     let usage = support::command(&["run", "--no-such-flag"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(64), "bad usage is 64 too");
 }

@@ -6,6 +6,7 @@ mod cli;
 mod collector;
 mod emulator_sdk;
 mod faults;
+mod otlp_tls;
 mod prometheus;
 mod replicas;
 mod traces;

@@ -17,6 +17,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
 
+mod tls;
+pub use tls::TestPki;
+
 /// A span as the receiver got it, with ids in hex and attributes as strings.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -71,6 +74,8 @@ pub struct Receiver {
     pub reject_traces: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// The encoded size of every request received.
     pub request_bytes: Arc<Mutex<Vec<usize>>>,
+    /// The client certificate (DER) each request came with over TLS, or None.
+    pub client_certificates: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
 }
 
 /// What the receiver answers to one request.
@@ -145,6 +150,9 @@ impl TraceService for Receiver {
     async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         *self.headers.lock().unwrap() =
             request.metadata().clone().into_headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+        if let Some(certs) = request.peer_certs() {
+            self.client_certificates.lock().unwrap().push(certs.first().map(|c| c.to_vec()));
+        }
         match self.accept(request.into_inner()) {
             Answer::Accepted => Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None })),
             Answer::Refused => Err(tonic::Status::unavailable("receiver refuses for the test")),
@@ -160,17 +168,97 @@ pub struct OtlpServer {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
+/// The OTLP/HTTP handler; `peer` is the client certificate of the connection (TLS).
+fn http_handler(receiver: Receiver, peer: Option<Option<Vec<u8>>>) -> bedrock_flow_serve::Handler {
+    Arc::new(move |request: hyper::Request<hyper::body::Incoming>| {
+        let receiver = receiver.clone();
+        let peer = peer.clone();
+        Box::pin(async move {
+            if request.uri().path() != "/v1/traces" {
+                return bedrock_flow_serve::respond(404, "text/plain", "no");
+            }
+            let headers: BTreeMap<String, String> = request.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+            let gzip = headers.get("content-encoding").map(String::as_str) == Some("gzip");
+            *receiver.headers.lock().unwrap() = headers;
+            if let Some(peer) = peer {
+                receiver.client_certificates.lock().unwrap().push(peer);
+            }
+            let mut body = request.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+            if gzip {
+                let mut plain = Vec::new();
+                if flate2::read::GzDecoder::new(body.as_slice()).read_to_end(&mut plain).is_err() {
+                    return bedrock_flow_serve::respond(400, "text/plain", "bad gzip");
+                }
+                body = plain;
+            }
+            match ExportTraceServiceRequest::decode(body.as_slice()).map(|req| receiver.accept(req)) {
+                Ok(Answer::Accepted) => {
+                    bedrock_flow_serve::respond(200, "application/x-protobuf", ExportTraceServiceResponse { partial_success: None }.encode_to_vec())
+                }
+                Ok(Answer::Refused) => bedrock_flow_serve::respond(503, "text/plain", "refusing"),
+                Ok(Answer::Rejected) => bedrock_flow_serve::respond(400, "text/plain", "rejected for the test"),
+                Err(_) => bedrock_flow_serve::respond(400, "text/plain", "bad protobuf"),
+            }
+        })
+    })
+}
+
+/// Serves OTLP/HTTP over TLS: each connection's handshake, then HTTP/1 on it.
+async fn serve_https(
+    listener: tokio::net::TcpListener,
+    receiver: Receiver,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let acceptor = acceptor.clone();
+                let receiver = receiver.clone();
+                tokio::spawn(async move {
+                    // A failed handshake (an untrusted client, no client certificate) ends here.
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let peer = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+                    let handler = http_handler(receiver, Some(peer));
+                    let service = hyper::service::service_fn(move |request| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handler(request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
 impl OtlpServer {
     pub async fn start() -> OtlpServer {
+        OtlpServer::start_with(None).await
+    }
+
+    /// Both receivers over TLS with the server certificate of `pki`; with `require_client`,
+    /// a client certificate signed by its CA is required (mTLS).
+    pub async fn start_tls(pki: &TestPki, require_client: bool) -> OtlpServer {
+        OtlpServer::start_with(Some((pki, require_client))).await
+    }
+
+    async fn start_with(tls: Option<(&TestPki, bool)>) -> OtlpServer {
         let receiver = Receiver::default();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = grpc_listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(receiver.clone()).max_decoding_message_size(256 << 20);
+        let service = TraceServiceServer::new(receiver.clone()).max_decoding_message_size(256 << 20).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let mut grpc_stop = stop_rx.clone();
+        let mut server = tonic::transport::Server::builder();
+        if let Some((pki, require_client)) = tls {
+            server = server.tls_config(pki.grpc_server(require_client)).unwrap();
+        }
         tokio::spawn(async move {
             let incoming = tokio_stream_listener(grpc_listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_stop.changed().await;
@@ -179,26 +267,14 @@ impl OtlpServer {
         });
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = http_listener.local_addr().unwrap();
-        let http_receiver = receiver.clone();
-        let handler: bedrock_flow_serve::Handler = Arc::new(move |request: hyper::Request<hyper::body::Incoming>| {
-            let receiver = http_receiver.clone();
-            Box::pin(async move {
-                if request.uri().path() != "/v1/traces" {
-                    return bedrock_flow_serve::respond(404, "text/plain", "no");
-                }
-                *receiver.headers.lock().unwrap() = request.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
-                let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                match ExportTraceServiceRequest::decode(body).map(|req| receiver.accept(req)) {
-                    Ok(Answer::Accepted) => {
-                        bedrock_flow_serve::respond(200, "application/x-protobuf", ExportTraceServiceResponse { partial_success: None }.encode_to_vec())
-                    }
-                    Ok(Answer::Refused) => bedrock_flow_serve::respond(503, "text/plain", "refusing"),
-                    Ok(Answer::Rejected) => bedrock_flow_serve::respond(400, "text/plain", "rejected for the test"),
-                    Err(_) => bedrock_flow_serve::respond(400, "text/plain", "bad protobuf"),
-                }
-            })
-        });
-        tokio::spawn(bedrock_flow_serve::serve(http_listener, handler, stop_rx, Duration::from_secs(1)));
+        match tls {
+            Some((pki, require_client)) => {
+                tokio::spawn(serve_https(http_listener, receiver.clone(), pki.http_server(require_client), stop_rx));
+            }
+            None => {
+                tokio::spawn(bedrock_flow_serve::serve(http_listener, http_handler(receiver.clone(), None), stop_rx, Duration::from_secs(1)));
+            }
+        }
         OtlpServer { receiver, grpc, http, stop }
     }
 
