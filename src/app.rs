@@ -163,6 +163,16 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
                 eprintln!("  {arn}");
             }
         }
+        if !outcome.undelivered.is_empty() {
+            eprintln!(
+                "the spans of {} execution(s) were not accepted by the OTLP endpoint within --wait-secs {}; they wait in the outbox for the next run:",
+                outcome.undelivered.len(),
+                options.wait_secs
+            );
+            for arn in &outcome.undelivered {
+                eprintln!("  {arn}");
+            }
+        }
         if outcome.complete() {
             EXIT_OK
         } else {

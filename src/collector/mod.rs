@@ -298,7 +298,8 @@ impl Collector {
         let mut listed: Vec<usize> = Vec::new();
         let mut listing_backoff = ONCE_LISTING_BACKOFF;
         let mut next_listing = started;
-        let mut targets: HashSet<String> = HashSet::new();
+        // Spans a run before left in the outbox are part of the job too.
+        let mut targets: HashSet<String> = self.outbox.arns().map(str::to_string).collect();
         let show_progress = std::io::stderr().is_terminal();
         loop {
             let cycle_started = Instant::now();
@@ -326,10 +327,11 @@ impl Collector {
                 if show_progress {
                     eprintln!();
                 }
-                let mut unfinished = left;
+                let (mut unfinished, mut undelivered): (Vec<String>, Vec<String>) = left.into_iter().partition(|a| self.tracked.contains_key(a));
                 unfinished.sort();
+                undelivered.sort();
                 let never_listed = unlisted.iter().map(|&f| self.flows[f].id.clone()).collect();
-                return OnceOutcome { unfinished, never_listed };
+                return OnceOutcome { unfinished, undelivered, never_listed };
             }
             // The next poll is due one interval after this one started; a failed listing is
             // retried at its backoff, when that comes first.
@@ -347,16 +349,19 @@ impl Collector {
     }
 }
 
-/// What `run --once` leaves undone: executions not finished (ARNs) and flows never listed.
+/// What `run --once` leaves undone: executions not finished (ARNs), executions read to their
+/// end whose spans the endpoint has not accepted yet (they wait in the outbox), flows never
+/// listed.
 #[derive(Debug, Default)]
 pub struct OnceOutcome {
     pub unfinished: Vec<String>,
+    pub undelivered: Vec<String>,
     pub never_listed: Vec<String>,
 }
 
 impl OnceOutcome {
     pub fn complete(&self) -> bool {
-        self.unfinished.is_empty() && self.never_listed.is_empty()
+        self.unfinished.is_empty() && self.undelivered.is_empty() && self.never_listed.is_empty()
     }
 }
 

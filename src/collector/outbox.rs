@@ -83,6 +83,11 @@ impl Outbox {
         self.entries.values().any(|p| p.arn == arn)
     }
 
+    /// The executions whose spans wait here.
+    pub(super) fn arns(&self) -> impl Iterator<Item = &str> {
+        self.entries.values().map(|p| p.arn.as_str())
+    }
+
     /// Parcels set aside until later (refused for good), as (ARN, when).
     pub(super) fn parked(&self, now: i64) -> impl Iterator<Item = (&str, i64)> {
         self.entries.values().filter(move |p| p.not_before > now).map(|p| (p.arn.as_str(), p.not_before))

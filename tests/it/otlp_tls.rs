@@ -42,10 +42,10 @@ fn scenario() -> bedrock_flow_emulator::Scenario {
     s
 }
 
-/// Trusting the receiver's CA through `OTEL_EXPORTER_OTLP_CERTIFICATE`, the spans arrive, as
-/// the model derives them, uncompressed, with no client certificate; trusting another CA
-/// (`traces.certificate`), the export fails with the reason in the log, nothing arrives and
-/// `run --once` exits 75; the next run, trusting the right CA, delivers everything.
+/// Trusting the system's roots or another CA (`traces.certificate`), the export fails with the
+/// reason in the log, nothing arrives and `run --once` exits 75 (the spans wait in the outbox);
+/// the next run, trusting the receiver's CA through `OTEL_EXPORTER_OTLP_CERTIFICATE`, delivers
+/// every span the model derives, once, uncompressed, with no client certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_ca_from_the_standard_variable_is_trusted_over_grpc_and_http() {
     for protocol in ["grpc", "http/protobuf"] {
@@ -56,12 +56,19 @@ async fn a_private_ca_from_the_standard_variable_is_trusted_over_grpc_and_http()
         let mut config = TestConfig::new(dir.path(), &emulator.endpoint(), &endpoint(&otlp, protocol), &ONE_FLOW);
         config.protocol = if protocol == "grpc" { "grpc" } else { "http/protobuf" };
 
-        // The wrong CA, from the config key: nothing gets through.
-        config.extra = format!("certificate = \"{}\"\n", pki.other_ca.display());
-        let (code, stderr) = run_once(dir.path(), &config, &[], 3).await;
-        assert_eq!(code, Some(75), "{protocol}: {stderr}");
-        assert!(stderr.contains("span export failed") && stderr.contains("UnknownIssuer"), "{protocol}: the log says why: {stderr}");
-        assert!(otlp.receiver.spans().is_empty(), "{protocol}: nothing accepted");
+        // Without the CA (the system's roots), then with another CA from the config key:
+        // nothing gets through, and the log says why.
+        for certificate in [None, Some(&pki.other_ca)] {
+            config.extra = certificate.map(|ca| format!("certificate = \"{}\"\n", ca.display())).unwrap_or_default();
+            let (code, stderr) = run_once(dir.path(), &config, &[], 3).await;
+            assert_eq!(code, Some(75), "{protocol} {certificate:?}: {stderr}");
+            assert!(
+                stderr.contains("span export failed") && stderr.contains("invalid peer certificate: UnknownIssuer"),
+                "{protocol} {certificate:?}: {stderr}"
+            );
+            assert!(otlp.receiver.spans().is_empty(), "{protocol}: nothing accepted");
+            assert!(stderr.contains("the spans of 4 execution(s) were not accepted by the OTLP endpoint"), "{protocol}: {stderr}");
+        }
 
         // The right CA from the standard variable wins over the key; the outbox and the
         // executions not counted are sent and counted now.
