@@ -163,6 +163,19 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
                 eprintln!("  {arn}");
             }
         }
+        if !outcome.held_elsewhere.is_empty() {
+            eprintln!(
+                "{} flow(s) were held by other replicas of the shared store within --wait-secs {}; their executions are those replicas' work:",
+                outcome.held_elsewhere.len(),
+                options.wait_secs
+            );
+            for (flow_id, holder) in &outcome.held_elsewhere {
+                match holder {
+                    Some(member) => eprintln!("  flow {flow_id}: held by {member}"),
+                    None => eprintln!("  flow {flow_id}: not held by this run (the shared store could not be reached, or its lease was taken)"),
+                }
+            }
+        }
         if !outcome.undelivered.is_empty() {
             eprintln!(
                 "the spans of {} execution(s) were not accepted by the OTLP endpoint within --wait-secs {}; they wait in the outbox for the next run:",
@@ -182,6 +195,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
         collector.run(stop_rx.clone()).await;
         EXIT_OK
     };
+    // Replicas: the others take these flows at their next cycle, not after the lease.
+    collector.leave().await;
     board.set_shutting_down();
     signals.abort();
     let _ = signals.await;

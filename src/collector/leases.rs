@@ -26,7 +26,7 @@ impl Collector {
     pub(super) async fn coordinate(&mut self) -> bool {
         self.last_coordinated = std::time::Instant::now();
         let keys: Vec<String> = self.flows.iter().map(|f| f.lease_key.clone()).collect();
-        let leases = match self.store.coordinate(&keys, self.lease_ms).await {
+        let leases = match self.store.coordinate(&keys, self.lease_ms, self.share).await {
             Ok(leases) => leases,
             Err(e) => {
                 self.events.emit(StoreReachable { up: false, error: Some(&e) });
@@ -60,6 +60,7 @@ impl Collector {
                 self.events.emit(AliasSeen(&crate::metrics::FlowLabels { flow_id: f.id.clone(), flow_name: f.name.clone(), alias: alias.clone() }));
             }
         }
+        self.holders = leases.holders.clone();
         let holders = leases.holders.into_iter().collect();
         let shared = self.store.shared();
         self.events.emit(LeasesChanged {
@@ -131,6 +132,20 @@ impl Collector {
             self.outbox.merge(parcels.into_iter().filter(|p| flow_ids.iter().any(|f| super::outbox::flow_of(&p.arn) == f)));
         }
         self.events.emit(TrackedCounted(self.tracked.len()));
+    }
+
+    /// Gives back every lease and leaves the members (shutdown, the end of `run --once`), so
+    /// the other replicas take these flows at their next cycle, not after the lease.
+    pub async fn leave(&mut self) {
+        if !self.store.shared() {
+            return;
+        }
+        match self.store.leave().await {
+            Ok(()) => tracing::info!(member = %self.member, flows = self.working.len(), "left the replicas: the leases are given back"),
+            Err(e) => tracing::warn!(member = %self.member, error = %e, "could not give the leases back; the other replicas take them when they expire"),
+        }
+        let all: Vec<String> = self.working.iter().cloned().collect();
+        self.drop_flows(&all);
     }
 
     /// Whether this replica works on the flow now.

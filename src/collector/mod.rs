@@ -23,7 +23,7 @@ use crate::convert::{ContentPolicy, ExecutionState, NodeTypes};
 use crate::export::Exporter;
 use crate::metrics::{FlowLabels, Metrics};
 use crate::source::FlowSource;
-use crate::state::StateStore;
+use crate::state::{Share, StateStore};
 
 mod board;
 mod delivery;
@@ -84,11 +84,14 @@ pub struct Collector {
     spans_here: u64,
     /// (flow, alias) pairs seen: their gauges stay (at 0) when nothing runs.
     seen_aliases: HashSet<(String, String)>,
-    /// Replicas: this member, the lease duration, the leases held (key -> counter), the flows
-    /// worked on (ids), and whether the first coordination happened.
+    /// Replicas: this member, the lease duration, how many flows it wants, the leases held
+    /// (key -> counter) and who holds each flow (key -> member), the flows worked on (ids), and
+    /// whether the first coordination happened.
     member: String,
     lease_ms: i64,
+    share: Share,
     held: HashMap<String, i64>,
+    holders: HashMap<String, String>,
     working: HashSet<String>,
     loaded_once: bool,
     last_coordinated: Instant,
@@ -140,7 +143,9 @@ impl Collector {
             seen_aliases: HashSet::new(),
             member,
             lease_ms: config.state.lease_secs as i64 * 1000,
+            share: Share::Fair,
             held: HashMap::new(),
+            holders: HashMap::new(),
             working: HashSet::new(),
             loaded_once: false,
             last_coordinated: Instant::now(),
@@ -291,7 +296,13 @@ impl Collector {
     /// `run --once`: list each flow once (again with backoff while its listing fails), then
     /// work until every execution found is finished and exported, polling running ones once
     /// per `interval_secs` as the service does. Stops when `wait` runs out.
+    ///
+    /// On a shared store the job is a member that wants every flow: it takes what is free (a
+    /// replica gives back above its fair share as the job joins), works on what it holds, and
+    /// keeps asking for the rest; a flow another replica still holds at the end is named, not
+    /// called done. The caller `leave`s afterwards, so the replicas take the flows back at once.
     pub async fn run_once(&mut self, wait: Duration, stop: watch::Receiver<bool>) -> OnceOutcome {
+        self.share = Share::All;
         let started = Instant::now();
         let interval = Duration::from_secs(self.poll.interval_secs);
         let mut unlisted: Vec<usize> = (0..self.flows.len()).collect();
@@ -303,6 +314,14 @@ impl Collector {
         let show_progress = std::io::stderr().is_terminal();
         loop {
             let cycle_started = Instant::now();
+            if self.store.shared() {
+                // Leases first: only a flow held here is listed here. A flow lost (the store
+                // unreachable, a fenced write) is listed again once it is held again.
+                self.coordinate().await;
+                let lost: Vec<usize> = listed.iter().copied().filter(|&f| !self.holds(&self.flows[f].id)).collect();
+                listed.retain(|f| !lost.contains(f));
+                unlisted.extend(lost);
+            }
             // Re-list (without admitting new executions) only while some target still runs.
             let any_running = targets.iter().any(|a| self.tracked.get(a).is_some_and(|t| !t.status.is_terminal()));
             if any_running {
@@ -310,16 +329,19 @@ impl Collector {
             }
             if !unlisted.is_empty() && cycle_started >= next_listing {
                 let failed = self.discover_flows(&unlisted, Scan::Full, Admission::New).await;
-                listed.extend(unlisted.iter().filter(|f| !failed.contains(f)));
+                let (done, rest): (Vec<usize>, Vec<usize>) = unlisted.iter().partition(|&&f| !failed.contains(&f) && self.holds(&self.flows[f].id));
+                listed.extend(done);
                 targets.extend(self.tracked.keys().cloned());
                 if !failed.is_empty() {
                     next_listing = Instant::now() + listing_backoff;
                     listing_backoff = (listing_backoff * 2).min(ONCE_LISTING_BACKOFF_MAX);
                 }
-                unlisted = failed;
+                unlisted = rest;
             }
             self.cycle(None, &stop).await;
-            let left: Vec<String> = targets.iter().filter(|a| self.tracked.contains_key(*a) || self.outbox.holds(a)).cloned().collect();
+            // What is left of the flows held here; the others are still `unlisted`.
+            let left: Vec<String> =
+                targets.iter().filter(|a| (self.tracked.contains_key(*a) || self.outbox.holds(a)) && self.holds(outbox::flow_of(a))).cloned().collect();
             if show_progress {
                 eprint!("\r{}", progress_bar(targets.len() - left.len(), targets.len(), 30));
             }
@@ -330,8 +352,10 @@ impl Collector {
                 let (mut unfinished, mut undelivered): (Vec<String>, Vec<String>) = left.into_iter().partition(|a| self.tracked.contains_key(a));
                 unfinished.sort();
                 undelivered.sort();
-                let never_listed = unlisted.iter().map(|&f| self.flows[f].id.clone()).collect();
-                return OnceOutcome { unfinished, undelivered, never_listed };
+                let (elsewhere, never): (Vec<usize>, Vec<usize>) = unlisted.iter().partition(|&&f| !self.holds(&self.flows[f].id));
+                let never_listed = never.iter().map(|&f| self.flows[f].id.clone()).collect();
+                let held_elsewhere = elsewhere.iter().map(|&f| (self.flows[f].id.clone(), self.holders.get(&self.flows[f].lease_key).cloned())).collect();
+                return OnceOutcome { unfinished, undelivered, never_listed, held_elsewhere };
             }
             // The next poll is due one interval after this one started; a failed listing is
             // retried at its backoff, when that comes first.
@@ -351,17 +375,18 @@ impl Collector {
 
 /// What `run --once` leaves undone: executions not finished (ARNs), executions read to their
 /// end whose spans the endpoint has not accepted yet (they wait in the outbox), flows never
-/// listed.
+/// listed, and (on a shared store) flows this job never held, with the replica that holds each.
 #[derive(Debug, Default)]
 pub struct OnceOutcome {
     pub unfinished: Vec<String>,
     pub undelivered: Vec<String>,
     pub never_listed: Vec<String>,
+    pub held_elsewhere: Vec<(String, Option<String>)>,
 }
 
 impl OnceOutcome {
     pub fn complete(&self) -> bool {
-        self.unfinished.is_empty() && self.undelivered.is_empty() && self.never_listed.is_empty()
+        self.unfinished.is_empty() && self.undelivered.is_empty() && self.never_listed.is_empty() && self.held_elsewhere.is_empty()
     }
 }
 

@@ -61,6 +61,14 @@ pub struct Leases {
     pub holders: HashMap<String, String>,
 }
 
+/// How many flows a member wants: a fair share of the live members' (a replica), or every
+/// one it can get (`run --once`, a job that means to do all the work and then leaves).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Share {
+    Fair,
+    All,
+}
+
 /// The checkpoint of one execution: its state with both cursors and its fold state (opaque text
 /// the collector versions). With `done`, the execution is finished: its fold state is dropped
 /// and only its row stays, so it is never collected again.
@@ -150,9 +158,15 @@ pub trait StateStore: Send + Sync {
     /// Replicas (SPEC §11): heartbeats this member, renews its leases, gives back what is above
     /// a fair share and takes free or expired ones up to it. A store of one process holds every
     /// flow, always.
-    async fn coordinate(&self, flows: &[String], lease_ms: i64) -> Result<Leases, StateError> {
-        let _ = lease_ms;
+    async fn coordinate(&self, flows: &[String], lease_ms: i64, share: Share) -> Result<Leases, StateError> {
+        let _ = (lease_ms, share);
         Ok(Leases { held: flows.iter().map(|f| (f.clone(), 0)).collect(), members: 1, holders: HashMap::new() })
+    }
+    /// Replicas: gives back every lease this member holds and ends its membership, so that the
+    /// others take its flows at their next cycle instead of after the lease runs out (a
+    /// shutdown, the end of `run --once`). A store of one process has nothing to give back.
+    async fn leave(&self) -> Result<(), StateError> {
+        Ok(())
     }
 }
 
@@ -272,19 +286,19 @@ pub(crate) mod tests {
         contract(&a).await;
         let flows = vec!["us-east-1//F1".to_string(), "us-east-1//F2".to_string()];
         let lease_ms = 1500;
-        let first = a.coordinate(&flows, lease_ms).await.unwrap();
+        let first = a.coordinate(&flows, lease_ms, Share::Fair).await.unwrap();
         assert_eq!(first.held.len(), 2, "alone, a takes every flow: {first:?}");
-        let joined = b.coordinate(&flows, lease_ms).await.unwrap();
+        let joined = b.coordinate(&flows, lease_ms, Share::Fair).await.unwrap();
         assert!(joined.held.is_empty(), "both leases are a's and fresh");
-        let a_again = a.coordinate(&flows, lease_ms).await.unwrap();
+        let a_again = a.coordinate(&flows, lease_ms, Share::Fair).await.unwrap();
         assert_eq!((a_again.members, a_again.held.len()), (2, 1), "a sees b and gives one back");
-        let b_share = b.coordinate(&flows, lease_ms).await.unwrap();
+        let b_share = b.coordinate(&flows, lease_ms, Share::Fair).await.unwrap();
         assert_eq!(b_share.held.len(), 1, "b takes the one given back");
         let (a_key, a_counter) = a_again.held.iter().next().map(|(k, c)| (k.clone(), *c)).unwrap();
         assert!(!b_share.held.contains_key(&a_key));
         // a stops renewing (paused); after the lease time b takes its flow, with a new counter.
         tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
-        let b_all = b.coordinate(&flows, lease_ms).await.unwrap();
+        let b_all = b.coordinate(&flows, lease_ms, Share::Fair).await.unwrap();
         assert_eq!(b_all.held.len(), 2, "b takes over the expired lease: {b_all:?}");
         assert!(b_all.held[&a_key] > a_counter, "the counter moved on");
         // a wakes up and writes with its old lease: refused, nothing written.
@@ -296,6 +310,23 @@ pub(crate) mod tests {
         assert!(!a.load().await.unwrap().iter().any(|s| s.execution.arn == "fenced"), "the refused transaction wrote nothing");
         let fence = [Fence { flow_key: a_key.clone(), counter: b_all.held[&a_key] }];
         b.checkpoint_fenced(&[Checkpoint { execution: t, state: "x".into(), done: false }], &[], &fence).await.unwrap();
+        // A job that wants every flow (run --once) takes what is free, not a fair share, and
+        // leaving gives everything back at once, not after the lease.
+        let c = PostgresStore::open(&url, "c").await.unwrap();
+        let b_gives = b.coordinate(&flows, lease_ms, Share::Fair).await.unwrap();
+        assert_eq!(b_gives.held.len(), 2, "a is gone: b's fair share is both");
+        let c_wants_all = c.coordinate(&flows, lease_ms, Share::All).await.unwrap();
+        assert!(c_wants_all.held.is_empty(), "both leases are b's and fresh: {c_wants_all:?}");
+        let b_shares = b.coordinate(&flows, lease_ms, Share::Fair).await.unwrap();
+        assert_eq!((b_shares.members, b_shares.held.len()), (2, 1), "b sees c and gives one back");
+        let c_takes = c.coordinate(&flows, lease_ms, Share::All).await.unwrap();
+        assert_eq!(c_takes.held.len(), 1, "c takes the one given back");
+        b.leave().await.unwrap();
+        let c_all = c.coordinate(&flows, lease_ms, Share::All).await.unwrap();
+        assert_eq!((c_all.members, c_all.held.len()), (1, 2), "b left: its flow is free at once and c takes it: {c_all:?}");
+        c.leave().await.unwrap();
+        let b_back = b.coordinate(&flows, lease_ms, Share::Fair).await.unwrap();
+        assert_eq!((b_back.members, b_back.held.len()), (1, 2), "c left: b takes both back at once");
         drop(pg);
     }
 

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::{Checkpoint, Fence, FlowMarks, Leases, Parcel, ParcelInfo, Saved, StateError, StateStore};
+use super::{Checkpoint, Fence, FlowMarks, Leases, Parcel, ParcelInfo, Saved, Share, StateError, StateStore};
 use crate::collector::lifecycle::Tracked;
 use crate::model::ExecutionStatus;
 
@@ -325,7 +325,7 @@ impl StateStore for PostgresStore {
         Ok(c.execute("DELETE FROM executions WHERE done AND created_at < $1", &[&before]).await.map_err(sql)? as usize)
     }
 
-    async fn coordinate(&self, flows: &[String], lease_ms: i64) -> Result<Leases, StateError> {
+    async fn coordinate(&self, flows: &[String], lease_ms: i64, share: Share) -> Result<Leases, StateError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(sql)?;
         let me = &self.member;
@@ -336,7 +336,10 @@ impl StateStore for PostgresStore {
             tx.execute("INSERT INTO leases (flow_key) VALUES ($1) ON CONFLICT (flow_key) DO NOTHING", &[f]).await.map_err(sql)?;
         }
         let live: i64 = tx.query_one(&format!("SELECT count(*) FROM members WHERE seen_at > {NOW_MS} - $1"), &[&lease_ms]).await.map_err(sql)?.get(0);
-        let share = (flows.len() as i64 + live.max(1) - 1) / live.max(1);
+        let share = match share {
+            Share::Fair => (flows.len() as i64 + live.max(1) - 1) / live.max(1),
+            Share::All => flows.len() as i64,
+        };
         // Renew what this member holds.
         let renewed = tx
             .query(&format!("UPDATE leases SET expires_at = {NOW_MS} + $2 WHERE owner = $1 AND expires_at > {NOW_MS} AND flow_key = ANY($3) RETURNING flow_key, counter"), &[me, &lease_ms, &flows])
@@ -375,5 +378,14 @@ impl StateStore for PostgresStore {
             .map_err(sql)?;
         tx.commit().await.map_err(sql)?;
         Ok(Leases { held, members: live as usize, holders: holders.iter().map(|r| (r.get(0), r.get(1))).collect() })
+    }
+
+    async fn leave(&self) -> Result<(), StateError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(sql)?;
+        // The counter stays: the next taker moves it on, fencing anything still in flight here.
+        tx.execute("UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = $1", &[&self.member]).await.map_err(sql)?;
+        tx.execute("DELETE FROM members WHERE id = $1", &[&self.member]).await.map_err(sql)?;
+        tx.commit().await.map_err(sql)
     }
 }

@@ -150,11 +150,7 @@ async fn a_replica_paused_past_its_lease_is_fenced() {
     let b = start_replica(&h, "b");
     assert!(support::eventually(Duration::from_secs(20), || leases(&a).len() == 1 && leases(&b).len() == 1).await, "they split");
     // The lease a holds, and its counter, before the pause.
-    let sql = |q: &str| {
-        let out = std::process::Command::new("psql").args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-tAc", q]).output().unwrap();
-        assert!(out.status.success(), "{q}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let sql = |q: &str| pg.sql(q);
     let b_member = sql("SELECT owner FROM leases WHERE owner IS NOT NULL ORDER BY owner");
     let owners: Vec<String> = b_member.lines().map(str::to_string).collect();
     assert_eq!(owners.len(), 2);
@@ -240,4 +236,80 @@ async fn losing_the_database_stops_work_and_it_resumes_by_itself() {
     drop(r);
     h.stop().await;
     drop(pg);
+}
+
+/// Leaving on purpose hands the flows over at once: `run --once` on the shared store takes every
+/// free flow, exports everything, and gives the leases back, so a replica started after it
+/// holds both flows within seconds (not the 20 s lease) and counts nothing again; with that
+/// replica holding both, a second `run --once` gets the flow the replica gives back to its fair
+/// share and names the other as held by that replica (exit 75); a replica stopped with SIGTERM
+/// hands its flow to the other replica within seconds too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_hands_the_flows_over_at_once_and_run_once_joins_as_a_member() {
+    let pg = PgServer::start().expect("PostgreSQL server binaries (Debian package postgresql)");
+    let lease_secs = 20;
+    let mut h = Harness::start(support::history_scenario(3), &FLOWS[..2]).await;
+    h.config.state_url = Some((pg.url(), lease_secs));
+    let facts: Vec<_> = h.emulator.executions(now_nanos()).into_iter().filter(|f| f.flow_id != "REFINELOOP").collect();
+    assert_eq!(facts.len(), 6);
+    let once = |name: &str, wait: u64| {
+        let path = h.dir.path().join(format!("{name}.toml"));
+        h.config.write(&path);
+        let mut command = support::command(&["run", "--once", "--wait-secs", &wait.to_string(), "--config", &path.display().to_string()]);
+        command.env("RUST_LOG", "info,bedrock_flow_exporter::counted=debug");
+        command
+    };
+
+    // Alone, the job takes both flows, does all the work and gives the leases back.
+    let first = tokio::task::spawn_blocking({
+        let mut command = once("once-1", 60);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&first.stdout), String::from_utf8_lossy(&first.stderr));
+    assert_eq!(first.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("run --once: 6 executions exported"), "{stdout}");
+    let counted_by_once = stderr.lines().filter(|l| l.contains("execution counted")).count();
+    assert_eq!(counted_by_once, 6);
+    assert_eq!(pg.sql("SELECT count(*) FROM leases WHERE owner IS NOT NULL"), "0", "every lease given back");
+    assert_eq!(pg.sql("SELECT count(*) FROM members"), "0", "the job left the members");
+
+    // A replica started now takes both flows at its first cycle and has nothing to count.
+    let started = std::time::Instant::now();
+    let a = start_replica(&h, "a");
+    assert!(support::eventually(Duration::from_secs(10), || leases(&a).len() == 2).await, "a takes both given-back flows");
+    assert!(started.elapsed() < Duration::from_secs(lease_secs / 2), "not after the lease: {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(counted(&a.log).is_empty(), "nothing counted twice: {:?}", counted(&a.log));
+
+    // A second job while a holds both: a gives one back to its fair share, the job takes it;
+    // the other stays a's, and the job says so.
+    let a_member = pg.sql("SELECT id FROM members");
+    let second = tokio::task::spawn_blocking({
+        let mut command = once("once-2", 6);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(75), "not done while a flow is another replica's: {stderr}");
+    assert!(stderr.contains("1 flow(s) were held by other replicas") && stderr.contains(&format!("held by {a_member}")), "{stderr}");
+    assert_eq!(stderr.matches("this replica took the flow's lease").count(), 1, "the job got the flow a gave back: {stderr}");
+    assert!(String::from_utf8_lossy(&second.stdout).contains("run --once: 0 executions exported"), "everything was done before");
+    assert!(support::eventually(Duration::from_secs(10), || leases(&a).len() == 2).await, "a takes back what the job gave back");
+
+    // SIGTERM: b, started beside a, gets a's flows within seconds of a's exit.
+    let b = start_replica(&h, "b");
+    assert!(support::eventually(Duration::from_secs(20), || leases(&a).len() == 1 && leases(&b).len() == 1).await, "they split");
+    let mut a = a;
+    kill(&a, libc::SIGTERM);
+    let stopped = std::time::Instant::now();
+    assert_eq!(a.child.0.wait().unwrap().code(), Some(0), "a stops cleanly");
+    assert!(support::eventually(Duration::from_secs(10), || leases(&b).len() == 2).await, "b takes a's flow");
+    assert!(stopped.elapsed() < Duration::from_secs(lease_secs / 2), "handed over, not expired: {:?}", stopped.elapsed());
+    assert!(std::fs::read_to_string(&a.log).unwrap().contains("left the replicas: the leases are given back"));
+    let all: BTreeSet<String> = [&a.log, &b.log].iter().flat_map(|l| counted(l)).collect();
+    assert!(all.is_empty(), "the replicas counted nothing the job had counted: {all:?}");
+    h.stop().await;
 }

@@ -633,6 +633,13 @@ impl PgServer {
         self.control("start");
     }
 
+    /// One query through `psql` (Debian's client): its rows, one a line, fields as asked.
+    pub fn sql(&self, query: &str) -> String {
+        let out = Command::new("psql").args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-tAc", query]).output().unwrap();
+        assert!(out.status.success(), "{query}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     pub fn url(&self) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
     }
