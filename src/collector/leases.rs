@@ -120,9 +120,9 @@ impl Collector {
 
     /// Loads the shared checkpoints (and outbox) of flows just taken.
     async fn load_flows(&mut self, flow_ids: &[String]) {
-        match self.store.load().await {
+        match self.store.load_flows(flow_ids).await {
             Ok(saved) => {
-                for s in saved.into_iter().filter(|s| flow_ids.contains(&s.execution.flow_id)) {
+                for s in saved {
                     self.adopt(s);
                 }
             }

@@ -117,6 +117,10 @@ pub struct FlowMarks {
 pub trait StateStore: Send + Sync {
     /// The executions not finished yet (at start).
     async fn load(&self) -> Result<Vec<Saved>, StateError>;
+    /// The executions of these flows not finished yet (a replica taking flows over).
+    async fn load_flows(&self, flow_ids: &[String]) -> Result<Vec<Saved>, StateError> {
+        Ok(self.load().await?.into_iter().filter(|s| flow_ids.contains(&s.execution.flow_id)).collect())
+    }
     /// Writes checkpoints and puts parcels in the outbox, in one transaction; returns the ids of
     /// the parcels in order.
     async fn checkpoint(&self, checkpoints: &[Checkpoint], parcels: &[Parcel]) -> Result<Vec<i64>, StateError>;
@@ -219,6 +223,15 @@ pub(crate) mod tests {
         a.status = crate::model::ExecutionStatus::Failed;
         store.save_all(&[a.clone(), b.clone()]).await.unwrap();
         assert_eq!(by_arn(store.load().await.unwrap()), vec![saved(&a, Some("s2")), saved(&b, None)], "the whole state survives, cursors included");
+        // Loading by flow (a replica taking flows over) gives those flows' executions only.
+        let mut other = tracked("other-flow");
+        other.flow_id = "KLMNOPQRST".into();
+        other.created_at = 1 << 60; // never pruned below
+        store.save_all(&[other.clone()]).await.unwrap();
+        assert_eq!(by_arn(store.load_flows(&["ABCDEFGHIJ".into()]).await.unwrap()), vec![saved(&a, Some("s2")), saved(&b, None)]);
+        assert_eq!(store.load_flows(&["KLMNOPQRST".into()]).await.unwrap(), vec![saved(&other, None)]);
+        assert!(store.load_flows(&[]).await.unwrap().is_empty());
+        store.checkpoint(&[Checkpoint { execution: other, state: String::new(), done: true }], &[]).await.unwrap();
         // Parcels go in with a checkpoint, oldest first, and leave once delivered.
         let parcel = |arn: &str, body: &[u8], not_before| Parcel { arn: arn.into(), body: body.to_vec(), not_before };
         let ids = store

@@ -43,6 +43,32 @@ ALTER TABLE executions ADD COLUMN IF NOT EXISTS lease_counter BIGINT;
 ALTER TABLE executions ADD COLUMN IF NOT EXISTS written_at BIGINT;
 ";
 
+/// The columns of a saved execution, in the order `saved_of` reads them.
+const SELECT_SAVED: &str = "SELECT arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
+        node_cursor, flow_cursor, final_read, unknown_status_counted, state FROM executions";
+
+fn saved_of(r: &tokio_postgres::Row) -> Saved {
+    let errors: Option<String> = r.get(9);
+    let (node, flow): (String, String) = (r.get(10), r.get(11));
+    let execution = Tracked {
+        arn: r.get(0),
+        flow_id: r.get(1),
+        alias: r.get(2),
+        version: r.get(3),
+        created_at: r.get(4),
+        ended_at: r.get(5),
+        status: ExecutionStatus::parse(r.get::<_, &str>(6)),
+        needs_settle: r.get(7),
+        terminal_seen_at: r.get(8),
+        errors: errors.and_then(|e| serde_json::from_str(&e).ok()),
+        node_cursor: serde_json::from_str(&node).unwrap_or_default(),
+        flow_cursor: serde_json::from_str(&flow).unwrap_or_default(),
+        final_read: r.get(12),
+        unknown_status_counted: r.get(13),
+    };
+    Saved { execution, state: r.get(14) }
+}
+
 /// Milliseconds since the epoch on the database's clock.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -165,38 +191,14 @@ impl PostgresStore {
 impl StateStore for PostgresStore {
     async fn load(&self) -> Result<Vec<Saved>, StateError> {
         let c = self.client().await?;
-        let rows = c
-            .query(
-                "SELECT arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
-                        node_cursor, flow_cursor, final_read, unknown_status_counted, state FROM executions WHERE NOT done",
-                &[],
-            )
-            .await
-            .map_err(sql)?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let errors: Option<String> = r.get(9);
-                let (node, flow): (String, String) = (r.get(10), r.get(11));
-                let execution = Tracked {
-                    arn: r.get(0),
-                    flow_id: r.get(1),
-                    alias: r.get(2),
-                    version: r.get(3),
-                    created_at: r.get(4),
-                    ended_at: r.get(5),
-                    status: ExecutionStatus::parse(r.get::<_, &str>(6)),
-                    needs_settle: r.get(7),
-                    terminal_seen_at: r.get(8),
-                    errors: errors.and_then(|e| serde_json::from_str(&e).ok()),
-                    node_cursor: serde_json::from_str(&node).unwrap_or_default(),
-                    flow_cursor: serde_json::from_str(&flow).unwrap_or_default(),
-                    final_read: r.get(12),
-                    unknown_status_counted: r.get(13),
-                };
-                Saved { execution, state: r.get(14) }
-            })
-            .collect())
+        let rows = c.query(&format!("{SELECT_SAVED} WHERE NOT done"), &[]).await.map_err(sql)?;
+        Ok(rows.iter().map(saved_of).collect())
+    }
+
+    async fn load_flows(&self, flow_ids: &[String]) -> Result<Vec<Saved>, StateError> {
+        let c = self.client().await?;
+        let rows = c.query(&format!("{SELECT_SAVED} WHERE NOT done AND flow_id = ANY($1)"), &[&flow_ids]).await.map_err(sql)?;
+        Ok(rows.iter().map(saved_of).collect())
     }
 
     fn shared(&self) -> bool {
