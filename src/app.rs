@@ -145,45 +145,41 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
     let code = if options.once {
         let outcome = collector.run_once(Duration::from_secs(options.wait_secs), stop_rx.clone()).await;
         println!("run --once: {}", collector.summary());
-        if !outcome.never_listed.is_empty() {
-            eprintln!("{} flow(s) could not be listed within --wait-secs {}; their executions were not read:", outcome.never_listed.len(), options.wait_secs);
-            let errors: std::collections::HashMap<String, Option<String>> = board.flows().into_iter().map(|f| (f.flow_id, f.last_error)).collect();
-            for flow_id in &outcome.never_listed {
-                let error = errors.get(flow_id).cloned().flatten().unwrap_or_default();
-                eprintln!("  flow {flow_id}: {error}");
-            }
-        }
-        if !outcome.unfinished.is_empty() {
-            eprintln!(
-                "{} execution(s) not finished within --wait-secs {}; the next run resumes from the checkpoints:",
+        let wait = options.wait_secs;
+        let errors: std::collections::HashMap<String, Option<String>> = board.flows().into_iter().map(|f| (f.flow_id, f.last_error)).collect();
+        let reports: [(usize, String, Vec<String>); 4] = [
+            (
+                outcome.never_listed.len(),
+                format!("flow(s) could not be listed within --wait-secs {wait}; their executions were not read:"),
+                outcome.never_listed.iter().map(|f| format!("flow {f}: {}", errors.get(f).cloned().flatten().unwrap_or_default())).collect(),
+            ),
+            (
                 outcome.unfinished.len(),
-                options.wait_secs
-            );
-            for arn in &outcome.unfinished {
-                eprintln!("  {arn}");
-            }
-        }
-        if !outcome.held_elsewhere.is_empty() {
-            eprintln!(
-                "{} flow(s) were held by other replicas of the shared store within --wait-secs {}; their executions are those replicas' work:",
+                format!("execution(s) not finished within --wait-secs {wait}; the next run resumes from the checkpoints:"),
+                outcome.unfinished.clone(),
+            ),
+            (
                 outcome.held_elsewhere.len(),
-                options.wait_secs
-            );
-            for (flow_id, holder) in &outcome.held_elsewhere {
-                match holder {
-                    Some(member) => eprintln!("  flow {flow_id}: held by {member}"),
-                    None => eprintln!("  flow {flow_id}: not held by this run (the shared store could not be reached, or its lease was taken)"),
-                }
-            }
-        }
-        if !outcome.undelivered.is_empty() {
-            eprintln!(
-                "the spans of {} execution(s) were not accepted by the OTLP endpoint within --wait-secs {}; they wait in the outbox for the next run:",
+                format!("flow(s) were held by other replicas of the shared store within --wait-secs {wait}; their executions are those replicas' work:"),
+                outcome
+                    .held_elsewhere
+                    .iter()
+                    .map(|(f, holder)| match holder {
+                        Some(member) => format!("flow {f}: held by {member}"),
+                        None => format!("flow {f}: not held by this run (the shared store could not be reached, or its lease was taken)"),
+                    })
+                    .collect(),
+            ),
+            (
                 outcome.undelivered.len(),
-                options.wait_secs
-            );
-            for arn in &outcome.undelivered {
-                eprintln!("  {arn}");
+                format!("execution(s) whose spans the OTLP endpoint did not accept within --wait-secs {wait}; they wait in the outbox for the next run:"),
+                outcome.undelivered.clone(),
+            ),
+        ];
+        for (count, title, lines) in reports.iter().filter(|(count, _, _)| *count > 0) {
+            eprintln!("{count} {title}");
+            for line in lines {
+                eprintln!("  {line}");
             }
         }
         if outcome.complete() {

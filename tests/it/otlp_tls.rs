@@ -42,6 +42,18 @@ fn scenario() -> bedrock_flow_emulator::Scenario {
     s
 }
 
+/// The emulator, a temp dir with the certificates, TLS receivers (requiring a client
+/// certificate with `mtls`) and a config for `protocol` pointing at them.
+async fn arrange(protocol: &'static str, mtls: bool) -> (bedrock_flow_emulator::EmulatorHandle, tempfile::TempDir, TestPki, OtlpServer, TestConfig) {
+    let emulator = support::emulator(scenario()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::make(dir.path());
+    let otlp = OtlpServer::start_tls(&pki, mtls).await;
+    let mut config = TestConfig::new(dir.path(), &emulator.endpoint(), &endpoint(&otlp, protocol), &ONE_FLOW);
+    config.protocol = protocol;
+    (emulator, dir, pki, otlp, config)
+}
+
 /// Trusting the system's roots or another CA (`traces.certificate`), the export fails with the
 /// reason in the log, nothing arrives and `run --once` exits 75 (the spans wait in the outbox);
 /// the next run, trusting the receiver's CA through `OTEL_EXPORTER_OTLP_CERTIFICATE`, delivers
@@ -49,12 +61,7 @@ fn scenario() -> bedrock_flow_emulator::Scenario {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_ca_from_the_standard_variable_is_trusted_over_grpc_and_http() {
     for protocol in ["grpc", "http/protobuf"] {
-        let emulator = support::emulator(scenario()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let pki = TestPki::make(dir.path());
-        let otlp = OtlpServer::start_tls(&pki, false).await;
-        let mut config = TestConfig::new(dir.path(), &emulator.endpoint(), &endpoint(&otlp, protocol), &ONE_FLOW);
-        config.protocol = if protocol == "grpc" { "grpc" } else { "http/protobuf" };
+        let (emulator, dir, pki, otlp, mut config) = arrange(protocol, false).await;
 
         // Without the CA (the system's roots), then with another CA from the config key:
         // nothing gets through, and the log says why.
@@ -67,7 +74,7 @@ async fn a_private_ca_from_the_standard_variable_is_trusted_over_grpc_and_http()
                 "{protocol} {certificate:?}: {stderr}"
             );
             assert!(otlp.receiver.spans().is_empty(), "{protocol}: nothing accepted");
-            assert!(stderr.contains("the spans of 4 execution(s) were not accepted by the OTLP endpoint"), "{protocol}: {stderr}");
+            assert!(stderr.contains("4 execution(s) whose spans the OTLP endpoint did not accept"), "{protocol}: {stderr}");
         }
 
         // The right CA from the standard variable wins over the key; the outbox and the
@@ -113,12 +120,7 @@ fn metric(address: std::net::SocketAddr, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_presents_the_client_certificate_and_gzip_compresses() {
     for protocol in ["grpc", "http/protobuf"] {
-        let emulator = support::emulator(scenario()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let pki = TestPki::make(dir.path());
-        let otlp = OtlpServer::start_tls(&pki, true).await;
-        let mut config = TestConfig::new(dir.path(), &emulator.endpoint(), &endpoint(&otlp, protocol), &ONE_FLOW);
-        config.protocol = if protocol == "grpc" { "grpc" } else { "http/protobuf" };
+        let (emulator, dir, pki, otlp, mut config) = arrange(protocol, true).await;
         config.extra = format!("certificate = \"{}\"\n", pki.ca.display());
 
         let (child, address) = serve(dir.path(), &config, &[], "without-client-certificate");

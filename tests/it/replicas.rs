@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bedrock_flow_exporter::timefmt::now_nanos;
-use bedrock_flow_test_support::{self as support, Harness, PgServer, Running};
+use bedrock_flow_test_support::{self as support, Harness, PgServer, Running, TestConfig};
 
 const FLOWS: [(&str, &str); 3] = [("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")];
 
@@ -19,8 +19,12 @@ struct Replica {
 }
 
 fn start_replica(h: &Harness, name: &str) -> Replica {
+    start_replica_with(h, &h.config, name)
+}
+
+fn start_replica_with(h: &Harness, config: &TestConfig, name: &str) -> Replica {
     let path = h.dir.path().join(format!("{name}.toml"));
-    h.config.write(&path);
+    config.write(&path);
     let log = h.dir.path().join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut command = support::command(&["run", "--config", &path.display().to_string()]);
@@ -43,6 +47,12 @@ fn counted(log: &Path) -> Vec<String> {
 fn leases(r: &Replica) -> Vec<String> {
     let text = support::http_get(r.address, "/metrics", None).1;
     text.lines().filter(|l| l.starts_with("bedrock_flow_exporter_lease_held{") && l.ends_with(" 1")).map(|l| l.to_string()).collect()
+}
+
+/// The member id a replica coordinates as (it logs it with each lease it takes).
+fn member_of(r: &Replica) -> String {
+    let log = std::fs::read_to_string(&r.log).unwrap_or_default();
+    log.lines().find_map(|l| l.split("member=").nth(1)).map(|m| m.split_whitespace().next().unwrap_or("").trim_matches('"').to_string()).expect("a lease taken")
 }
 
 fn kill(r: &Replica, signal: i32) {
@@ -196,6 +206,58 @@ async fn a_replica_paused_past_its_lease_is_fenced() {
     drop(b);
     h.stop().await;
     drop(pg);
+}
+
+/// A replica whose export hangs past its lease (a backend that stops answering) does not renew;
+/// the other replica takes its flow with a new counter, and when the hung export gives up, the
+/// stale replica's checkpoint is refused by the fence as a whole: counted in
+/// `checkpoint_rejected_total`, nothing of it in the database, and everything still arrives
+/// through the new holder. Unlike SIGSTOP, this puts the stale write attempt at a known moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stuck_in_an_export_past_its_lease_has_its_checkpoint_refused() {
+    let pg = PgServer::start().expect("PostgreSQL server binaries (Debian package postgresql)");
+    let mut scenario = support::history_scenario(0);
+    scenario.traffic.running_at_start = 3;
+    scenario.traffic.running_secs = 25;
+    scenario.traffic.running_spread = true;
+    let mut h = Harness::start(scenario, &FLOWS[..2]).await;
+    h.config.state_url = Some((pg.url(), 3));
+    // An export gives up after 4 s (twice: the exporter retries once): past the 3 s lease.
+    h.config.extra = "timeout_secs = 4\n".into();
+    let a = start_replica(&h, "a");
+    assert!(support::eventually(Duration::from_secs(20), || leases(&a).len() == 2).await, "alone, it takes both flows");
+    // b sends to a receiver of its own, which keeps answering.
+    let other = support::OtlpServer::start().await;
+    let mut b_config = TestConfig::new(h.dir.path(), &h.emulator.endpoint(), &format!("http://{}", other.grpc), &FLOWS[..2]);
+    b_config.state_url = h.config.state_url.clone();
+    b_config.extra = h.config.extra.clone();
+    let b = start_replica_with(&h, &b_config, "b");
+    assert!(support::eventually(Duration::from_secs(20), || leases(&a).len() == 1 && leases(&b).len() == 1).await, "they split");
+    let a_lease = pg.sql(&format!("SELECT flow_key || ' ' || counter FROM leases WHERE owner IS NOT NULL AND owner <> '{}'", member_of(&b)));
+    let (taken_key, old_counter) = a_lease.split_once(' ').map(|(k, c)| (k.to_string(), c.parse::<i64>().unwrap())).expect("a's lease");
+    let flow_id = taken_key.rsplit('/').next().unwrap().to_string();
+
+    h.otlp.receiver.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(support::eventually(Duration::from_secs(20), || leases(&b).len() == 2).await, "b takes the flow of the replica stuck in its export");
+    let takeover_at: i64 = pg.sql("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint").parse().unwrap();
+    let rejected = || support::sample(&support::http_get(a.address, "/metrics", None).1, "bedrock_flow_exporter_checkpoint_rejected_total", &[]).unwrap_or(0.0);
+    assert!(
+        support::eventually(Duration::from_secs(30), || rejected() >= 1.0).await,
+        "the stale checkpoint is refused: {}",
+        std::fs::read_to_string(&a.log).unwrap()
+    );
+    assert!(std::fs::read_to_string(&a.log).unwrap().contains("a checkpoint was refused"));
+    h.otlp.receiver.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    let stale =
+        pg.sql(&format!("SELECT count(*) FROM executions WHERE flow_id = '{flow_id}' AND written_at > {takeover_at} AND lease_counter <= {old_counter}"));
+    assert_eq!(stale, "0", "nothing written with the lost lease after the takeover");
+    // Every execution arrives, at one receiver or the other.
+    let roots = || h.otlp.receiver.roots().into_iter().chain(other.receiver.roots()).map(|s| s.span_id).collect::<BTreeSet<_>>().len();
+    assert!(support::eventually(Duration::from_secs(90), || roots() == 6).await, "everything arrives: {}", roots());
+    drop(a);
+    drop(b);
+    other.stop();
+    h.stop().await;
 }
 
 /// The database lost for a while: work stops (no guessing), `/-/ready` turns 503, the metric and

@@ -65,6 +65,8 @@ pub struct Receiver {
     pub spans: Arc<Mutex<Vec<Received>>>,
     /// While set, every export is refused (UNAVAILABLE / 503).
     pub refuse: Arc<AtomicBool>,
+    /// While set, every export waits (unanswered) until it is cleared: a backend that hangs.
+    pub hold: Arc<AtomicBool>,
     pub refused: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
     /// Headers (HTTP) or metadata (gRPC) of the last export request.
@@ -89,6 +91,13 @@ enum Answer {
 }
 
 impl Receiver {
+    /// Waits while `hold` is set.
+    async fn held(&self) {
+        while self.hold.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn accept(&self, request: ExportTraceServiceRequest) -> Answer {
         self.requests.fetch_add(1, Ordering::SeqCst);
         self.request_bytes.lock().unwrap().push(request.encoded_len());
@@ -153,6 +162,7 @@ impl TraceService for Receiver {
         if let Some(certs) = request.peer_certs() {
             self.client_certificates.lock().unwrap().push(certs.first().map(|c| c.to_vec()));
         }
+        self.held().await;
         match self.accept(request.into_inner()) {
             Answer::Accepted => Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None })),
             Answer::Refused => Err(tonic::Status::unavailable("receiver refuses for the test")),
@@ -191,6 +201,7 @@ fn http_handler(receiver: Receiver, peer: Option<Option<Vec<u8>>>) -> bedrock_fl
                 }
                 body = plain;
             }
+            receiver.held().await;
             match ExportTraceServiceRequest::decode(body.as_slice()).map(|req| receiver.accept(req)) {
                 Ok(Answer::Accepted) => {
                     bedrock_flow_serve::respond(200, "application/x-protobuf", ExportTraceServiceResponse { partial_success: None }.encode_to_vec())
