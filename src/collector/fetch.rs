@@ -18,15 +18,27 @@ pub struct Fetched {
     pub first_seq: (usize, usize),
 }
 
-/// Reads one execution's new events (and errors at the end) without touching shared state.
-pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work) -> Result<Fetched, (String, ApiError)> {
+/// Whether this read takes the Flow stream too. While an execution runs, its Flow stream
+/// holds the flow's input and the outputs, which only the root span carries, and the root span
+/// goes out when the execution ends: so a running execution reads its Node stream each poll and
+/// its Flow stream on the first read and on the final one (one call a poll, not two). Without
+/// the flow's definition the Flow stream names the Input and Output nodes, so it is read each
+/// poll then. The fold gives the same spans for any split of either stream (property tests).
+pub fn reads_flow_stream(t: &Tracked, work: Work, has_definition: bool) -> bool {
+    work == Work::Final || !has_definition || t.flow_cursor.total == 0
+}
+
+/// Reads one execution's new events (and errors at the end) without touching shared state;
+/// the Flow stream only when `flow_stream` (see `reads_flow_stream`).
+pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work, flow_stream: bool) -> Result<Fetched, (String, ApiError)> {
     let arn = t.arn.clone();
     let first_seq = (t.node_cursor.total, t.flow_cursor.total);
     let mut new_node = Vec::new();
     let mut new_flow = Vec::new();
     if !(work == Work::Final && t.final_read) {
         let mut vanished = false;
-        for stream in [EventStream::Node, EventStream::Flow] {
+        let streams: &[EventStream] = if flow_stream { &[EventStream::Node, EventStream::Flow] } else { &[EventStream::Node] };
+        for &stream in streams {
             let cursor = match stream {
                 EventStream::Node => t.node_cursor.clone(),
                 EventStream::Flow => t.flow_cursor.clone(),
@@ -133,8 +145,8 @@ mod tests {
     use crate::source::{AwsTarget, RequestBudget, StaticCredentials};
 
     /// `fetch` alone, with the real SDK against the emulator: the first read takes every page
-    /// once, a read that finds nothing new re-requests only each stream's tail page, and the
-    /// final read of a Failed execution adds GetFlowExecution.
+    /// once, a poll that finds nothing new re-requests only the Node stream's tail page, the
+    /// final read each stream's tail page, and for a Failed execution GetFlowExecution.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_every_page_once_then_only_the_tail_page() {
         let mut scenario = bedrock_flow_emulator::Scenario::backlog(3, 45);
@@ -150,22 +162,31 @@ mod tests {
         (t.flow_id, t.alias, t.status) = (facts.flow_id.clone(), facts.alias.clone(), ExecutionStatus::Failed);
         (t.node_cursor, t.flow_cursor) = (Cursor::default(), Cursor::default());
 
-        let first = fetch(source.clone(), t, Work::Fetch).await.map_err(|(_, e)| e).unwrap();
+        assert!(reads_flow_stream(&t, Work::Fetch, true), "the first read takes both streams");
+        let first = fetch(source.clone(), t, Work::Fetch, true).await.map_err(|(_, e)| e).unwrap();
         assert_eq!((first.new_node.len(), first.new_flow.len()), (facts.node_events.len(), facts.flow_events.len()));
         assert_eq!(first.first_seq, (0, 0));
         let (node_pages, flow_pages) = (facts.node_events.len().div_ceil(10) as u64, facts.flow_events.len().div_ceil(10) as u64);
         assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages, "every page once");
         assert_eq!(first.tracked.node_cursor.total, facts.node_events.len());
 
-        let again = fetch(source.clone(), first.tracked, Work::Final).await.map_err(|(_, e)| e).unwrap();
+        // A poll of a running execution: the Node stream's tail page only (with its definition
+        // known; without it, the Flow stream names the Input and Output nodes, so both).
+        assert!(!reads_flow_stream(&first.tracked, Work::Fetch, true));
+        assert!(reads_flow_stream(&first.tracked, Work::Fetch, false) && reads_flow_stream(&first.tracked, Work::Final, true));
+        let poll = fetch(source.clone(), first.tracked, Work::Fetch, false).await.map_err(|(_, e)| e).unwrap();
+        assert!(poll.new_node.is_empty() && poll.new_flow.is_empty());
+        assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 1, "one call: the Node stream's tail page");
+
+        let again = fetch(source.clone(), poll.tracked, Work::Final, true).await.map_err(|(_, e)| e).unwrap();
         assert!(again.new_node.is_empty() && again.new_flow.is_empty(), "nothing is read twice");
         assert_eq!(again.first_seq, (facts.node_events.len(), facts.flow_events.len()));
-        assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 2, "one tail page per stream");
+        assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 3, "the final read: one tail page per stream");
         assert_eq!(calls()["GetFlowExecution"], 1, "the errors of a Failed execution, at its final read");
         assert!(again.tracked.final_read && again.tracked.errors.is_some());
 
-        let done = fetch(source, again.tracked, Work::Final).await.map_err(|(_, e)| e).unwrap();
-        assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 2, "a final read is made once");
+        let done = fetch(source, again.tracked, Work::Final, true).await.map_err(|(_, e)| e).unwrap();
+        assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 3, "a final read is made once");
         assert!(done.new_node.is_empty());
         emulator.stop().await;
     }

@@ -10,7 +10,7 @@ use futures_util::stream::{self, StreamExt};
 
 use super::delivery::{Delivery, PARK_RETRY};
 use super::events::{CheckpointWritten, EventsReceived, ProblemFound, ReadDenied, StoreFailed};
-use super::fetch::{fetch, Fetched};
+use super::fetch::{self, fetch, Fetched};
 use super::lifecycle::Tracked;
 use super::outbox::{Accepted, ParcelBody};
 use super::plan::Work;
@@ -131,17 +131,21 @@ impl Collector {
             }
         }
         // Concurrent reads of the executions whose snapshot is known.
-        let jobs: Vec<(Tracked, Work, FlowSource)> = chunk
+        let jobs: Vec<(Tracked, Work, FlowSource, bool)> = chunk
             .iter()
             .filter(|(arn, _)| definitions.contains_key(arn))
             .filter_map(|(arn, w)| {
                 let t = self.tracked.get(arn)?.clone();
                 let f = self.flow_index(&t.flow_id)?;
-                Some((t, *w, self.flows[f].source.clone()))
+                let flow_stream = fetch::reads_flow_stream(&t, *w, definitions.get(arn).is_some_and(Option::is_some));
+                Some((t, *w, self.flows[f].source.clone(), flow_stream))
             })
             .collect();
-        let results: Vec<Result<Fetched, (String, ApiError)>> =
-            stream::iter(jobs).map(|(t, w, source)| async move { fetch(source, t, w).await }).buffer_unordered(self.poll.concurrency).collect().await;
+        let results: Vec<Result<Fetched, (String, ApiError)>> = stream::iter(jobs)
+            .map(|(t, w, source, flow_stream)| async move { fetch(source, t, w, flow_stream).await })
+            .buffer_unordered(self.poll.concurrency)
+            .collect()
+            .await;
         let mut folded = Vec::new();
         for result in results {
             let f = match result {
