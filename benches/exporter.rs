@@ -345,7 +345,7 @@ async fn main() {
         writeln!(report, "| figure | value |\n|---|---|").unwrap();
         writeln!(
             report,
-            "| ListFlowExecutionEvents calls per poll | {:.0} (SPEC: one per stream per execution = {}) |",
+            "| ListFlowExecutionEvents calls per poll | {:.0} (SPEC §9: at most one per stream per execution = {}; the first poll reads both streams, later ones the Node stream's tail page: {steady}) |",
             events_calls as f64 / polls,
             2 * steady
         )

@@ -162,7 +162,9 @@ impl Collector {
     pub fn summary(&self) -> String {
         let total: usize = self.finished_here.values().sum();
         let by_status: Vec<String> = self.finished_here.iter().map(|(s, n)| format!("{s}: {n}")).collect();
-        format!("{total} executions exported ({}), {} spans", by_status.join(", "), self.spans_here)
+        let failed = self.events.metrics.span_export_errors.get();
+        let failed = if failed > 0 { format!(", {failed} OTLP export request(s) failed") } else { String::new() };
+        format!("{total} executions exported ({}), {} spans{failed}", by_status.join(", "), self.spans_here)
     }
 
     pub fn tracked_count(&self) -> usize {

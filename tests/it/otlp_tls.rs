@@ -23,7 +23,7 @@ fn endpoint(otlp: &OtlpServer, protocol: &str) -> String {
 }
 
 /// `run --once` with extra `[traces]` keys and environment: exit code and stderr.
-async fn run_once(dir: &Path, config: &TestConfig, env: &[(&str, &Path)], wait_secs: u64) -> (Option<i32>, String) {
+async fn run_once(dir: &Path, config: &TestConfig, env: &[(&str, &Path)], wait_secs: u64) -> (Option<i32>, String, String) {
     let path = dir.join("config.toml");
     config.write(&path);
     let mut command = support::command(&["run", "--once", "--wait-secs", &wait_secs.to_string(), "--config", path.to_str().unwrap()]);
@@ -31,7 +31,7 @@ async fn run_once(dir: &Path, config: &TestConfig, env: &[(&str, &Path)], wait_s
         command.env(k, v);
     }
     let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 fn scenario() -> bedrock_flow_emulator::Scenario {
@@ -67,8 +67,10 @@ async fn a_private_ca_from_the_standard_variable_is_trusted_over_grpc_and_http()
         // nothing gets through, and the log says why.
         for certificate in [None, Some(&pki.other_ca)] {
             config.extra = certificate.map(|ca| format!("certificate = \"{}\"\n", ca.display())).unwrap_or_default();
-            let (code, stderr) = run_once(dir.path(), &config, &[], 3).await;
+            let (code, stdout, stderr) = run_once(dir.path(), &config, &[], 3).await;
             assert_eq!(code, Some(75), "{protocol} {certificate:?}: {stderr}");
+            // Counted: the summary carries the failed requests (span_export_errors_total).
+            assert!(stdout.contains("run --once: 0 executions exported") && stdout.contains("OTLP export request(s) failed"), "{protocol}: {stdout}");
             assert!(
                 stderr.contains("span export failed") && stderr.contains("invalid peer certificate: UnknownIssuer"),
                 "{protocol} {certificate:?}: {stderr}"
@@ -79,8 +81,9 @@ async fn a_private_ca_from_the_standard_variable_is_trusted_over_grpc_and_http()
 
         // The right CA from the standard variable wins over the key; the outbox and the
         // executions not counted are sent and counted now.
-        let (code, stderr) = run_once(dir.path(), &config, &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &pki.ca)], 30).await;
+        let (code, stdout, stderr) = run_once(dir.path(), &config, &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &pki.ca)], 30).await;
         assert_eq!(code, Some(0), "{protocol}: {stderr}");
+        assert!(stdout.contains("run --once: 4 executions exported") && !stdout.contains("failed"), "{protocol}: {stdout}");
         let facts: Vec<_> = emulator.executions(now_nanos()).into_iter().filter(|f| f.flow_id == "SUPPORTTRI").collect();
         assert_eq!(facts.len(), 4);
         let (expected, got) = model_and_received(&facts, &otlp.receiver);
