@@ -223,12 +223,17 @@ fn free_port() -> u16 {
 }
 
 /// Fold states saved now: (executions with one, largest, total bytes).
+/// The saved fold states of running executions, each with its held runs' span events (rows of
+/// their own since schema 3): how many, the largest and the total bytes.
 fn saved_states(path: &Path) -> (i64, i64, i64) {
     let Ok(c) = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { return (0, 0, 0) };
-    c.query_row("SELECT count(state), coalesce(max(length(state)), 0), coalesce(sum(length(state)), 0) FROM executions WHERE done = 0", [], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })
-    .unwrap_or((0, 0, 0))
+    let with_rows = "SELECT count(state), coalesce(max(n), 0), coalesce(sum(n), 0) FROM (
+                       SELECT state, length(state) + coalesce((SELECT sum(length(body)) FROM run_events r WHERE r.arn = e.arn), 0) AS n
+                       FROM executions e WHERE done = 0)";
+    let without = "SELECT count(state), coalesce(max(length(state)), 0), coalesce(sum(length(state)), 0) FROM executions WHERE done = 0";
+    c.query_row(with_rows, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .or_else(|_| c.query_row(without, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+        .unwrap_or((0, 0, 0))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -544,8 +549,10 @@ async fn main() {
                 })
                 .collect();
             store.save_all(&rows).await.unwrap();
-            let done: Vec<bedrock_flow_exporter::state::Checkpoint> =
-                rows.into_iter().map(|t| bedrock_flow_exporter::state::Checkpoint { execution: t, state: String::new(), done: true }).collect();
+            let done: Vec<bedrock_flow_exporter::state::Checkpoint> = rows
+                .into_iter()
+                .map(|t| bedrock_flow_exporter::state::Checkpoint { execution: t, state: String::new(), done: true, events: Default::default() })
+                .collect();
             store.checkpoint(&done, &[]).await.unwrap();
         }
         let emulator = support::emulator(Scenario::steady(0, 1)).await;

@@ -255,6 +255,35 @@ impl ExecutionState {
     pub fn open_runs(&self) -> usize {
         self.open.len() + self.held.len() + self.waiting.len()
     }
+
+    fn runs_held(&self) -> impl Iterator<Item = &Run> {
+        self.open.iter().chain(&self.held).chain(&self.waiting)
+    }
+
+    /// The span events gathered by each run the state still holds, by the run's creation
+    /// order (unique in the execution). They only grow while a run is held, so a checkpoint
+    /// can save what was added since the last one and leave the rest where it is.
+    pub fn span_events(&self) -> impl Iterator<Item = (u64, &[SpanEventRecord])> {
+        self.runs_held().map(|r| (r.seq, r.events.as_slice()))
+    }
+
+    /// Takes the held runs' span events out (to save the rest of the state without them);
+    /// `restore_span_events` puts them back.
+    pub fn take_span_events(&mut self) -> Vec<(u64, Vec<SpanEventRecord>)> {
+        self.open.iter_mut().chain(&mut self.held).chain(&mut self.waiting).map(|r| (r.seq, std::mem::take(&mut r.events))).collect()
+    }
+
+    /// Puts span events back on the held runs they belong to (by run); others are ignored.
+    pub fn restore_span_events(&mut self, events: impl IntoIterator<Item = (u64, Vec<SpanEventRecord>)>) {
+        let mut by_run: BTreeMap<u64, Vec<SpanEventRecord>> = events.into_iter().collect();
+        for run in self.open.iter_mut().chain(&mut self.held).chain(&mut self.waiting) {
+            if let Some(events) = by_run.remove(&run.seq) {
+                if run.events.is_empty() {
+                    run.events = events;
+                }
+            }
+        }
+    }
 }
 
 pub fn operation_for(node_type: &str) -> (Option<&'static str>, &'static str) {

@@ -254,7 +254,7 @@ impl Metrics {
         );
         registry.register(
             "bedrock_flow_exporter_checkpoint_bytes",
-            "Bytes written to the state store by checkpoints: fold states and outbox parcels (proportional to the new events).",
+            "Bytes written to the state store by checkpoints: fold states, the span events their runs gathered since the last checkpoint, outbox parcels.",
             m.checkpoint_bytes.clone(),
         );
         registry.register(

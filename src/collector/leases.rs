@@ -108,6 +108,7 @@ impl Collector {
         for arn in gone {
             self.tracked.remove(&arn);
             self.folds.remove(&arn);
+            self.saved_events.remove(&arn);
         }
         self.outbox.forget(|arn| flow_ids.iter().any(|f| super::outbox::flow_of(arn) == f));
         for f in flow_ids {

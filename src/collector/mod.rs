@@ -11,7 +11,7 @@
 //! between cycles is `lifecycle::Tracked` with its fold state, kept in two registries
 //! (`tracked`, `folds`) that change only when a checkpoint is written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,6 +73,9 @@ pub struct Collector {
     tracked: HashMap<String, Tracked>,
     /// The fold state of each tracked execution (as checkpointed).
     folds: HashMap<String, ExecutionState>,
+    /// How many span events of each held run (by run) the store has, per execution: a
+    /// checkpoint appends only the rest.
+    saved_events: HashMap<String, BTreeMap<u64, usize>>,
     snapshots: HashMap<(String, String), Option<Arc<NodeTypes>>>,
     export_backoff: Option<(Instant, Duration)>,
     /// Executions the OTLP endpoint refused for good, with when to offer them again.
@@ -134,6 +137,7 @@ impl Collector {
             poll: config.poll.clone(),
             tracked: HashMap::with_capacity(loaded.len()),
             folds: HashMap::with_capacity(loaded.len()),
+            saved_events: HashMap::new(),
             snapshots: HashMap::new(),
             export_backoff: None,
             parked: HashMap::new(),
@@ -178,9 +182,19 @@ impl Collector {
     /// Takes a saved execution into the registry with its fold state (or, when that cannot be
     /// used, to be read again from the start).
     fn adopt(&mut self, saved: crate::state::Saved) {
-        let crate::state::Saved { execution: mut t, state } = saved;
+        let crate::state::Saved { execution: mut t, state, events } = saved;
         let fold = match state.as_deref().map(pipeline::decode_state) {
-            Some(Ok(fold)) => fold,
+            Some(Ok(mut fold)) => match pipeline::restore_run_events(&mut fold, &events) {
+                Ok(counts) => {
+                    self.saved_events.insert(t.arn.clone(), counts);
+                    fold
+                }
+                Err(why) => {
+                    tracing::warn!(arn = %t.arn, "the saved span events of this execution cannot be used ({why}); it is read again from the start");
+                    (t.node_cursor, t.flow_cursor, t.final_read) = (Cursor::default(), Cursor::default(), false);
+                    ExecutionState::default()
+                }
+            },
             None if t.node_cursor == Cursor::default() && t.flow_cursor == Cursor::default() => ExecutionState::default(),
             other => {
                 let why = match other {

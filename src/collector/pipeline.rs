@@ -3,7 +3,7 @@
 //! one checkpoint transaction: cursors and fold states, with the spans not accepted put in the
 //! outbox in the same transaction. Only then is anything counted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
@@ -18,8 +18,9 @@ use super::Collector;
 use crate::convert::{self, ExecutionState, ExecutionView, NewEvents, NodeTypes, Problem};
 use crate::model::{ExecutionStatus, FlowDefinition, Timestamp};
 use crate::source::{ApiError, ErrorKind, FlowSource};
+use crate::span::SpanEventRecord;
 use crate::span::SpanRecord;
-use crate::state::{Checkpoint, Parcel};
+use crate::state::{Checkpoint, Parcel, RunEventRow, RunEvents};
 use crate::timefmt::now_nanos;
 
 /// Flow definitions kept parsed in memory; DRAFT ones (one per execution) are dropped first.
@@ -27,7 +28,11 @@ const SNAPSHOT_CACHE_ENTRIES: usize = 256;
 
 /// The version of the saved fold state (`convert::ExecutionState`). A saved state of another
 /// version is not guessed at: that execution is read again from the start.
-pub(super) const STATE_VERSION: u32 = 1;
+pub(super) const STATE_VERSION: u32 = 2;
+
+/// Saved fold states this build reads: version 1 kept the held runs' span events inline; from
+/// version 2 they are rows of their own (`state::RunEvents`), and the state holds none.
+const STATE_VERSIONS_READ: [u32; 2] = [1, 2];
 
 #[derive(serde::Serialize)]
 struct SavedStateRef<'a> {
@@ -49,10 +54,56 @@ pub(super) fn encode_state(state: &ExecutionState) -> String {
 /// A saved fold state, or why it cannot be used.
 pub(super) fn decode_state(text: &str) -> Result<ExecutionState, String> {
     let saved: SavedState = serde_json::from_str(text).map_err(|e| format!("unreadable ({e})"))?;
-    if saved.version != STATE_VERSION {
+    if !STATE_VERSIONS_READ.contains(&saved.version) {
         return Err(format!("version {} (this build reads version {STATE_VERSION})", saved.version));
     }
     serde_json::from_value(saved.state).map_err(|e| format!("unreadable ({e})"))
+}
+
+/// The saved form of a fold state without its held runs' span events (they are saved as
+/// rows of their own, see `run_events_delta`).
+fn encode_state_without_run_events(state: &mut ExecutionState) -> String {
+    let events = state.take_span_events();
+    let text = encode_state(state);
+    state.restore_span_events(events);
+    text
+}
+
+/// What a checkpoint writes of the held runs' span events: the rows added since `saved` (how
+/// many of each run the store has), and the runs whose rows go (no longer held; or of unknown
+/// content, count 0, which the store deletes before it adds). Also the counts once written.
+pub(super) fn run_events_delta(state: &ExecutionState, saved: Option<&BTreeMap<u64, usize>>) -> (RunEvents, BTreeMap<u64, usize>) {
+    let empty = BTreeMap::new();
+    let saved = saved.unwrap_or(&empty);
+    let mut delta = RunEvents::default();
+    let mut counts = BTreeMap::new();
+    for (run, events) in state.span_events() {
+        let from = saved.get(&run).copied().unwrap_or(0).min(events.len());
+        for (i, event) in events.iter().enumerate().skip(from) {
+            delta.added.push((run as i64, i as i64, serde_json::to_string(event).unwrap_or_default()));
+        }
+        if !events.is_empty() {
+            counts.insert(run, events.len());
+        }
+    }
+    delta.closed = saved.iter().filter(|(run, n)| **n == 0 || !counts.contains_key(run)).map(|(run, _)| *run as i64).collect();
+    (delta, counts)
+}
+
+/// Puts saved span events back on their runs; the counts saved per run, or why the rows
+/// cannot be used.
+pub(super) fn restore_run_events(state: &mut ExecutionState, rows: &[RunEventRow]) -> Result<BTreeMap<u64, usize>, String> {
+    let mut by_run: BTreeMap<u64, Vec<SpanEventRecord>> = BTreeMap::new();
+    for (run, i, body) in rows {
+        let events = by_run.entry(*run as u64).or_default();
+        if *i != events.len() as i64 {
+            return Err(format!("run {run} has event {i} after {} events", events.len()));
+        }
+        events.push(serde_json::from_str(body).map_err(|e| format!("run {run} event {i}: {e}"))?);
+    }
+    let counts = by_run.iter().map(|(run, events)| (*run, events.len())).collect();
+    state.restore_span_events(by_run);
+    Ok(counts)
 }
 
 /// One execution after its fold: the state to checkpoint and the spans it closed.
@@ -224,8 +275,12 @@ impl Collector {
         let mut checkpoints = Vec::with_capacity(rest.len());
         let mut parcels = Vec::new();
         let mut parcel_of: Vec<Option<usize>> = Vec::with_capacity(rest.len());
-        for (i, (t, state, _, _, done)) in rest.iter().enumerate() {
-            checkpoints.push(Checkpoint { execution: t.clone(), state: if *done { String::new() } else { encode_state(state) }, done: *done });
+        let mut counts_after = Vec::with_capacity(rest.len());
+        for (i, (t, state, _, _, done)) in rest.iter_mut().enumerate() {
+            let (events, counts) = if *done { (RunEvents::default(), BTreeMap::new()) } else { run_events_delta(state, self.saved_events.get(&t.arn)) };
+            counts_after.push(counts);
+            let text = if *done { String::new() } else { encode_state_without_run_events(state) };
+            checkpoints.push(Checkpoint { execution: t.clone(), state: text, done: *done, events });
             let range = bounds[i]..bounds[i + 1];
             let not_before = match &deliveries[i] {
                 Delivery::Accepted => {
@@ -239,7 +294,8 @@ impl Collector {
             parcel_of.push(Some(parcels.len()));
             parcels.push(Parcel { arn: t.arn.clone(), body: body.encode(), not_before });
         }
-        let bytes = checkpoints.iter().map(|c| c.state.len() as u64).sum::<u64>() + parcels.iter().map(|p| p.body.len() as u64).sum::<u64>();
+        let bytes = checkpoints.iter().map(|c| (c.state.len() + c.events.added.iter().map(|(_, _, b)| b.len()).sum::<usize>()) as u64).sum::<u64>()
+            + parcels.iter().map(|p| p.body.len() as u64).sum::<u64>();
         let fences = self.fences(checkpoints.iter().map(|c| c.execution.flow_id.as_str()));
         let ids = match self.store.checkpoint_fenced(&checkpoints, &parcels, &fences).await {
             Ok(ids) => {
@@ -258,7 +314,7 @@ impl Collector {
             }
         };
         let mut accepted = Vec::new();
-        for (i, (t, state, problems, unknown_status, done)) in rest.into_iter().enumerate() {
+        for (i, ((t, state, problems, unknown_status, done), counts)) in rest.into_iter().zip(counts_after).enumerate() {
             for p in &problems {
                 self.events.emit(ProblemFound { reason: p.reason, detail: &p.detail });
             }
@@ -286,10 +342,12 @@ impl Collector {
             if done {
                 self.tracked.remove(&t.arn);
                 self.folds.remove(&t.arn);
+                self.saved_events.remove(&t.arn);
                 if t.version == "DRAFT" {
                     self.snapshots.remove(&(t.flow_id.clone(), format!("DRAFT:{}", t.arn)));
                 }
             } else {
+                self.saved_events.insert(t.arn.clone(), counts);
                 self.folds.insert(t.arn.clone(), state);
                 self.tracked.insert(t.arn.clone(), t);
             }
@@ -313,5 +371,76 @@ mod tests {
         assert!(decode_state(&future).unwrap_err().contains("version 99"), "{}", decode_state(&future).unwrap_err());
         assert!(decode_state("{\"version\":1,\"state\":{\"open\":7}}").unwrap_err().contains("unreadable"));
         assert!(decode_state("not json").is_err());
+        // Version 1 (span events inline, no rows) is still read as it is.
+        let v1 = text.replacen(&format!("\"version\":{STATE_VERSION}"), "\"version\":1", 1);
+        assert_eq!(decode_state(&v1).unwrap(), state);
+    }
+
+    /// A doc-batch Iterator folded a few events at a time, each fold checkpointed as the
+    /// pipeline does into a model of the store's rows: each checkpoint adds exactly the span
+    /// events the held runs gathered since the last one (never one twice), drops the rows of
+    /// runs that closed, and the saved state read back with its rows is the state in memory.
+    #[test]
+    fn checkpoints_append_the_new_span_events_and_read_back_the_whole_state() {
+        use bedrock_flow_emulator::generate::{plan, Outcome, Params};
+        let definition = bedrock_flow_emulator::flows::doc_batch();
+        let types = NodeTypes::of(&definition);
+        let documents: Vec<String> = (0..200).map(|i| format!("s3://inbox/doc-{i}.pdf")).collect();
+        let mut rng = bedrock_flow_emulator::rng::Rng::new(7);
+        let params = Params {
+            definition: &definition,
+            start_nanos: 1_000_000_000,
+            input: serde_json::json!({"documents": documents, "key": "batch-1"}),
+            outcome: Outcome::Succeed,
+            nanos_per_second: 1e6,
+            timeout_nanos: i64::MAX / 4,
+            malformation: None,
+        };
+        let (flow, node): (Vec<crate::model::Event>, Vec<crate::model::Event>) = plan(params, &mut rng).events.into_iter().partition(|e| e.is_flow_level());
+        let status = ExecutionStatus::Running;
+        let view = ExecutionView {
+            arn: "arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/rows",
+            flow_id: "F",
+            flow_name: "doc-batch",
+            alias: "A",
+            version: "1",
+            status: &status,
+            created_at: Timestamp(1_000_000_000),
+            ended_at: None,
+            finished: false,
+            types: Some(&types),
+            errors: &[],
+        };
+        let policy = crate::convert::ContentPolicy::default();
+        let mut state = ExecutionState::default();
+        convert::fold(&mut state, &view, NewEvents { node: &[], flow: &flow, first: (0, 0) }, &policy);
+        let mut store: BTreeMap<(i64, i64), String> = BTreeMap::new();
+        let mut saved: Option<BTreeMap<u64, usize>> = None;
+        let (mut added_total, mut light_max, mut full_max) = (0, 0, 0);
+        for (i, chunk) in node.chunks(7).enumerate() {
+            let before: BTreeMap<u64, usize> = state.span_events().map(|(run, e)| (run, e.len())).collect();
+            convert::fold(&mut state, &view, NewEvents { node: chunk, flow: &[], first: (i * 7, flow.len()) }, &policy);
+            let (delta, counts) = run_events_delta(&state, saved.as_ref());
+            let gathered: usize = state.span_events().map(|(run, e)| e.len() - if saved.is_some() { before.get(&run).copied().unwrap_or(0) } else { 0 }).sum();
+            assert_eq!(delta.added.len(), gathered, "chunk {i}: the rows added are the span events gathered since the last checkpoint");
+            added_total += delta.added.len();
+            store.retain(|(run, _), _| !delta.closed.contains(run));
+            for (run, index, body) in &delta.added {
+                assert!(store.insert((*run, *index), body.clone()).is_none(), "chunk {i}: row ({run}, {index}) written twice");
+            }
+            saved = Some(counts);
+            let light = encode_state_without_run_events(&mut state);
+            (light_max, full_max) = (light_max.max(light.len()), full_max.max(encode_state(&state).len()));
+            let rows: Vec<RunEventRow> = store.iter().map(|((run, index), body)| (*run, *index, body.clone())).collect();
+            let mut back = decode_state(&light).unwrap();
+            restore_run_events(&mut back, &rows).unwrap();
+            assert_eq!(back, state, "chunk {i}: the state read back with its rows");
+        }
+        let held: usize = state.span_events().map(|(_, e)| e.len()).sum();
+        assert_eq!(store.len(), held, "only the held runs' events stay");
+        assert!(added_total > 500, "{added_total} rows over the run");
+        assert!(full_max > 2 * light_max, "the rewritten state without the events: {light_max} bytes at most, with them {full_max}");
+        // Rows that do not follow on from each other are refused (the execution is read again).
+        assert!(restore_run_events(&mut ExecutionState::default(), &[(1, 1, "{}".into())]).unwrap_err().contains("run 1"));
     }
 }

@@ -19,6 +19,8 @@ struct Memory {
     executions: HashMap<String, (Tracked, Option<String>, bool)>,
     outbox: BTreeMap<i64, Parcel>,
     next_parcel: i64,
+    /// Held runs' span events: (ARN, run, index) -> event.
+    run_events: BTreeMap<(String, i64, i64), String>,
     snapshots: HashMap<(String, String), String>,
     flows: HashMap<String, FlowMarks>,
 }
@@ -40,13 +42,31 @@ impl Memory {
 impl StateStore for MemoryStore {
     async fn load(&self) -> Result<Vec<Saved>, StateError> {
         let m = self.lock();
-        Ok(m.executions.values().filter(|(_, _, done)| !done).map(|(t, state, _)| Saved { execution: t.clone(), state: state.clone() }).collect())
+        Ok(m.executions
+            .values()
+            .filter(|(_, _, done)| !done)
+            .map(|(t, state, _)| {
+                let events = m
+                    .run_events
+                    .range((t.arn.clone(), i64::MIN, i64::MIN)..=(t.arn.clone(), i64::MAX, i64::MAX))
+                    .map(|((_, run, i), body)| (*run, *i, body.clone()))
+                    .collect();
+                Saved { execution: t.clone(), state: state.clone(), events }
+            })
+            .collect())
     }
 
     async fn checkpoint(&self, checkpoints: &[Checkpoint], parcels: &[Parcel]) -> Result<Vec<i64>, StateError> {
         let mut m = self.lock();
         for c in checkpoints {
             let t = &c.execution;
+            let arn = t.arn.clone();
+            m.run_events.retain(|(a, run, _), _| a != &arn || !(c.done || c.events.closed.contains(run)));
+            if !c.done {
+                for (run, i, body) in &c.events.added {
+                    m.run_events.insert((arn.clone(), *run, *i), body.clone());
+                }
+            }
             if c.done {
                 m.executions.insert(t.arn.clone(), (t.clone(), None, true));
                 if t.version == "DRAFT" {

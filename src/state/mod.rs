@@ -23,7 +23,7 @@ pub use sqlite::SqliteStore;
 
 use crate::collector::lifecycle::Tracked;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -77,14 +77,30 @@ pub struct Checkpoint {
     pub execution: Tracked,
     pub state: String,
     pub done: bool,
+    /// The span events its held runs gathered since the last checkpoint, and the runs no
+    /// longer held (with `done`, every row of the execution goes).
+    pub events: RunEvents,
+}
+
+/// One saved span event of a held run: (run, index in the run, the event as the collector
+/// encodes it). Rows only grow while their run is held, so a checkpoint appends what is new
+/// instead of rewriting them with the fold state.
+pub type RunEventRow = (i64, i64, String);
+
+/// What a checkpoint changes of an execution's run events.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunEvents {
+    pub added: Vec<RunEventRow>,
+    pub closed: Vec<i64>,
 }
 
 /// An execution as saved: its state and its fold state (`None`: never folded, or saved by an
-/// older version).
+/// older version), and its held runs' span events (by run, then index).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Saved {
     pub execution: Tracked,
     pub state: Option<String>,
+    pub events: Vec<RunEventRow>,
 }
 
 /// Spans waiting in the outbox (opaque bytes the collector encodes), for one execution; not
@@ -199,7 +215,7 @@ pub(crate) mod tests {
     }
 
     fn saved(t: &Tracked, state: Option<&str>) -> Saved {
-        Saved { execution: t.clone(), state: state.map(str::to_string) }
+        Saved { execution: t.clone(), state: state.map(str::to_string), events: Vec::new() }
     }
 
     fn by_arn(mut v: Vec<Saved>) -> Vec<Saved> {
@@ -213,9 +229,9 @@ pub(crate) mod tests {
         assert!(store.outbox().await.unwrap().is_empty());
         // A checkpoint keeps the execution's state and its fold state together.
         let mut a = tracked("a");
-        store.checkpoint(&[Checkpoint { execution: a.clone(), state: "s1".into(), done: false }], &[]).await.unwrap();
+        store.checkpoint(&[Checkpoint { execution: a.clone(), state: "s1".into(), done: false, events: Default::default() }], &[]).await.unwrap();
         a.node_cursor.total = 7;
-        store.checkpoint(&[Checkpoint { execution: a.clone(), state: "s2".into(), done: false }], &[]).await.unwrap();
+        store.checkpoint(&[Checkpoint { execution: a.clone(), state: "s2".into(), done: false, events: Default::default() }], &[]).await.unwrap();
         // A status change from a listing keeps the fold state; a new execution has none.
         let mut b = tracked("b");
         b.status = crate::model::ExecutionStatus::Succeeded;
@@ -231,11 +247,41 @@ pub(crate) mod tests {
         assert_eq!(by_arn(store.load_flows(&["ABCDEFGHIJ".into()]).await.unwrap()), vec![saved(&a, Some("s2")), saved(&b, None)]);
         assert_eq!(store.load_flows(&["KLMNOPQRST".into()]).await.unwrap(), vec![saved(&other, None)]);
         assert!(store.load_flows(&[]).await.unwrap().is_empty());
-        store.checkpoint(&[Checkpoint { execution: other, state: String::new(), done: true }], &[]).await.unwrap();
+        store.checkpoint(&[Checkpoint { execution: other, state: String::new(), done: true, events: Default::default() }], &[]).await.unwrap();
+        // Held runs' span events are appended with checkpoints, come back with the execution
+        // (by run, then index), go with their run, and all go when the execution is done.
+        let mut r = tracked("runs");
+        r.created_at = 1 << 60; // never pruned below
+        let with = |added: &[(i64, i64, &str)], closed: &[i64]| RunEvents {
+            added: added.iter().map(|(run, i, b)| (*run, *i, b.to_string())).collect(),
+            closed: closed.to_vec(),
+        };
+        let rows = |store_rows: Vec<Saved>| store_rows.into_iter().find(|s| s.execution.arn == "runs").map(|s| s.events).unwrap_or_default();
+        let row = |run: i64, i: i64, b: &str| (run, i, b.to_string());
+        store
+            .checkpoint(
+                &[Checkpoint { execution: r.clone(), state: "r1".into(), done: false, events: with(&[(2, 0, "a"), (5, 0, "x"), (2, 1, "b")], &[]) }],
+                &[],
+            )
+            .await
+            .unwrap();
+        store.checkpoint(&[Checkpoint { execution: r.clone(), state: "r2".into(), done: false, events: with(&[(2, 2, "c")], &[5]) }], &[]).await.unwrap();
+        assert_eq!(rows(store.load().await.unwrap()), vec![row(2, 0, "a"), row(2, 1, "b"), row(2, 2, "c")], "appended; run 5 closed");
+        assert_eq!(rows(store.load_flows(&["ABCDEFGHIJ".into()]).await.unwrap()), vec![row(2, 0, "a"), row(2, 1, "b"), row(2, 2, "c")]);
+        // A run closed and re-added in one checkpoint (rows of unknown content): deleted first.
+        store.checkpoint(&[Checkpoint { execution: r.clone(), state: "r3".into(), done: false, events: with(&[(2, 0, "z")], &[2]) }], &[]).await.unwrap();
+        assert_eq!(rows(store.load().await.unwrap()), vec![row(2, 0, "z")]);
+        store.checkpoint(&[Checkpoint { execution: r.clone(), state: String::new(), done: true, events: with(&[], &[]) }], &[]).await.unwrap();
+        store.checkpoint(&[Checkpoint { execution: r.clone(), state: "again".into(), done: false, events: with(&[], &[]) }], &[]).await.unwrap();
+        assert!(rows(store.load().await.unwrap()).is_empty(), "a done execution's rows are gone");
+        store.checkpoint(&[Checkpoint { execution: r, state: String::new(), done: true, events: with(&[], &[]) }], &[]).await.unwrap();
         // Parcels go in with a checkpoint, oldest first, and leave once delivered.
         let parcel = |arn: &str, body: &[u8], not_before| Parcel { arn: arn.into(), body: body.to_vec(), not_before };
         let ids = store
-            .checkpoint(&[Checkpoint { execution: b.clone(), state: "sb".into(), done: false }], &[parcel("b", b"one", 0), parcel("a", b"second", 5)])
+            .checkpoint(
+                &[Checkpoint { execution: b.clone(), state: "sb".into(), done: false, events: Default::default() }],
+                &[parcel("b", b"one", 0), parcel("a", b"second", 5)],
+            )
             .await
             .unwrap();
         assert_eq!(ids.len(), 2);
@@ -253,7 +299,7 @@ pub(crate) mod tests {
         store.delivered(&[ids[0]]).await.unwrap();
         assert_eq!(store.outbox().await.unwrap().iter().map(|p| p.id).collect::<Vec<_>>(), vec![ids[1]]);
         // Done: not loaded again, finished for good.
-        store.checkpoint(&[Checkpoint { execution: a.clone(), state: String::new(), done: true }], &[]).await.unwrap();
+        store.checkpoint(&[Checkpoint { execution: a.clone(), state: String::new(), done: true, events: Default::default() }], &[]).await.unwrap();
         assert_eq!(store.load().await.unwrap(), vec![saved(&b, Some("sb"))], "a finished execution is not loaded");
         assert_eq!(store.finished_among(&["a", "b", "c"]).await.unwrap(), HashSet::from(["a".to_string()]));
         store.save_all(&[a.clone()]).await.unwrap();
@@ -266,7 +312,7 @@ pub(crate) mod tests {
         let mut draft = tracked("d");
         draft.version = "DRAFT".into();
         store.put_snapshot("ABCDEFGHIJ", "DRAFT:d", "{}").await.unwrap();
-        store.checkpoint(&[Checkpoint { execution: draft, state: String::new(), done: true }], &[]).await.unwrap();
+        store.checkpoint(&[Checkpoint { execution: draft, state: String::new(), done: true, events: Default::default() }], &[]).await.unwrap();
         assert_eq!(store.snapshot("ABCDEFGHIJ", "DRAFT:d").await.unwrap(), None);
         // Flow marks: a listing without a full scan keeps the last full scan.
         assert_eq!(store.flow_marks("F").await.unwrap(), FlowMarks::default());
@@ -318,11 +364,12 @@ pub(crate) mod tests {
         let mut t = tracked("fenced");
         t.flow_id = "F1".into();
         let fence = [Fence { flow_key: a_key.clone(), counter: a_counter }];
-        let refused = a.checkpoint_fenced(&[Checkpoint { execution: t.clone(), state: "x".into(), done: false }], &[], &fence).await;
+        let refused =
+            a.checkpoint_fenced(&[Checkpoint { execution: t.clone(), state: "x".into(), done: false, events: Default::default() }], &[], &fence).await;
         assert!(matches!(refused, Err(StateError::LeaseLost(ref k)) if k == &a_key), "{refused:?}");
         assert!(!a.load().await.unwrap().iter().any(|s| s.execution.arn == "fenced"), "the refused transaction wrote nothing");
         let fence = [Fence { flow_key: a_key.clone(), counter: b_all.held[&a_key] }];
-        b.checkpoint_fenced(&[Checkpoint { execution: t, state: "x".into(), done: false }], &[], &fence).await.unwrap();
+        b.checkpoint_fenced(&[Checkpoint { execution: t, state: "x".into(), done: false, events: Default::default() }], &[], &fence).await.unwrap();
         // A job that wants every flow (run --once) takes what is free, not a fair share, and
         // leaving gives everything back at once, not after the lease.
         let c = PostgresStore::open(&url, "c").await.unwrap();

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS members (id TEXT PRIMARY KEY, seen_at BIGINT NOT NULL);
 ALTER TABLE executions ADD COLUMN IF NOT EXISTS lease_counter BIGINT;
 ALTER TABLE executions ADD COLUMN IF NOT EXISTS written_at BIGINT;
+CREATE TABLE IF NOT EXISTS run_events (
+  arn TEXT NOT NULL, run BIGINT NOT NULL, idx BIGINT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (arn, run, idx));
 ";
 
 /// The columns of a saved execution, in the order `saved_of` reads them.
@@ -66,7 +68,19 @@ fn saved_of(r: &tokio_postgres::Row) -> Saved {
         final_read: r.get(12),
         unknown_status_counted: r.get(13),
     };
-    Saved { execution, state: r.get(14) }
+    Saved { execution, state: r.get(14), events: Vec::new() }
+}
+
+/// Attaches rows (arn, run, idx, body) of `run_events` to their executions.
+fn with_run_events(mut saved: Vec<Saved>, rows: &[tokio_postgres::Row]) -> Vec<Saved> {
+    let mut by_arn: HashMap<String, Vec<super::RunEventRow>> = HashMap::new();
+    for r in rows {
+        by_arn.entry(r.get(0)).or_default().push((r.get(1), r.get(2), r.get(3)));
+    }
+    for s in &mut saved {
+        s.events = by_arn.remove(&s.execution.arn).unwrap_or_default();
+    }
+    saved
 }
 
 /// Milliseconds since the epoch on the database's clock.
@@ -192,13 +206,22 @@ impl StateStore for PostgresStore {
     async fn load(&self) -> Result<Vec<Saved>, StateError> {
         let c = self.client().await?;
         let rows = c.query(&format!("{SELECT_SAVED} WHERE NOT done"), &[]).await.map_err(sql)?;
-        Ok(rows.iter().map(saved_of).collect())
+        let events = c.query("SELECT arn, run, idx, body FROM run_events ORDER BY arn, run, idx", &[]).await.map_err(sql)?;
+        Ok(with_run_events(rows.iter().map(saved_of).collect(), &events))
     }
 
     async fn load_flows(&self, flow_ids: &[String]) -> Result<Vec<Saved>, StateError> {
         let c = self.client().await?;
         let rows = c.query(&format!("{SELECT_SAVED} WHERE NOT done AND flow_id = ANY($1)"), &[&flow_ids]).await.map_err(sql)?;
-        Ok(rows.iter().map(saved_of).collect())
+        let events = c
+            .query(
+                "SELECT e.arn, e.run, e.idx, e.body FROM run_events e JOIN executions x ON x.arn = e.arn
+                 WHERE NOT x.done AND x.flow_id = ANY($1) ORDER BY e.arn, e.run, e.idx",
+                &[&flow_ids],
+            )
+            .await
+            .map_err(sql)?;
+        Ok(with_run_events(rows.iter().map(saved_of).collect(), &events))
     }
 
     fn shared(&self) -> bool {
@@ -217,8 +240,25 @@ impl StateStore for PostgresStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(sql)?;
         self.check_fences(&tx, fences).await?;
-        for Checkpoint { execution: t, state, done } in checkpoints {
+        for Checkpoint { execution: t, state, done, events } in checkpoints {
             Self::upsert(&tx, t).await?;
+            if *done {
+                tx.execute("DELETE FROM run_events WHERE arn = $1", &[&t.arn]).await.map_err(sql)?;
+            } else {
+                if !events.closed.is_empty() {
+                    tx.execute("DELETE FROM run_events WHERE arn = $1 AND run = ANY($2)", &[&t.arn, &events.closed]).await.map_err(sql)?;
+                }
+                if !events.added.is_empty() {
+                    let (runs, (indexes, bodies)): (Vec<i64>, (Vec<i64>, Vec<&str>)) = events.added.iter().map(|(r, i, b)| (*r, (*i, b.as_str()))).unzip();
+                    tx.execute(
+                        "INSERT INTO run_events (arn, run, idx, body) SELECT $1::TEXT, * FROM unnest($2::BIGINT[], $3::BIGINT[], $4::TEXT[])
+                         ON CONFLICT (arn, run, idx) DO UPDATE SET body = EXCLUDED.body",
+                        &[&t.arn, &runs, &indexes, &bodies],
+                    )
+                    .await
+                    .map_err(sql)?;
+                }
+            }
             // The fold state (none once done), and which lease wrote the row when (database
             // clock): the audit trail of fencing.
             let counter = fences.iter().find(|f| f.flow_key.ends_with(&format!("/{}", t.flow_id))).map(|f| f.counter);

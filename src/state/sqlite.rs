@@ -2,7 +2,7 @@
 //! the old or the new state. Every statement runs on tokio's blocking pool, never on the async
 //! workers; the connection is one, behind a mutex.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -77,6 +77,19 @@ impl SqliteStore {
                  COMMIT;",
             )?;
         }
+        if version < 3 {
+            // Version 3 keeps the span events of held runs in rows of their own, appended as
+            // runs gather them, instead of inside the rewritten fold state. A fold state of
+            // version 2 still holds them inline and is read as it is.
+            connection.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS run_events (
+                   arn TEXT NOT NULL, run INTEGER NOT NULL, idx INTEGER NOT NULL, body TEXT NOT NULL,
+                   PRIMARY KEY (arn, run, idx)) WITHOUT ROWID;
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
         Ok(SqliteStore { connection: Arc::new(Mutex::new(connection)) })
     }
 
@@ -108,9 +121,22 @@ impl SqliteStore {
                     final_read: r.get(12)?,
                     unknown_status_counted: r.get(13)?,
                 };
-                Ok(Saved { execution, state: r.get(14)? })
+                Ok(Saved { execution, state: r.get(14)?, events: Vec::new() })
             })?
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<Saved>, _>>()?;
+        let mut events: HashMap<String, Vec<super::RunEventRow>> = HashMap::new();
+        let mut rows = c.prepare("SELECT arn, run, idx, body FROM run_events ORDER BY arn, run, idx")?;
+        for row in rows.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))? {
+            let (arn, row) = row?;
+            events.entry(arn).or_default().push(row);
+        }
+        let active = active
+            .into_iter()
+            .map(|mut s| {
+                s.events = events.remove(&s.execution.arn).unwrap_or_default();
+                s
+            })
+            .collect();
         Ok(active)
     }
 
@@ -144,8 +170,19 @@ impl SqliteStore {
     fn checkpoint_blocking(&self, checkpoints: &[Checkpoint], parcels: &[Parcel]) -> Result<Vec<i64>, StateError> {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
-        for Checkpoint { execution: t, state, done } in checkpoints {
+        for Checkpoint { execution: t, state, done, events } in checkpoints {
             Self::upsert(&tx, t)?;
+            if *done {
+                tx.prepare_cached("DELETE FROM run_events WHERE arn = ?1")?.execute([&t.arn])?;
+            } else {
+                for run in &events.closed {
+                    tx.prepare_cached("DELETE FROM run_events WHERE arn = ?1 AND run = ?2")?.execute(params![t.arn, run])?;
+                }
+                let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO run_events (arn, run, idx, body) VALUES (?1, ?2, ?3, ?4)")?;
+                for (run, i, body) in &events.added {
+                    insert.execute(params![t.arn, run, i, body])?;
+                }
+            }
             if *done {
                 tx.prepare_cached("UPDATE executions SET done = 1, state = NULL WHERE arn = ?1")?.execute([&t.arn])?;
                 if t.version == "DRAFT" {
@@ -345,10 +382,10 @@ mod tests {
         {
             let store = SqliteStore::open(&path).unwrap();
             let parcel = Parcel { arn: "a".into(), body: b"spans".to_vec(), not_before: 0 };
-            store.checkpoint(&[Checkpoint { execution: tracked("a"), state: "{}".into(), done: false }], &[parcel]).await.unwrap();
+            store.checkpoint(&[Checkpoint { execution: tracked("a"), state: "{}".into(), done: false, events: Default::default() }], &[parcel]).await.unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.load().await.unwrap(), vec![Saved { execution: tracked("a"), state: Some("{}".into()) }]);
+        assert_eq!(store.load().await.unwrap(), vec![Saved { execution: tracked("a"), state: Some("{}".into()), events: Vec::new() }]);
         let outbox = store.outbox().await.unwrap();
         assert_eq!(store.parcels(&[outbox[0].id]).await.unwrap(), vec![(outbox[0].id, b"spans".to_vec())]);
     }
@@ -383,7 +420,7 @@ mod tests {
             .unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.load().await.unwrap(), vec![Saved { execution: tracked("a"), state: None }]);
+        assert_eq!(store.load().await.unwrap(), vec![Saved { execution: tracked("a"), state: None, events: Vec::new() }]);
         let tables: i64 =
             lock(&store.connection).query_row("SELECT count(*) FROM sqlite_master WHERE name IN ('events', 'exported')", [], |r| r.get(0)).unwrap();
         assert_eq!(tables, 0, "the stored events are gone");

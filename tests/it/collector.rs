@@ -18,6 +18,29 @@ use bedrock_flow_test_support::{self as support, run_binary, OtlpServer, TestCon
 
 /// The spans the SPEC derives from what the emulator served: span id → (name, parent id).
 pub fn expected_spans(facts: &ExecutionFacts, definition: &FlowDefinition, flow_name: &str) -> BTreeMap<String, (String, String)> {
+    model_spans(facts, definition, flow_name).into_iter().map(|s| (hex(&s.span_id), (s.name, s.parent_span_id.map(|p| hex(&p)).unwrap_or_default()))).collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Each received span of these executions has the span events the model gives it (their
+/// number and names, in order): what a run gathered survives restarts with it.
+pub fn assert_span_events_as_modelled(facts: &[ExecutionFacts], receiver: &support::Receiver) {
+    let received = receiver.unique();
+    for f in facts {
+        let (definition, name) = definition_of(&f.flow_id);
+        for span in model_spans(f, &definition, name) {
+            let Some(got) = received.get(&hex(&span.span_id)) else { continue };
+            let names: Vec<&str> = got.events.iter().map(|(n, _)| n.as_str()).collect();
+            let expected: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(names, expected, "the events of {} in {}", span.name, f.arn);
+        }
+    }
+}
+
+fn model_spans(facts: &ExecutionFacts, definition: &FlowDefinition, flow_name: &str) -> Vec<bedrock_flow_exporter::span::SpanRecord> {
     let node: Vec<Event> = facts.node_events.iter().filter_map(|v| Event::from_wire(v).ok()).collect();
     let flow: Vec<Event> = facts.flow_events.iter().filter_map(|v| Event::from_wire(v).ok()).collect();
     let status = ExecutionStatus::parse(&facts.status);
@@ -35,12 +58,7 @@ pub fn expected_spans(facts: &ExecutionFacts, definition: &FlowDefinition, flow_
         types: Some(&types),
         errors: &[],
     };
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    convert::convert(&view, &node, &flow, &ContentPolicy { mode: CaptureContent::Off, ..ContentPolicy::default() })
-        .spans
-        .into_iter()
-        .map(|s| (hex(&s.span_id), (s.name, s.parent_span_id.map(|p| hex(&p)).unwrap_or_default())))
-        .collect()
+    convert::convert(&view, &node, &flow, &ContentPolicy { mode: CaptureContent::Off, ..ContentPolicy::default() }).spans
 }
 
 fn min_calls(facts: &[ExecutionFacts]) -> u64 {
@@ -313,6 +331,38 @@ async fn restart_resumes_from_checkpoints_without_exporting_or_counting_twice() 
     let roots = otlp.receiver.spans().into_iter().filter(|s| s.parent_span_id.is_empty()).count();
     assert_eq!(roots, 15, "each root exported exactly once");
     assert_eq!(otlp.receiver.spans().len(), otlp.receiver.unique().len(), "no span exported twice");
+    // The runs held across the restart kept the span events they had gathered.
+    assert_span_events_as_modelled(&emulator.executions(now_nanos()), &otlp.receiver);
+    otlp.stop();
+    emulator.stop().await;
+}
+
+/// A long Iterator stopped mid-run and resumed by the next run: its span keeps every span
+/// event it had gathered (saved as rows beside the fold state, appended per checkpoint), so the
+/// spans that close after the restart carry the events the model gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_held_across_a_restart_keeps_its_span_events() {
+    let emulator = support::emulator(Scenario::growing(60, 100, 10)).await;
+    let otlp = OtlpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("DOCBATCH01", "doc-batch")]);
+    let path = config_path(dir.path(), &config);
+    let first = run_binary(vec!["run".into(), "--once".into(), "--wait-secs".into(), "4".into(), "--config".into(), path.clone()]).await;
+    assert_eq!(first.status.code(), Some(75), "stopped while the Iterators run: {}", String::from_utf8_lossy(&first.stderr));
+    let state = bedrock_flow_exporter::state::SqliteStore::open(&dir.path().join("state.sqlite")).unwrap();
+    let held: usize = bedrock_flow_exporter::state::StateStore::load(&state).await.unwrap().iter().map(|s| s.events.len()).sum();
+    drop(state);
+    assert!(held > 20, "the open runs' span events are saved as rows: {held}");
+    let second = run_binary(vec!["run".into(), "--once".into(), "--wait-secs".into(), "60".into(), "--config".into(), path]).await;
+    assert_eq!(second.status.code(), Some(0), "{}", String::from_utf8_lossy(&second.stderr));
+    let facts: Vec<_> = emulator.executions(now_nanos()).into_iter().filter(|f| f.flow_id == "DOCBATCH01").collect();
+    assert_eq!(facts.len(), 2);
+    let (expected, got) = model_and_received(&facts, &otlp.receiver);
+    assert_eq!(got, expected);
+    assert_span_events_as_modelled(&facts, &otlp.receiver);
+    let iterators: Vec<usize> = otlp.receiver.unique().values().filter(|s| s.name == "Iterator EachDocument").map(|s| s.events.len()).collect();
+    assert_eq!(iterators.len(), 2);
+    assert!(iterators.iter().all(|n| *n > 60), "each Iterator span has its input and outputs: {iterators:?}");
     otlp.stop();
     emulator.stop().await;
 }
