@@ -1063,4 +1063,4 @@ pub fn arn_region_account(arn: &str) -> (String, String) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

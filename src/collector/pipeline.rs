@@ -382,35 +382,9 @@ mod tests {
     /// runs that closed, and the saved state read back with its rows is the state in memory.
     #[test]
     fn checkpoints_append_the_new_span_events_and_read_back_the_whole_state() {
-        use bedrock_flow_emulator::generate::{plan, Outcome, Params};
-        let definition = bedrock_flow_emulator::flows::doc_batch();
-        let types = NodeTypes::of(&definition);
-        let documents: Vec<String> = (0..200).map(|i| format!("s3://inbox/doc-{i}.pdf")).collect();
-        let mut rng = bedrock_flow_emulator::rng::Rng::new(7);
-        let params = Params {
-            definition: &definition,
-            start_nanos: 1_000_000_000,
-            input: serde_json::json!({"documents": documents, "key": "batch-1"}),
-            outcome: Outcome::Succeed,
-            nanos_per_second: 1e6,
-            timeout_nanos: i64::MAX / 4,
-            malformation: None,
-        };
-        let (flow, node): (Vec<crate::model::Event>, Vec<crate::model::Event>) = plan(params, &mut rng).events.into_iter().partition(|e| e.is_flow_level());
+        let (flow, node, types) = crate::convert::tests::doc_batch_history(200, 7);
         let status = ExecutionStatus::Running;
-        let view = ExecutionView {
-            arn: "arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/rows",
-            flow_id: "F",
-            flow_name: "doc-batch",
-            alias: "A",
-            version: "1",
-            status: &status,
-            created_at: Timestamp(1_000_000_000),
-            ended_at: None,
-            finished: false,
-            types: Some(&types),
-            errors: &[],
-        };
+        let view = crate::convert::tests::running_view("arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/rows", &status, &types);
         let policy = crate::convert::ContentPolicy::default();
         let mut state = ExecutionState::default();
         convert::fold(&mut state, &view, NewEvents { node: &[], flow: &flow, first: (0, 0) }, &policy);

@@ -371,40 +371,10 @@ fn a_span_keeps_its_first_events_and_counts_the_dropped_ones() {
 /// open runs hold as many events as a span keeps.
 #[test]
 fn the_state_of_a_long_iteration_stays_bounded() {
-    use bedrock_flow_emulator::generate::{plan, Outcome, Params};
-    let definition = bedrock_flow_emulator::flows::doc_batch();
-    let types = NodeTypes::of(&definition);
-    let documents: Vec<String> = (0..1000).map(|i| format!("s3://inbox/doc-{i}.pdf")).collect();
-    let input = serde_json::json!({"documents": documents, "key": "batch-1"});
-    let mut rng = bedrock_flow_emulator::rng::Rng::new(5);
-    let p = plan(
-        Params {
-            definition: &definition,
-            start_nanos: 1_000_000_000,
-            input,
-            outcome: Outcome::Succeed,
-            nanos_per_second: 1e6,
-            timeout_nanos: i64::MAX / 4,
-            malformation: None,
-        },
-        &mut rng,
-    );
-    let (flow, node): (Vec<Event>, Vec<Event>) = p.events.into_iter().partition(|e| e.is_flow_level());
+    let (flow, node, types) = doc_batch_history(1000, 5);
     assert!(node.len() > 4000, "{} node events", node.len());
     let status = ExecutionStatus::Running;
-    let view = ExecutionView {
-        arn: "arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/long",
-        flow_id: "F",
-        flow_name: "doc-batch",
-        alias: "A",
-        version: "1",
-        status: &status,
-        created_at: Timestamp(1_000_000_000),
-        ended_at: None,
-        finished: false,
-        types: Some(&types),
-        errors: &[],
-    };
+    let view = running_view("arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/long", &status, &types);
     let mut state = ExecutionState::default();
     fold(&mut state, &view, NewEvents { node: &[], flow: &flow, first: (0, 0) }, &ContentPolicy::default());
     let (mut sizes, mut spans, mut most_runs) = (Vec::new(), 0, 0);
@@ -417,4 +387,44 @@ fn the_state_of_a_long_iteration_stays_bounded() {
     assert!(most_runs <= 8, "at most {most_runs} runs held at once");
     let (early, late) = (sizes[sizes.len() / 3], *sizes.iter().max().unwrap());
     assert!((late as f64) < 1.2 * early as f64, "the state grew from {early} to {late} bytes");
+}
+
+/// A doc-batch execution over `documents` documents as the emulator generates it (seeded): its
+/// Flow and Node events, and the node types of the flow.
+pub(crate) fn doc_batch_history(documents: usize, seed: u64) -> (Vec<Event>, Vec<Event>, NodeTypes) {
+    use bedrock_flow_emulator::generate::{plan, Outcome, Params};
+    let definition = bedrock_flow_emulator::flows::doc_batch();
+    let documents: Vec<String> = (0..documents).map(|i| format!("s3://inbox/doc-{i}.pdf")).collect();
+    let mut rng = bedrock_flow_emulator::rng::Rng::new(seed);
+    let p = plan(
+        Params {
+            definition: &definition,
+            start_nanos: 1_000_000_000,
+            input: serde_json::json!({"documents": documents, "key": "batch-1"}),
+            outcome: Outcome::Succeed,
+            nanos_per_second: 1e6,
+            timeout_nanos: i64::MAX / 4,
+            malformation: None,
+        },
+        &mut rng,
+    );
+    let (flow, node) = p.events.into_iter().partition(|e| e.is_flow_level());
+    (flow, node, NodeTypes::of(&definition))
+}
+
+/// The view of a running doc-batch execution started as `doc_batch_history` starts it.
+pub(crate) fn running_view<'a>(arn: &'a str, status: &'a ExecutionStatus, types: &'a NodeTypes) -> ExecutionView<'a> {
+    ExecutionView {
+        arn,
+        flow_id: "F",
+        flow_name: "doc-batch",
+        alias: "A",
+        version: "1",
+        status,
+        created_at: Timestamp(1_000_000_000),
+        ended_at: None,
+        finished: false,
+        types: Some(types),
+        errors: &[],
+    }
 }
