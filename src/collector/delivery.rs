@@ -77,6 +77,7 @@ impl Collector {
             for batch in crate::export::pack(&sizes, max_spans, max_bytes) {
                 if let Err(e) = self.exporter.export(&spans[first + batch.start..first + batch.end]).await {
                     self.events.emit(ExportRequestFailed);
+                    self.export_failures_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     failure = Some(e);
                     break;
                 }

@@ -283,6 +283,22 @@ impl InternalEvent for LeasesChanged<'_> {
     }
 }
 
+/// This process left the replicas on purpose (shutdown, the end of `run --once`).
+pub struct LeftReplicas<'a> {
+    pub member: &'a str,
+    pub flows: usize,
+    pub error: Option<&'a crate::state::StateError>,
+}
+
+impl InternalEvent for LeftReplicas<'_> {
+    fn emit(self, _: &Instruments) {
+        match self.error {
+            None => tracing::info!(member = self.member, flows = self.flows, "left the replicas: the leases are given back"),
+            Some(e) => tracing::warn!(member = self.member, error = %e, "could not give the leases back; the other replicas take them when they expire"),
+        }
+    }
+}
+
 /// The state store can (or cannot) be reached.
 pub struct StoreReachable<'a> {
     pub up: bool,

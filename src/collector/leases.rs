@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use super::events::{AliasSeen, CheckpointRejected, FlowsForgotten, LeasesChanged, StoreReachable, TrackedCounted};
+use super::events::{AliasSeen, CheckpointRejected, FlowsForgotten, LeasesChanged, LeftReplicas, StoreReachable, TrackedCounted};
 use super::Collector;
 use crate::state::{Fence, StateError};
 
@@ -141,10 +141,8 @@ impl Collector {
         if !self.store.shared() {
             return;
         }
-        match self.store.leave().await {
-            Ok(()) => tracing::info!(member = %self.member, flows = self.working.len(), "left the replicas: the leases are given back"),
-            Err(e) => tracing::warn!(member = %self.member, error = %e, "could not give the leases back; the other replicas take them when they expire"),
-        }
+        let result = self.store.leave().await;
+        self.events.emit(LeftReplicas { member: &self.member, flows: self.working.len(), error: result.as_ref().err() });
         let all: Vec<String> = self.working.iter().cloned().collect();
         self.drop_flows(&all);
     }

@@ -85,6 +85,8 @@ pub struct Collector {
     /// Executions this process finished, by status, and spans it exported.
     finished_here: std::collections::BTreeMap<String, usize>,
     spans_here: u64,
+    /// OTLP export requests that failed in this process (for `summary`).
+    export_failures_here: std::sync::atomic::AtomicU64,
     /// (flow, alias) pairs seen: their gauges stay (at 0) when nothing runs.
     seen_aliases: HashSet<(String, String)>,
     /// Replicas: this member, the lease duration, how many flows it wants, the leases held
@@ -144,6 +146,7 @@ impl Collector {
             outbox,
             finished_here: Default::default(),
             spans_here: 0,
+            export_failures_here: Default::default(),
             seen_aliases: HashSet::new(),
             member,
             lease_ms: config.state.lease_secs as i64 * 1000,
@@ -166,7 +169,7 @@ impl Collector {
     pub fn summary(&self) -> String {
         let total: usize = self.finished_here.values().sum();
         let by_status: Vec<String> = self.finished_here.iter().map(|(s, n)| format!("{s}: {n}")).collect();
-        let failed = self.events.metrics.span_export_errors.get();
+        let failed = self.export_failures_here.load(std::sync::atomic::Ordering::Relaxed);
         let failed = if failed > 0 { format!(", {failed} OTLP export request(s) failed") } else { String::new() };
         format!("{total} executions exported ({}), {} spans{failed}", by_status.join(", "), self.spans_here)
     }
@@ -247,12 +250,16 @@ impl Collector {
         work
     }
 
-    /// One pass: a listing of every flow (unless `listing` is `None`), then every execution that
-    /// has work.
+    /// One pass: the leases, a listing of every flow (unless `listing` is `None`), then every
+    /// execution that has work.
     pub async fn cycle(&mut self, listing: Option<Admission>, stop: &watch::Receiver<bool>) {
-        if !self.coordinate().await {
-            return;
+        if self.coordinate().await {
+            self.work(listing, stop).await;
         }
+    }
+
+    /// A pass after the leases were coordinated: the listing (unless `None`), then the work.
+    async fn work(&mut self, listing: Option<Admission>, stop: &watch::Receiver<bool>) {
         if let Some(admission) = listing {
             self.discover_all(Scan::Incremental, admission).await;
         }
@@ -330,14 +337,12 @@ impl Collector {
         let show_progress = std::io::stderr().is_terminal();
         loop {
             let cycle_started = Instant::now();
-            if self.store.shared() {
-                // Leases first: only a flow held here is listed here. A flow lost (the store
-                // unreachable, a fenced write) is listed again once it is held again.
-                self.coordinate().await;
-                let lost: Vec<usize> = listed.iter().copied().filter(|&f| !self.holds(&self.flows[f].id)).collect();
-                listed.retain(|f| !lost.contains(f));
-                unlisted.extend(lost);
-            }
+            // Leases first (on a shared store only a flow held here is listed here; a flow lost,
+            // the store unreachable or a write fenced, is listed again once it is held again).
+            let coordinated = self.coordinate().await;
+            let lost: Vec<usize> = listed.iter().copied().filter(|&f| !self.holds(&self.flows[f].id)).collect();
+            listed.retain(|f| !lost.contains(f));
+            unlisted.extend(lost);
             // Re-list (without admitting new executions) only while some target still runs.
             let any_running = targets.iter().any(|a| self.tracked.get(a).is_some_and(|t| !t.status.is_terminal()));
             if any_running {
@@ -354,10 +359,14 @@ impl Collector {
                 }
                 unlisted = rest;
             }
-            self.cycle(None, &stop).await;
+            if coordinated {
+                self.work(None, &stop).await;
+            }
             // What is left of the flows held here; the others are still `unlisted`.
+            // (The outbox's executions as a set: one look-up per target, not a scan of it.)
+            let waiting: HashSet<&str> = self.outbox.arns().collect();
             let left: Vec<String> =
-                targets.iter().filter(|a| (self.tracked.contains_key(*a) || self.outbox.holds(a)) && self.holds(outbox::flow_of(a))).cloned().collect();
+                targets.iter().filter(|a| (self.tracked.contains_key(*a) || waiting.contains(a.as_str())) && self.holds(outbox::flow_of(a))).cloned().collect();
             if show_progress {
                 eprint!("\r{}", progress_bar(targets.len() - left.len(), targets.len(), 30));
             }

@@ -78,11 +78,6 @@ impl Outbox {
         self.entries.is_empty()
     }
 
-    /// Whether spans of this execution still wait here.
-    pub(super) fn holds(&self, arn: &str) -> bool {
-        self.entries.values().any(|p| p.arn == arn)
-    }
-
     /// The executions whose spans wait here.
     pub(super) fn arns(&self) -> impl Iterator<Item = &str> {
         self.entries.values().map(|p| p.arn.as_str())
