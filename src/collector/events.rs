@@ -112,11 +112,20 @@ pub struct EventsReceived<'a> {
 
 impl InternalEvent for EventsReceived<'_> {
     fn emit(self, to: &Instruments) {
+        // Counted by kind first: one series look-up per kind a read, not one per event.
+        let mut by_kind: Vec<(&'static str, u64)> = Vec::new();
         for event in self.events {
-            to.metrics.events_received.get_or_create(&vec![("event_type", event.kind_label().to_string())]).inc();
+            let kind = event.kind_label();
+            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => by_kind.push((kind, 1)),
+            }
             if let Some(ts) = event.timestamp() {
                 to.metrics.event_lag.observe(((self.now - ts.0) as f64 / 1e9).max(0.0));
             }
+        }
+        for (kind, n) in by_kind {
+            to.metrics.events_received.get_or_create(&vec![("event_type", kind.to_string())]).inc_by(n);
         }
     }
 }
