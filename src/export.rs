@@ -360,7 +360,7 @@ fn time(nanos: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64)
 }
 
-fn key_values(attributes: &[(String, AttrValue)]) -> Vec<KeyValue> {
+fn key_values(attributes: &[(Cow<'static, str>, AttrValue)]) -> Vec<KeyValue> {
     attributes
         .iter()
         .map(|(k, v)| {

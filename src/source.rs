@@ -402,7 +402,8 @@ impl FlowSource {
             .max_results(10)
             .set_next_token(token);
         let out = self.call("ListFlowExecutionEvents", request.send()).await?;
-        Ok((out.flow_execution_events().iter().map(event_from_sdk).collect(), out.next_token().filter(|t| !t.is_empty()).map(str::to_string)))
+        let next = out.next_token.filter(|t| !t.is_empty());
+        Ok((out.flow_execution_events.into_iter().map(event_from_sdk).collect(), next))
     }
 
     /// GetFlowExecution: the final status and the errors of an execution.
@@ -444,26 +445,38 @@ fn ts(t: &aws_smithy_types::DateTime) -> Option<Timestamp> {
     nanos(t).map(Timestamp)
 }
 
-pub fn document_to_json(d: &Document) -> Value {
+/// A document as JSON, its strings moved, not copied.
+pub fn document_to_json(d: Document) -> Value {
     match d {
-        Document::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), document_to_json(v))).collect()),
-        Document::Array(items) => Value::Array(items.iter().map(document_to_json).collect()),
+        Document::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, document_to_json(v))).collect()),
+        Document::Array(items) => Value::Array(items.into_iter().map(document_to_json).collect()),
         Document::Number(aws_smithy_types::Number::PosInt(u)) => json!(u),
         Document::Number(aws_smithy_types::Number::NegInt(i)) => json!(i),
         Document::Number(aws_smithy_types::Number::Float(f)) => json!(f),
-        Document::String(s) => Value::String(s.clone()),
-        Document::Bool(b) => Value::Bool(*b),
+        Document::String(s) => Value::String(s),
+        Document::Bool(b) => Value::Bool(b),
         Document::Null => Value::Null,
     }
 }
 
-fn content_of(d: Option<&Document>) -> Option<Content> {
+fn content_of(d: Option<Document>) -> Option<Content> {
     d.map(|d| Content { document: document_to_json(d) })
 }
 
+fn node_content(c: Option<bar::types::NodeExecutionContent>) -> Option<Content> {
+    content_of(c.and_then(|c| match c {
+        bar::types::NodeExecutionContent::Document(d) => Some(d),
+        _ => None,
+    }))
+}
+
 /// A field of a flow input or output event (two SDK types of one shape).
-fn flow_field(name: &str, content: Option<&bar::types::FlowExecutionContent>) -> FlowField {
-    FlowField { name: name.to_string(), content: content_of(content.and_then(|c| c.as_document().ok())) }
+fn flow_field(name: String, content: Option<bar::types::FlowExecutionContent>) -> FlowField {
+    let document = content.and_then(|c| match c {
+        bar::types::FlowExecutionContent::Document(d) => Some(d),
+        _ => None,
+    });
+    FlowField { name, content: content_of(document) }
 }
 
 fn agent_trace_json(part: &bar::types::TracePart) -> Value {
@@ -499,97 +512,95 @@ fn agent_trace_json(part: &bar::types::TracePart) -> Value {
     out
 }
 
-/// An SDK event as the wire model. Unknown union members keep their kind for the report.
-pub fn event_from_sdk(event: &bar::types::FlowExecutionEvent) -> Event {
+/// An SDK event as the wire model, its strings and documents moved out of the SDK's answer.
+/// Unknown union members keep their kind for the report.
+pub fn event_from_sdk(event: bar::types::FlowExecutionEvent) -> Event {
     use bar::types::FlowExecutionEvent as E;
     match event {
         E::FlowInputEvent(e) => Event::FlowInput(FlowIoEvent {
-            node_name: e.node_name().to_string(),
-            timestamp: ts(e.timestamp()),
-            fields: e.fields().iter().map(|f| flow_field(f.name(), f.content())).collect(),
+            timestamp: ts(&e.timestamp),
+            node_name: e.node_name,
+            fields: e.fields.into_iter().map(|f| flow_field(f.name, f.content)).collect(),
         }),
         E::FlowOutputEvent(e) => Event::FlowOutput(FlowIoEvent {
-            node_name: e.node_name().to_string(),
-            timestamp: ts(e.timestamp()),
-            fields: e.fields().iter().map(|f| flow_field(f.name(), f.content())).collect(),
+            timestamp: ts(&e.timestamp),
+            node_name: e.node_name,
+            fields: e.fields.into_iter().map(|f| flow_field(f.name, f.content)).collect(),
         }),
-        E::FlowFailureEvent(e) => Event::FlowFailure(FlowFailureEvent {
-            timestamp: ts(e.timestamp()),
-            error_code: e.error_code().as_str().to_string(),
-            error_message: e.error_message().to_string(),
-        }),
+        E::FlowFailureEvent(e) => {
+            Event::FlowFailure(FlowFailureEvent { timestamp: ts(&e.timestamp), error_code: e.error_code.as_str().to_string(), error_message: e.error_message })
+        }
         E::NodeInputEvent(e) => Event::NodeInput(NodeInputEvent {
-            node_name: e.node_name().to_string(),
-            timestamp: ts(e.timestamp()),
+            timestamp: ts(&e.timestamp),
+            node_name: e.node_name,
             fields: e
-                .fields()
-                .iter()
+                .fields
+                .into_iter()
                 .map(|f| NodeInputField {
-                    name: f.name().to_string(),
-                    content: content_of(f.content().and_then(|c| c.as_document().ok())),
-                    kind: f.r#type().map(|t| t.as_str().to_string()),
-                    category: f.category().map(|c| c.as_str().to_string()),
-                    source: f.source().map(|s| NodeInputSource {
-                        node_name: s.node_name().to_string(),
-                        output_field_name: s.output_field_name().to_string(),
-                        expression: s.expression().to_string(),
-                    }),
+                    kind: f.r#type.map(|t| t.as_str().to_string()),
+                    category: f.category.map(|c| c.as_str().to_string()),
+                    name: f.name,
+                    content: node_content(f.content),
+                    source: f.source.map(|s| NodeInputSource { node_name: s.node_name, output_field_name: s.output_field_name, expression: s.expression }),
                     execution_chain: f
-                        .execution_chain()
-                        .iter()
-                        .map(|c| ExecutionChainItem { node_name: c.node_name().to_string(), kind: c.r#type().as_str().to_string(), index: c.index() })
+                        .execution_chain
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|c| ExecutionChainItem { kind: c.r#type.as_str().to_string(), node_name: c.node_name, index: c.index })
                         .collect(),
                 })
                 .collect(),
         }),
         E::NodeOutputEvent(e) => Event::NodeOutput(NodeOutputEvent {
-            node_name: e.node_name().to_string(),
-            timestamp: ts(e.timestamp()),
+            timestamp: ts(&e.timestamp),
+            node_name: e.node_name,
             fields: e
-                .fields()
-                .iter()
+                .fields
+                .into_iter()
                 .map(|f| NodeOutputField {
-                    name: f.name().to_string(),
-                    content: content_of(f.content().and_then(|c| c.as_document().ok())),
-                    kind: f.r#type().map(|t| t.as_str().to_string()),
+                    kind: f.r#type.map(|t| t.as_str().to_string()),
+                    name: f.name,
+                    content: node_content(f.content),
                     next: f
-                        .next()
-                        .iter()
-                        .map(|n| NodeOutputNext { node_name: n.node_name().to_string(), input_field_name: n.input_field_name().to_string() })
+                        .next
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|n| NodeOutputNext { node_name: n.node_name, input_field_name: n.input_field_name })
                         .collect(),
                 })
                 .collect(),
         }),
         E::NodeFailureEvent(e) => Event::NodeFailure(NodeFailureEvent {
-            node_name: e.node_name().to_string(),
-            timestamp: ts(e.timestamp()),
-            error_code: e.error_code().as_str().to_string(),
-            error_message: e.error_message().to_string(),
+            timestamp: ts(&e.timestamp),
+            node_name: e.node_name,
+            error_code: e.error_code.as_str().to_string(),
+            error_message: e.error_message,
         }),
         E::ConditionResultEvent(e) => Event::ConditionResult(ConditionResultEvent {
-            node_name: e.node_name().to_string(),
-            timestamp: ts(e.timestamp()),
-            satisfied_conditions: e.satisfied_conditions().iter().map(|c| SatisfiedCondition { condition_name: c.condition_name().to_string() }).collect(),
+            timestamp: ts(&e.timestamp),
+            node_name: e.node_name,
+            satisfied_conditions: e.satisfied_conditions.into_iter().map(|c| SatisfiedCondition { condition_name: c.condition_name }).collect(),
         }),
         E::NodeActionEvent(e) => Event::NodeAction(NodeActionEvent {
-            node_name: e.node_name().to_string(),
-            timestamp: ts(e.timestamp()),
-            request_id: e.request_id().to_string(),
-            service_name: e.service_name().to_string(),
-            operation_name: e.operation_name().to_string(),
-            operation_request: e.operation_request().map(document_to_json),
-            operation_response: e.operation_response().map(document_to_json),
+            timestamp: ts(&e.timestamp),
+            node_name: e.node_name,
+            request_id: e.request_id,
+            service_name: e.service_name,
+            operation_name: e.operation_name,
+            operation_request: e.operation_request.map(document_to_json),
+            operation_response: e.operation_response.map(document_to_json),
         }),
         E::NodeDependencyEvent(e) => Event::NodeDependency(NodeDependencyEvent {
-            node_name: e.node_name().to_string(),
-            timestamp: ts(e.timestamp()),
+            timestamp: ts(&e.timestamp),
             trace_elements: TraceElements {
                 agent_traces: e
-                    .trace_elements()
+                    .trace_elements
+                    .as_ref()
                     .and_then(|t| t.as_agent_traces().ok())
                     .map(|parts| parts.iter().map(agent_trace_json).collect())
                     .unwrap_or_default(),
             },
+            node_name: e.node_name,
         }),
         _ => Event::Unknown("unknown".into()),
     }

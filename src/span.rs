@@ -38,7 +38,8 @@ impl From<Vec<String>> for AttrValue {
     }
 }
 
-pub type Attributes = Vec<(String, AttrValue)>;
+/// Attribute keys are static but for those read back from a saved state or the outbox.
+pub type Attributes = Vec<(std::borrow::Cow<'static, str>, AttrValue)>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpanEventRecord {

@@ -41,7 +41,7 @@ fn render(conversion: &Conversion, created_at: i64) -> Vec<String> {
             SpanStatus::Error(d) => format!("ERROR({d})"),
         };
         let mut attributes: Vec<String> =
-            s.attributes.iter().filter(|(k, _)| !NOISE.contains(&k.as_str())).map(|(k, v)| format!("{k}={}", render_value(v))).collect();
+            s.attributes.iter().filter(|(k, _)| !NOISE.contains(&k.as_ref())).map(|(k, v)| format!("{k}={}", render_value(v))).collect();
         attributes.sort();
         let events: Vec<String> = s
             .events
