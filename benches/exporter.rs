@@ -147,17 +147,26 @@ async fn emulator_throughput(address: std::net::SocketAddr, path: String, client
     total as f64 / secs as f64
 }
 
-/// The bare loop of the SDK floor (run as a child): list the flow's executions, read the
-/// snapshot once, page both event streams of every execution (32 at once, as the drain),
-/// through the product's SDK client; the answers are dropped.
-async fn floor_child(endpoint: String) {
+/// The product's SDK client (its `FlowSource`: connector, request budget, retry and timeout
+/// config) for a floor's bare loop.
+async fn floor_client(endpoint: String) -> aws_sdk_bedrockagentruntime::Client {
     use bedrock_flow_exporter::source::{AwsTarget, FlowSource, RequestBudget, StaticCredentials};
-    use futures_util::stream::{self, StreamExt};
     let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(endpoint), ..AwsTarget::default() };
     let credentials = StaticCredentials { access_key_id: "AKIDBENCH".into(), secret_access_key: "secret".into() };
     let metrics = std::sync::Arc::new(bedrock_flow_exporter::metrics::Metrics::new(true));
     let source = FlowSource::new(&target, std::sync::Arc::new(RequestBudget::per_second(100_000.0)), Some(&credentials), metrics).await;
-    let client = source.sdk_client().clone();
+    source.sdk_client().clone()
+}
+
+/// The flows of the growing executions (id, name): the collector's config and its floor's.
+const GROWING_FLOWS: [(&str, &str); 2] = [("DOCBATCH01", "doc-batch"), ("LONGLOOP01", "long-loop")];
+
+/// The bare loop of the SDK floor (run as a child): list the flow's executions, read the
+/// snapshot once, page both event streams of every execution (32 at once, as the drain),
+/// through the product's SDK client; the answers are dropped.
+async fn floor_child(endpoint: String) {
+    use futures_util::stream::{self, StreamExt};
+    let client = floor_client(endpoint).await;
     let mut executions = Vec::new();
     let mut token = None;
     loop {
@@ -209,12 +218,7 @@ async fn floor_child(endpoint: String) {
 /// answers. After each poll it writes "calls events" to `out`.
 async fn growing_floor_child(endpoint: String, out: String) {
     use aws_sdk_bedrockagentruntime::types::FlowExecutionEventType as Stream;
-    use bedrock_flow_exporter::source::{AwsTarget, FlowSource, RequestBudget, StaticCredentials};
-    let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(endpoint), ..AwsTarget::default() };
-    let credentials = StaticCredentials { access_key_id: "AKIDBENCH".into(), secret_access_key: "secret".into() };
-    let metrics = std::sync::Arc::new(bedrock_flow_exporter::metrics::Metrics::new(true));
-    let source = FlowSource::new(&target, std::sync::Arc::new(RequestBudget::per_second(100_000.0)), Some(&credentials), metrics).await;
-    let client = source.sdk_client().clone();
+    let client = floor_client(endpoint).await;
     // Per execution: flow, alias, the tail-page token and length of each stream, whether the
     // Flow stream was read, whether it is done.
     struct Reader {
@@ -262,7 +266,7 @@ async fn growing_floor_child(endpoint: String, out: String) {
     loop {
         tick.tick().await;
         let mut terminal = std::collections::HashSet::new();
-        for flow in ["DOCBATCH01", "LONGLOOP01"] {
+        for (flow, _) in GROWING_FLOWS {
             let mut token = None;
             loop {
                 let page = client.list_flow_executions().flow_identifier(flow).max_results(10).set_next_token(token.take()).send().await.unwrap();
@@ -529,12 +533,7 @@ async fn bench() {
         let otlp = support::OtlpServer::start().await;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut c = support::TestConfig::new(
-            dir.path(),
-            &emulator.endpoint(),
-            &format!("http://{}", otlp.grpc),
-            &[("DOCBATCH01", "doc-batch"), ("LONGLOOP01", "long-loop")],
-        );
+        let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &GROWING_FLOWS);
         (c.rate, c.concurrency, c.interval_secs, c.settle_secs, c.listen) = (100_000.0, 32, 1, 0, format!("127.0.0.1:{port}"));
         let state_path = c.state.clone();
         let path = dir.path().join("config.toml");
@@ -632,17 +631,18 @@ async fn bench() {
         let versus = drain_per_k.map(|d| format!(": {:.2}x the backlog drain's {d:.4}", growing_per_k / d)).unwrap_or_default();
         writeln!(report, "\nWhole run: **{growing_per_k:.4} CPU-s per 1,000 events**{versus} (SPEC §9: within 1.5x). Peak RSS {:.1} MiB.\n", rss_kib / 1024.0)
             .unwrap();
-        if let [floor_calls, floor_events] = floor_counts[..] {
-            let floor_per_k = floor_cpu / (floor_events / 1000.0);
-            let versus = drain_floor_per_k.map(|d| format!(", {:.2}x the drain's floor {d:.4}", floor_per_k / d)).unwrap_or_default();
-            writeln!(
-                report,
-                "Growing floor (a bare loop making the same polls through the product's SDK client beside the collector, answers dropped): {floor_events:.0} events, {floor_calls:.0} API calls ({:.0} per 1,000 events), **{floor_per_k:.4} CPU-s per 1,000 events**{versus}; the collector costs **{:.2}x** that floor.\n",
-                floor_calls / (floor_events / 1000.0),
-                growing_per_k / floor_per_k
-            )
-            .unwrap();
-        }
+        let [floor_calls, floor_events] = floor_counts[..] else {
+            panic!("the growing floor wrote no counts: {}", std::fs::read_to_string(dir.path().join("floor-growing.log")).unwrap_or_default());
+        };
+        let floor_per_k = floor_cpu / (floor_events / 1000.0);
+        let versus = drain_floor_per_k.map(|d| format!(", {:.2}x the drain's floor {d:.4}", floor_per_k / d)).unwrap_or_default();
+        writeln!(
+            report,
+            "Growing floor (a bare loop making the same polls through the product's SDK client beside the collector, answers dropped): {floor_events:.0} events, {floor_calls:.0} API calls ({:.0} per 1,000 events), **{floor_per_k:.4} CPU-s per 1,000 events**{versus}; the collector costs **{:.2}x** that floor.\n",
+            floor_calls / (floor_events / 1000.0),
+            growing_per_k / floor_per_k
+        )
+        .unwrap();
         otlp.stop();
         emulator.stop().await;
     }

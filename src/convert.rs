@@ -267,16 +267,20 @@ impl ExecutionState {
         self.runs_held().map(|r| (r.seq, r.events.as_slice()))
     }
 
+    fn runs_held_mut(&mut self) -> impl Iterator<Item = &mut Run> {
+        self.open.iter_mut().chain(&mut self.held).chain(&mut self.waiting)
+    }
+
     /// Takes the held runs' span events out (to save the rest of the state without them);
     /// `restore_span_events` puts them back.
     pub fn take_span_events(&mut self) -> Vec<(u64, Vec<SpanEventRecord>)> {
-        self.open.iter_mut().chain(&mut self.held).chain(&mut self.waiting).map(|r| (r.seq, std::mem::take(&mut r.events))).collect()
+        self.runs_held_mut().map(|r| (r.seq, std::mem::take(&mut r.events))).collect()
     }
 
     /// Puts span events back on the held runs they belong to (by run); others are ignored.
     pub fn restore_span_events(&mut self, events: impl IntoIterator<Item = (u64, Vec<SpanEventRecord>)>) {
         let mut by_run: BTreeMap<u64, Vec<SpanEventRecord>> = events.into_iter().collect();
-        for run in self.open.iter_mut().chain(&mut self.held).chain(&mut self.waiting) {
+        for run in self.runs_held_mut() {
             if let Some(events) = by_run.remove(&run.seq) {
                 if run.events.is_empty() {
                     run.events = events;

@@ -207,28 +207,6 @@ pub fn attempt_error_kind(status: u16, error_type: Option<&str>) -> Option<Error
 /// bills) and every failed attempt by kind, so throttling that the retries absorb still shows.
 struct AttemptCounter {
     metrics: Arc<Metrics>,
-    /// The attempts series of each operation, looked up once (a look-up builds its labels).
-    attempts: Series<prometheus_client::metrics::counter::Counter>,
-}
-
-/// Series of one family by operation, each looked up in the family once and then reused (the
-/// handles share the family's values).
-struct Series<M>(Mutex<Vec<(String, M)>>);
-
-impl<M: Clone> Series<M> {
-    fn new() -> Self {
-        Series(Mutex::new(Vec::new()))
-    }
-
-    fn get(&self, operation: &str, make: impl FnOnce() -> M) -> M {
-        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, m)) = known.iter().find(|(o, _)| o == operation) {
-            return m.clone();
-        }
-        let m = make();
-        known.push((operation.to_string(), m.clone()));
-        m
-    }
 }
 
 impl std::fmt::Debug for AttemptCounter {
@@ -252,7 +230,7 @@ impl Intercept for AttemptCounter {
                 _ => None,
             },
         };
-        self.attempts.get(operation, || self.metrics.api_requests.get_or_create(&vec![("operation", operation.to_string())]).clone()).inc();
+        self.metrics.api_requests.get_or_create(&vec![("operation", operation.to_string())]).inc();
         if let Some(kind) = failure {
             self.metrics.api_request_errors.get_or_create(&vec![("operation", operation.to_string()), ("error_kind", kind.label().to_string())]).inc();
         }
@@ -279,7 +257,6 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::
 pub struct FlowSource {
     client: bar::Client,
     metrics: Arc<Metrics>,
-    durations: Arc<Series<prometheus_client::metrics::histogram::Histogram>>,
 }
 
 /// Budgets shared by every client of the same account and region.
@@ -324,8 +301,8 @@ impl FlowSource {
             let provider = aws_config::sts::AssumeRoleProvider::builder(role).session_name("bedrock-flow-exporter").configure(&sdk_config).build().await;
             sdk_config = sdk_config.into_builder().credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider)).build();
         }
-        let client_config = bar::config::Builder::from(&sdk_config).interceptor(AttemptCounter { metrics: metrics.clone(), attempts: Series::new() }).build();
-        FlowSource { client: bar::Client::from_conf(client_config), metrics, durations: Arc::new(Series::new()) }
+        let client_config = bar::config::Builder::from(&sdk_config).interceptor(AttemptCounter { metrics: metrics.clone() }).build();
+        FlowSource { client: bar::Client::from_conf(client_config), metrics }
     }
 
     /// The SDK client itself, as configured here (for the benchmark's bare loop: the SDK floor).
@@ -343,8 +320,7 @@ impl FlowSource {
     {
         let started = Instant::now();
         let result = request.await.map_err(|e| classify(operation, e));
-        let duration = self.durations.get(operation, || self.metrics.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).clone());
-        duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).observe(started.elapsed().as_secs_f64());
         result
     }
 

@@ -55,7 +55,7 @@ pub(super) fn encode_state(state: &ExecutionState) -> String {
 pub(super) fn decode_state(text: &str) -> Result<ExecutionState, String> {
     let saved: SavedState = serde_json::from_str(text).map_err(|e| format!("unreadable ({e})"))?;
     if !STATE_VERSIONS_READ.contains(&saved.version) {
-        return Err(format!("version {} (this build reads version {STATE_VERSION})", saved.version));
+        return Err(format!("version {} (this build reads versions {STATE_VERSIONS_READ:?})", saved.version));
     }
     serde_json::from_value(saved.state).map_err(|e| format!("unreadable ({e})"))
 }

@@ -87,6 +87,19 @@ pub struct Checkpoint {
 /// instead of rewriting them with the fold state.
 pub type RunEventRow = (i64, i64, String);
 
+/// Gives each saved execution its run-event rows: `rows` are (ARN, row) in (run, index) order
+/// within an execution, as the stores select them.
+fn attach_run_events(mut saved: Vec<Saved>, rows: impl IntoIterator<Item = (String, RunEventRow)>) -> Vec<Saved> {
+    let mut by_arn: std::collections::HashMap<String, Vec<RunEventRow>> = std::collections::HashMap::new();
+    for (arn, row) in rows {
+        by_arn.entry(arn).or_default().push(row);
+    }
+    for s in &mut saved {
+        s.events = by_arn.remove(&s.execution.arn).unwrap_or_default();
+    }
+    saved
+}
+
 /// What a checkpoint changes of an execution's run events.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunEvents {

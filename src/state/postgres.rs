@@ -71,16 +71,9 @@ fn saved_of(r: &tokio_postgres::Row) -> Saved {
     Saved { execution, state: r.get(14), events: Vec::new() }
 }
 
-/// Attaches rows (arn, run, idx, body) of `run_events` to their executions.
-fn with_run_events(mut saved: Vec<Saved>, rows: &[tokio_postgres::Row]) -> Vec<Saved> {
-    let mut by_arn: HashMap<String, Vec<super::RunEventRow>> = HashMap::new();
-    for r in rows {
-        by_arn.entry(r.get(0)).or_default().push((r.get(1), r.get(2), r.get(3)));
-    }
-    for s in &mut saved {
-        s.events = by_arn.remove(&s.execution.arn).unwrap_or_default();
-    }
-    saved
+/// The rows (arn, run, idx, body) of `run_events` attached to their executions.
+fn with_run_events(saved: Vec<Saved>, rows: &[tokio_postgres::Row]) -> Vec<Saved> {
+    super::attach_run_events(saved, rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3)))))
 }
 
 /// Milliseconds since the epoch on the database's clock.

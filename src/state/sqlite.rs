@@ -2,7 +2,7 @@
 //! the old or the new state. Every statement runs on tokio's blocking pool, never on the async
 //! workers; the connection is one, behind a mutex.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -124,20 +124,9 @@ impl SqliteStore {
                 Ok(Saved { execution, state: r.get(14)?, events: Vec::new() })
             })?
             .collect::<Result<Vec<Saved>, _>>()?;
-        let mut events: HashMap<String, Vec<super::RunEventRow>> = HashMap::new();
         let mut rows = c.prepare("SELECT arn, run, idx, body FROM run_events ORDER BY arn, run, idx")?;
-        for row in rows.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))? {
-            let (arn, row) = row?;
-            events.entry(arn).or_default().push(row);
-        }
-        let active = active
-            .into_iter()
-            .map(|mut s| {
-                s.events = events.remove(&s.execution.arn).unwrap_or_default();
-                s
-            })
-            .collect();
-        Ok(active)
+        let rows = rows.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(super::attach_run_events(active, rows))
     }
 
     fn upsert(c: &Connection, t: &Tracked) -> Result<(), rusqlite::Error> {
