@@ -1,16 +1,13 @@
-//! OTLP export (the one module that knows the OpenTelemetry SDK). Spans built by `convert` are
-//! turned into `SpanData` with their own ids and times and handed to the OTLP exporter batch by
-//! batch, so the caller learns whether each batch was accepted and checkpoints only then.
+//! OTLP export (the one module that knows the OpenTelemetry protocol and SDK). Spans built by
+//! `convert` are encoded straight into an `ExportTraceServiceRequest` (`encode`) and sent
+//! batch by batch over gRPC or HTTP/protobuf, so the caller learns whether each batch was
+//! accepted and checkpoints only then.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod encode;
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use std::time::Duration;
+
+use opentelemetry::{InstrumentationScope, KeyValue};
 
 use crate::config::{Compression, Protocol, TracesConfig};
 use crate::span::{AttrValue, SpanRecord, SpanStatus};
@@ -173,12 +170,20 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Where spans go: a real OTLP exporter, or nowhere (traces disabled).
+/// How requests reach the endpoint.
+enum Transport {
+    /// OTLP/gRPC: the `TraceService/Export` call through tonic, with our bytes as the message.
+    Grpc { client: tonic::client::Grpc<tonic::transport::Channel>, metadata: tonic::metadata::MetadataMap },
+    /// OTLP/HTTP with protobuf bodies, through our own reqwest client (so that the CA file and
+    /// the client certificate apply).
+    Http { client: reqwest::Client, url: String, headers: http::HeaderMap, gzip: bool },
+}
+
+/// Where spans go: an OTLP endpoint, or nowhere (traces disabled).
 pub struct Exporter {
-    inner: Option<tokio::sync::Mutex<opentelemetry_otlp::SpanExporter>>,
-    /// Why the HTTP client's last request failed (see `ReportingClient`).
-    last_error: Arc<std::sync::Mutex<Option<String>>>,
-    scope: InstrumentationScope,
+    transport: Option<Transport>,
+    envelope: encode::Envelope,
+    timeout: Duration,
     batch_size: usize,
     max_batch_bytes: usize,
     pub endpoint: String,
@@ -194,9 +199,22 @@ pub fn http_traces_url(endpoint: &str) -> String {
     }
 }
 
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The delay before the one quick retry of a failed request; longer outages are the
+/// collector's backoff.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
 impl Exporter {
     pub fn disabled() -> Exporter {
-        Exporter { inner: None, last_error: Arc::default(), scope: scope(), batch_size: usize::MAX, max_batch_bytes: usize::MAX, endpoint: String::new() }
+        Exporter {
+            transport: None,
+            envelope: encode::Envelope::default(),
+            timeout: Duration::from_secs(10),
+            batch_size: usize::MAX,
+            max_batch_bytes: usize::MAX,
+            endpoint: String::new(),
+        }
     }
 
     /// Builds the exporter. Must run inside a Tokio runtime (tonic's channel needs one).
@@ -205,37 +223,30 @@ impl Exporter {
             return Ok(Exporter::disabled());
         }
         let timeout = Duration::from_secs(config.timeout_secs.max(1));
-        // One quick retry inside the exporter; longer outages are the collector's backoff.
-        let retry = opentelemetry_otlp::RetryPolicy::default().with_max_retries(1).with_initial_delay(Duration::from_millis(100));
-        let headers: HashMap<String, String> = config.headers.clone().into_iter().collect();
         let tls = Tls::read(config)?;
-        let last_error = Arc::new(std::sync::Mutex::new(None));
-        let compression = match config.compression {
-            Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
-            Compression::None => None,
-        };
+        let gzip = matches!(config.compression, Compression::Gzip);
         let secure = config.endpoint.starts_with("https://");
         if !secure && (tls.ca.is_some() || tls.identity.is_some()) {
             tracing::warn!(endpoint = %config.endpoint, "traces.certificate / client certificate set for an endpoint that is not https://: they are not used");
         }
         let build_error = |endpoint: &str, message: String| ExportError::Build { endpoint: endpoint.to_string(), message };
-        let (built, endpoint) = match config.protocol {
+        let (transport, endpoint) = match config.protocol {
             Protocol::Grpc => {
+                let endpoint = config.endpoint.clone();
                 let mut metadata = tonic::metadata::MetadataMap::new();
-                for (k, v) in &headers {
-                    if let (Ok(key), Ok(value)) = (k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(), v.parse()) {
-                        metadata.insert(key, value);
+                for (k, v) in &config.headers {
+                    match (k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(), v.parse()) {
+                        (Ok(key), Ok(value)) => {
+                            metadata.insert(key, value);
+                        }
+                        _ => tracing::warn!(header = %k, "traces.headers: not a valid gRPC metadata entry; left out"),
                     }
                 }
-                let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(config.endpoint.clone())
-                    .with_timeout(timeout)
-                    .with_metadata(metadata)
-                    .with_retry_policy(retry);
-                if let Some(compression) = compression {
-                    builder = builder.with_compression(compression);
-                }
+                let mut channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+                    .map_err(|e| build_error(&endpoint, error_chain(&e)))?
+                    .user_agent(concat!("bedrock-flow-exporter/", env!("CARGO_PKG_VERSION")))
+                    .map_err(|e| build_error(&endpoint, error_chain(&e)))?
+                    .timeout(timeout);
                 if secure {
                     let mut tls_config = tonic::transport::ClientTlsConfig::new();
                     tls_config = match &tls.ca {
@@ -245,14 +256,17 @@ impl Exporter {
                     if let Some((cert, key)) = &tls.identity {
                         tls_config = tls_config.identity(tonic::transport::Identity::from_pem(cert, key));
                     }
-                    builder = builder.with_tls_config(tls_config);
+                    channel = channel.tls_config(tls_config).map_err(|e| build_error(&endpoint, error_chain(&e)))?;
                 }
-                (builder.build(), config.endpoint.clone())
+                let mut client = tonic::client::Grpc::new(channel.connect_lazy());
+                if gzip {
+                    client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
+                (Transport::Grpc { client, metadata }, endpoint)
             }
             Protocol::HttpProtobuf => {
                 let url = http_traces_url(&config.endpoint);
-                // Our own client, so that the CA file and the client certificate apply.
-                let mut client = reqwest::Client::builder().timeout(timeout);
+                let mut client = reqwest::Client::builder().timeout(timeout).user_agent(concat!("bedrock-flow-exporter/", env!("CARGO_PKG_VERSION")));
                 if secure {
                     if let Some(pem) = &tls.ca {
                         let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| build_error(&url, format!("traces.certificate: {e}")))?;
@@ -265,35 +279,23 @@ impl Exporter {
                         client = client.identity(identity);
                     }
                 }
-                let client = ReportingClient { client: client.build().map_err(|e| build_error(&url, error_chain(&e)))?, last_error: last_error.clone() };
-                let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_endpoint(url.clone())
-                    .with_timeout(timeout)
-                    .with_http_client(client)
-                    .with_headers(headers)
-                    .with_retry_policy(retry);
-                if let Some(compression) = compression {
-                    builder = builder.with_compression(compression);
+                let client = client.build().map_err(|e| build_error(&url, error_chain(&e)))?;
+                let mut headers = http::HeaderMap::new();
+                for (k, v) in &config.headers {
+                    match (k.parse::<http::HeaderName>(), v.parse::<http::HeaderValue>()) {
+                        (Ok(key), Ok(value)) => {
+                            headers.insert(key, value);
+                        }
+                        _ => tracing::warn!(header = %k, "traces.headers: not a valid HTTP header; left out"),
+                    }
                 }
-                (builder.build(), url)
+                (Transport::Http { client, url: url.clone(), headers, gzip }, url)
             }
         };
-        let mut exporter = built.map_err(|e| ExportError::Build { endpoint: endpoint.clone(), message: e.to_string() })?;
-        let mut attributes = vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION")), KeyValue::new("cloud.provider", "aws")];
-        if let Some(region) = region {
-            attributes.push(KeyValue::new("cloud.region", region.to_string()));
-        }
-        if let Some(account) = account {
-            attributes.push(KeyValue::new("cloud.account.id", account.to_string()));
-        }
-        let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).with_attributes(attributes).build();
-        exporter.set_resource(&resource);
         Ok(Exporter {
-            inner: Some(tokio::sync::Mutex::new(exporter)),
-            last_error,
-            scope: scope(),
+            transport: Some(transport),
+            envelope: envelope(&resource(&config.service_name, region, account)),
+            timeout,
             batch_size: config.batch_size,
             max_batch_bytes: config.max_batch_bytes,
             endpoint,
@@ -301,7 +303,7 @@ impl Exporter {
     }
 
     pub fn enabled(&self) -> bool {
-        self.inner.is_some()
+        self.transport.is_some()
     }
 
     pub fn batch_size(&self) -> usize {
@@ -312,43 +314,142 @@ impl Exporter {
         self.max_batch_bytes
     }
 
-    /// Exports `spans` as one OTLP request; the caller keeps it within the batch bounds.
+    /// Exports `spans` as one OTLP request; the caller keeps it within the batch bounds. A
+    /// failure worth retrying is retried once after `RETRY_DELAY` when the timeout leaves room.
     pub async fn export(&self, spans: &[SpanRecord]) -> Result<(), ExportError> {
-        let Some(inner) = &self.inner else {
+        let Some(transport) = &self.transport else {
             return Ok(());
         };
-        let batch: Vec<SpanData> = spans.iter().map(|s| to_span_data(s, &self.scope)).collect();
-        let exporter = inner.lock().await;
-        exporter.export(batch).await.map_err(|e| {
-            let mut message = e.to_string();
-            // The OTLP/HTTP exporter says only "network error"; the reason is the client's.
-            if let Some(reason) = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                if message.contains("network error") {
-                    message = format!("{message}: {reason}");
-                }
+        let body = bytes::Bytes::from(encode::request(&self.envelope, spans));
+        let started = std::time::Instant::now();
+        match send(transport, body.clone()).await {
+            Err(ExportError::Retryable(_)) if started.elapsed() + RETRY_DELAY < self.timeout => {
+                tokio::time::sleep(RETRY_DELAY).await;
+                send(transport, body).await
             }
-            classify_failure(&message)
-        })
+            result => result,
+        }
     }
 }
 
-/// The reqwest client of OTLP/HTTP, keeping the full reason of a failed request (an unknown
-/// issuer, a refused connection, a client certificate the receiver did not take), which the
-/// OTLP exporter replaces by "network error".
-#[derive(Debug)]
-struct ReportingClient {
-    client: reqwest::Client,
-    last_error: Arc<std::sync::Mutex<Option<String>>>,
+/// One request, its failure classified.
+async fn send(transport: &Transport, body: bytes::Bytes) -> Result<(), ExportError> {
+    match transport {
+        Transport::Grpc { client, metadata } => {
+            let mut client = client.clone();
+            let mut request = tonic::Request::new(body);
+            *request.metadata_mut() = metadata.clone();
+            let result = match client.ready().await {
+                Ok(()) => client.unary(request, http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH), RawCodec).await.map(|_| ()),
+                Err(e) => Err(tonic::Status::unavailable(format!("the channel is not ready: {}", error_chain(&e)))),
+            };
+            result.map_err(|status| {
+                let mut message = format!("OTLP/gRPC export failed with gRPC code: {:?}", status.code());
+                if !status.message().is_empty() {
+                    message.push_str(": ");
+                    message.push_str(status.message());
+                }
+                if let Some(source) = std::error::Error::source(&status) {
+                    message.push_str(": ");
+                    message.push_str(&error_chain(source));
+                }
+                classify_failure(&message)
+            })
+        }
+        Transport::Http { client, url, headers, gzip } => {
+            let mut request = client.post(url.as_str()).headers(headers.clone()).header(http::header::CONTENT_TYPE, "application/x-protobuf");
+            request = if *gzip {
+                use std::io::Write as _;
+                let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::default());
+                let compressed = encoder.write_all(&body).and_then(|()| encoder.finish()).map_err(|e| ExportError::Retryable(format!("gzip: {e}")))?;
+                request.header(http::header::CONTENT_ENCODING, "gzip").body(compressed)
+            } else {
+                request.body(body)
+            };
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    // Read the body so that the connection is kept for the next request.
+                    let _ = response.bytes().await;
+                    Ok(())
+                }
+                Ok(response) => Err(classify_failure(&format!("OTLP/HTTP export failed with status code: {}", response.status().as_u16()))),
+                Err(e) => Err(ExportError::Retryable(format!("OTLP/HTTP export failed: network error: {}", error_chain(&e)))),
+            }
+        }
+    }
 }
 
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for ReportingClient {
-    async fn send_bytes(&self, request: http::Request<bytes::Bytes>) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
-        let result = self.client.send_bytes(request).await;
-        if let Err(e) = &result {
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error_chain(e.as_ref()));
-        }
-        result
+/// The gRPC codec of `TraceService/Export` for a request already encoded; the response (an
+/// optional partial success, which OTLP says not to retry) is read and left.
+struct RawCodec;
+
+struct RawEncoder;
+
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        use bytes::Buf as _;
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+/// The resource as the OpenTelemetry SDK builds it: `service.name`, `service.version`,
+/// `cloud.*`, its own `telemetry.sdk.*` and `OTEL_RESOURCE_ATTRIBUTES`.
+fn resource(service_name: &str, region: Option<&str>, account: Option<&str>) -> opentelemetry_sdk::Resource {
+    let mut attributes = vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION")), KeyValue::new("cloud.provider", "aws")];
+    if let Some(region) = region {
+        attributes.push(KeyValue::new("cloud.region", region.to_string()));
+    }
+    if let Some(account) = account {
+        attributes.push(KeyValue::new("cloud.account.id", account.to_string()));
+    }
+    opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_string()).with_attributes(attributes).build()
+}
+
+/// The resource and the scope, encoded once (by prost, from the SDK's own conversion).
+fn envelope(resource: &opentelemetry_sdk::Resource) -> encode::Envelope {
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope as ProtoScope;
+    use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+    use prost::Message as _;
+    let resource = ResourceAttributesWithSchema::from(resource);
+    let scope = scope();
+    encode::Envelope {
+        resource: ProtoResource { attributes: resource.attributes.0, dropped_attributes_count: 0, entity_refs: Vec::new() }.encode_to_vec(),
+        resource_schema_url: resource.schema_url.unwrap_or_default(),
+        scope: ProtoScope::from((&scope, None)).encode_to_vec(),
+        scope_schema_url: scope.schema_url().unwrap_or_default().to_string(),
     }
 }
 
@@ -356,66 +457,73 @@ fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("bedrock-flow-exporter").with_version(env!("CARGO_PKG_VERSION")).build()
 }
 
-fn time(nanos: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64)
-}
-
-fn key_values(attributes: &[(Cow<'static, str>, AttrValue)]) -> Vec<KeyValue> {
-    attributes
-        .iter()
-        .map(|(k, v)| {
-            let value = match v {
-                AttrValue::Str(s) => Value::String(s.clone().into()),
-                AttrValue::Int(i) => Value::I64(*i),
-                AttrValue::Bool(b) => Value::Bool(*b),
-                AttrValue::StrArray(items) => Value::Array(Array::String(items.iter().cloned().map(StringValue::from).collect())),
-            };
-            KeyValue::new(k.clone(), value)
-        })
-        .collect()
-}
-
-pub fn to_span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
-    let trace_id = TraceId::from_bytes(span.trace_id);
-    let context = SpanContext::new(trace_id, SpanId::from_bytes(span.span_id), TraceFlags::SAMPLED, false, TraceState::default());
-    let mut events = SpanEvents::default();
-    events.events = span.events.iter().map(|e| opentelemetry::trace::Event::new(e.name.clone(), time(e.time), key_values(&e.attributes), 0)).collect();
-    events.dropped_count = span.dropped_events;
-    let mut links = SpanLinks::default();
-    links.links = span
-        .links
-        .iter()
-        .map(|id| {
-            let linked = SpanContext::new(trace_id, SpanId::from_bytes(*id), TraceFlags::SAMPLED, false, TraceState::default());
-            opentelemetry::trace::Link::new(linked, Vec::new(), 0)
-        })
-        .collect();
-    SpanData {
-        span_context: context,
-        parent_span_id: span.parent_span_id.map(SpanId::from_bytes).unwrap_or(SpanId::INVALID),
-        parent_span_is_remote: false,
-        span_kind: SpanKind::Internal,
-        name: Cow::Owned(span.name.clone()),
-        start_time: time(span.start),
-        end_time: time(span.end),
-        attributes: key_values(&span.attributes),
-        dropped_attributes_count: 0,
-        events,
-        links,
-        status: match &span.status {
-            SpanStatus::Unset => Status::Unset,
-            SpanStatus::Ok => Status::Ok,
-            SpanStatus::Error(description) => Status::error(description.clone()),
-        },
-        instrumentation_scope: scope.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::span::SpanEventRecord;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+    use opentelemetry::{Array, StringValue, Value};
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
     use prost::Message;
+    use std::borrow::Cow;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    // The span as the OpenTelemetry SDK carries it: the reference the encoding is checked
+    // against.
+    fn time(nanos: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64)
+    }
+
+    fn key_values(attributes: &[(Cow<'static, str>, AttrValue)]) -> Vec<KeyValue> {
+        attributes
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    AttrValue::Str(s) => Value::String(s.clone().into()),
+                    AttrValue::Int(i) => Value::I64(*i),
+                    AttrValue::Bool(b) => Value::Bool(*b),
+                    AttrValue::StrArray(items) => Value::Array(Array::String(items.iter().cloned().map(StringValue::from).collect())),
+                };
+                KeyValue::new(k.clone(), value)
+            })
+            .collect()
+    }
+
+    fn to_span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
+        let trace_id = TraceId::from_bytes(span.trace_id);
+        let context = SpanContext::new(trace_id, SpanId::from_bytes(span.span_id), TraceFlags::SAMPLED, false, TraceState::default());
+        let mut events = SpanEvents::default();
+        events.events = span.events.iter().map(|e| opentelemetry::trace::Event::new(e.name.clone(), time(e.time), key_values(&e.attributes), 0)).collect();
+        events.dropped_count = span.dropped_events;
+        let mut links = SpanLinks::default();
+        links.links = span
+            .links
+            .iter()
+            .map(|id| {
+                let linked = SpanContext::new(trace_id, SpanId::from_bytes(*id), TraceFlags::SAMPLED, false, TraceState::default());
+                opentelemetry::trace::Link::new(linked, Vec::new(), 0)
+            })
+            .collect();
+        SpanData {
+            span_context: context,
+            parent_span_id: span.parent_span_id.map(SpanId::from_bytes).unwrap_or(SpanId::INVALID),
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: Cow::Owned(span.name.clone()),
+            start_time: time(span.start),
+            end_time: time(span.end),
+            attributes: key_values(&span.attributes),
+            dropped_attributes_count: 0,
+            events,
+            links,
+            status: match &span.status {
+                SpanStatus::Unset => Status::Unset,
+                SpanStatus::Ok => Status::Ok,
+                SpanStatus::Error(description) => Status::error(description.clone()),
+            },
+            instrumentation_scope: scope.clone(),
+        }
+    }
 
     fn span(content_bytes: usize, events: usize) -> SpanRecord {
         SpanRecord {
@@ -455,6 +563,52 @@ mod tests {
             let s = span(content, events);
             let (estimate, real) = (encoded_len_estimate(&s), real_len(&s));
             assert!(estimate >= real && estimate <= real + real / 4 + 256, "{content} bytes x {events}: estimate {estimate}, real {real}");
+        }
+    }
+
+    /// The request as the OpenTelemetry SDK and prost encode it.
+    fn reference_request(spans: &[SpanRecord], resource: &opentelemetry_sdk::Resource) -> Vec<u8> {
+        let data = spans.iter().map(|s| to_span_data(s, &scope())).collect();
+        let resource_spans = opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(data, &resource.into());
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest { resource_spans }.encode_to_vec()
+    }
+
+    #[test]
+    fn requests_are_encoded_byte_for_byte_as_the_sdk_encodes_them() {
+        let resource = resource("svc", Some("us-east-1"), Some("123456789012"));
+        let envelope = envelope(&resource);
+        let mut bare = span(0, 0);
+        bare.parent_span_id = None;
+        bare.status = SpanStatus::Unset;
+        bare.name = String::new();
+        (bare.start, bare.end) = (0, -5);
+        bare.links.clear();
+        bare.dropped_events = 300;
+        bare.attributes = vec![
+            ("".into(), AttrValue::Str(String::new())),
+            ("negative".into(), AttrValue::Int(-1)),
+            ("big".into(), AttrValue::Int(i64::MAX)),
+            ("off".into(), AttrValue::Bool(false)),
+            ("none".into(), AttrValue::StrArray(Vec::new())),
+            ("some".into(), AttrValue::StrArray(vec![String::new(), "é".repeat(100)])),
+        ];
+        let mut ok = span(5, 2);
+        ok.status = SpanStatus::Ok;
+        (ok.events[0].name, ok.events[0].time) = (String::new(), 0);
+        ok.events[1].attributes.clear();
+        // The spans of a real conversion: a doc-batch Iterator over 20 documents.
+        let (flow, node, types) = crate::convert::tests::doc_batch_history(20, 7);
+        let status = bedrock_flow_wire::model::ExecutionStatus::Succeeded;
+        let view = crate::convert::tests::running_view("arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/e", &status, &types);
+        let converted = crate::convert::convert(&view, &node, &flow, &crate::convert::ContentPolicy::default()).spans;
+        assert!(converted.len() > 40, "{}", converted.len());
+        let mut all = vec![span(0, 0), span(10, 1), span(1000, 3), span(200_000, 2), bare, ok];
+        all.extend(converted);
+        for spans in [&all[..0], &all[..1], &all[4..6], &all[..]] {
+            assert_eq!(encode::request(&envelope, spans), reference_request(spans, &resource), "{} spans", spans.len());
+        }
+        for s in &all {
+            assert_eq!(encode::span_len(s), real_len(s), "{}", s.name);
         }
     }
 
