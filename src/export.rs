@@ -345,9 +345,10 @@ async fn send(transport: &Transport, body: bytes::Bytes) -> Result<(), ExportErr
             };
             result.map_err(|status| {
                 let mut message = format!("OTLP/gRPC export failed with gRPC code: {:?}", status.code());
+                // The receiver's own words (bounded: they go to the log and the status page).
                 if !status.message().is_empty() {
                     message.push_str(": ");
-                    message.push_str(status.message());
+                    message.push_str(&crate::convert::truncate(status.message(), 512));
                 }
                 if let Some(source) = std::error::Error::source(&status) {
                     message.push_str(": ");
