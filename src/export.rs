@@ -10,7 +10,7 @@ use std::time::Duration;
 use opentelemetry::{InstrumentationScope, KeyValue};
 
 use crate::config::{Compression, Protocol, TracesConfig};
-use crate::span::{AttrValue, SpanRecord, SpanStatus};
+use crate::span::{AttrValue, SpanRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -53,77 +53,62 @@ pub fn classify_failure(message: &str) -> ExportError {
     ExportError::Retryable(message.to_string())
 }
 
-/// Bytes of protobuf framing counted per field (tag and length), an upper bound for fields
-/// under 2 MiB and close for larger ones.
-const FIELD_OVERHEAD: usize = 5;
-
-fn attribute_len(key: &str, value: &AttrValue) -> usize {
-    let value_len = match value {
-        AttrValue::Str(s) => s.len(),
-        AttrValue::Int(_) | AttrValue::Bool(_) => 10,
-        AttrValue::StrArray(items) => items.iter().map(|i| i.len() + 2 * FIELD_OVERHEAD).sum(),
-    };
-    key.len() + value_len + 4 * FIELD_OVERHEAD
+/// The length of a span's encoding in a request (`Span`, without its framing), exactly.
+pub fn span_len(span: &SpanRecord) -> usize {
+    encode::span_len(span)
 }
 
-/// An upper bound of the span's encoded OTLP size (ids, times, name, attributes, events,
-/// links, status), so that batches stay under a receiver's message limit.
-pub fn encoded_len_estimate(span: &SpanRecord) -> usize {
-    let attributes: usize = span.attributes.iter().map(|(k, v)| attribute_len(k, v)).sum();
-    let events: usize =
-        span.events.iter().map(|e| e.name.len() + 9 + 3 * FIELD_OVERHEAD + e.attributes.iter().map(|(k, v)| attribute_len(k, v)).sum::<usize>()).sum();
-    let status = match &span.status {
-        SpanStatus::Error(description) => description.len() + 4 * FIELD_OVERHEAD,
-        _ => 2 * FIELD_OVERHEAD,
-    };
-    16 + 8 + 8 + 2 * 9 + span.name.len() + 10 * FIELD_OVERHEAD + attributes + events + span.links.len() * (16 + 8 + 4 * FIELD_OVERHEAD) + status
+/// The bytes a span takes in a request: its encoding and its framing.
+pub fn encoded_len(span: &SpanRecord) -> usize {
+    encode::framed_len(encode::span_len(span))
 }
 
-/// The resource and scope around each batch, counted once per request.
-pub const REQUEST_OVERHEAD: usize = 1024;
-
-/// Cuts a span down to `max_bytes` (estimated): captured content first, then its events from
-/// the last. Returns whether anything was cut.
+/// Cuts a span down to `max_bytes` in a request: captured content first, then its events
+/// from the last. Returns whether anything was cut.
 pub fn cut_to_fit(span: &mut SpanRecord, max_bytes: usize) -> bool {
-    let size = encoded_len_estimate(span);
+    let size = encoded_len(span);
     if size <= max_bytes {
         return false;
     }
-    let contents: usize = span.events.iter().flat_map(|e| &e.attributes).filter(|(k, _)| k == "content").map(|(_, v)| attribute_len("content", v)).sum();
-    if contents > 0 {
-        // Share what is left for content among the content attributes (markers included).
-        let count = span.events.iter().flat_map(|e| &e.attributes).filter(|(k, _)| k == "content").count();
-        let room = max_bytes.saturating_sub(size - contents) / count;
-        let keep = room.saturating_sub(attribute_len("content", &AttrValue::Str(String::new())) + 64);
+    let is_content = |(k, _): &&(std::borrow::Cow<'static, str>, AttrValue)| k == "content";
+    let (count, contents) =
+        span.events.iter().flat_map(|e| &e.attributes).filter(is_content).fold((0, 0), |(n, bytes), (k, v)| (n + 1, bytes + encode::attribute_len(k, v)));
+    // Share what is left for content among the content attributes (markers included).
+    if let Some(room) = max_bytes.saturating_sub(size - contents).checked_div(count) {
+        let keep = room.saturating_sub(encode::attribute_len("content", &AttrValue::Str(String::new())) + 64);
         for (_, value) in span.events.iter_mut().flat_map(|e| e.attributes.iter_mut()).filter(|(k, _)| k == "content") {
             if let AttrValue::Str(text) = value {
                 *text = crate::convert::truncate(text, keep);
             }
         }
     }
-    while encoded_len_estimate(span) > max_bytes && !span.events.is_empty() {
-        span.events.pop();
+    // Each event taken off takes its bytes with it (the span's own framing can only shrink).
+    let mut size = encoded_len(span);
+    while size > max_bytes {
+        let Some(event) = span.events.pop() else { break };
+        size -= encode::event_framed_len(&event);
     }
     true
 }
 
-/// Splits spans (grouped by execution, in order) into requests of at most `max_spans` spans
-/// and `max_bytes` estimated bytes each; a group goes whole into one request when it fits.
-/// Returns the ranges of `sizes` that form each request.
-pub fn pack(sizes: &[usize], max_spans: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+/// Splits spans (grouped by execution, in order) of encoded lengths `lens` (`span_len`) into
+/// requests of at most `max_spans` spans and `max_bytes` bytes each, `overhead` being what a
+/// request holds besides its spans. Returns the ranges of `lens` that form each request.
+pub fn pack(lens: &[usize], max_spans: usize, max_bytes: usize, overhead: usize) -> Vec<std::ops::Range<usize>> {
     let mut batches = Vec::new();
     let mut start = 0;
-    let mut bytes = REQUEST_OVERHEAD;
-    for (i, size) in sizes.iter().enumerate() {
+    let mut bytes = overhead;
+    for (i, len) in lens.iter().enumerate() {
+        let size = encode::framed_len(*len);
         if i > start && (i - start >= max_spans.max(1) || bytes + size > max_bytes) {
             batches.push(start..i);
             start = i;
-            bytes = REQUEST_OVERHEAD;
+            bytes = overhead;
         }
         bytes += size;
     }
-    if start < sizes.len() {
-        batches.push(start..sizes.len());
+    if start < lens.len() {
+        batches.push(start..lens.len());
     }
     batches
 }
@@ -314,13 +299,19 @@ impl Exporter {
         self.max_batch_bytes
     }
 
-    /// Exports `spans` as one OTLP request; the caller keeps it within the batch bounds. A
-    /// failure worth retrying is retried once after `RETRY_DELAY` when the timeout leaves room.
-    pub async fn export(&self, spans: &[SpanRecord]) -> Result<(), ExportError> {
+    /// What a request holds besides its spans (the resource, the scope, the framing), at most.
+    pub fn request_overhead(&self) -> usize {
+        self.envelope.overhead()
+    }
+
+    /// Exports `spans` (of encoded lengths `lens`, from `span_len`) as one OTLP request; the
+    /// caller keeps it within the batch bounds. A failure worth retrying is retried once after
+    /// `RETRY_DELAY` when the timeout leaves room.
+    pub async fn export(&self, spans: &[SpanRecord], lens: &[usize]) -> Result<(), ExportError> {
         let Some(transport) = &self.transport else {
             return Ok(());
         };
-        let body = bytes::Bytes::from(encode::request(&self.envelope, spans));
+        let body = bytes::Bytes::from(encode::request(&self.envelope, spans, lens));
         let started = std::time::Instant::now();
         match send(transport, body.clone()).await {
             Err(ExportError::Retryable(_)) if started.elapsed() + RETRY_DELAY < self.timeout => {
@@ -461,7 +452,7 @@ fn scope() -> InstrumentationScope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::SpanEventRecord;
+    use crate::span::{SpanEventRecord, SpanStatus};
     use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
     use opentelemetry::{Array, StringValue, Value};
     use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
@@ -559,12 +550,16 @@ mod tests {
     }
 
     #[test]
-    fn the_size_estimate_bounds_the_real_encoding_closely() {
+    fn a_span_s_size_in_a_request_is_its_exact_encoding() {
         for (content, events) in [(0, 0), (10, 1), (1000, 3), (200_000, 2), (3 << 20, 1)] {
             let s = span(content, events);
-            let (estimate, real) = (encoded_len_estimate(&s), real_len(&s));
-            assert!(estimate >= real && estimate <= real + real / 4 + 256, "{content} bytes x {events}: estimate {estimate}, real {real}");
+            let real = real_len(&s);
+            assert_eq!(span_len(&s), real, "{content} bytes x {events}");
+            assert_eq!(encoded_len(&s), 1 + prost::length_delimiter_len(real) + real, "{content} bytes x {events}: with its key and length");
         }
+        let envelope = envelope(&resource("svc", Some("us-east-1"), None));
+        let request = encode::request(&envelope, &[], &[]);
+        assert!(request.len() <= envelope.overhead(), "a request without spans: {} bytes, overhead {}", request.len(), envelope.overhead());
     }
 
     /// The request as the OpenTelemetry SDK and prost encode it.
@@ -606,7 +601,11 @@ mod tests {
         let mut all = vec![span(0, 0), span(10, 1), span(1000, 3), span(200_000, 2), bare, ok];
         all.extend(converted);
         for spans in [&all[..0], &all[..1], &all[4..6], &all[..]] {
-            assert_eq!(encode::request(&envelope, spans), reference_request(spans, &resource), "{} spans", spans.len());
+            let lens: Vec<usize> = spans.iter().map(span_len).collect();
+            let ours = encode::request(&envelope, spans, &lens);
+            assert_eq!(ours, reference_request(spans, &resource), "{} spans", spans.len());
+            let framed: usize = spans.iter().map(encoded_len).sum();
+            assert!(ours.len() <= envelope.overhead() + framed, "{} spans: {} bytes, counted {}", spans.len(), ours.len(), envelope.overhead() + framed);
         }
         for s in &all {
             assert_eq!(encode::span_len(s), real_len(s), "{}", s.name);
@@ -627,16 +626,19 @@ mod tests {
         let mut many = span(0, 20_000);
         assert!(cut_to_fit(&mut many, 100_000));
         assert!(real_len(&many) <= 100_000 && many.events.len() > 100);
+        assert!(encoded_len(&many) > 100_000 - 200, "no more events go than needed: {}", encoded_len(&many));
     }
 
     #[test]
     fn batches_are_bounded_by_spans_and_bytes() {
-        assert_eq!(pack(&[10, 10, 10, 10, 10], 2, usize::MAX), vec![0..2, 2..4, 4..5]);
-        let b = REQUEST_OVERHEAD;
-        assert_eq!(pack(&[100, 100, 100], 512, b + 200), vec![0..2, 2..3]);
+        // A span of 100 bytes takes 102 in a request (its key and length).
+        assert_eq!(pack(&[10, 10, 10, 10, 10], 2, usize::MAX, 64), vec![0..2, 2..4, 4..5]);
+        let b = 1024;
+        assert_eq!(pack(&[100, 100, 100], 512, b + 204, b), vec![0..2, 2..3]);
+        assert_eq!(pack(&[100, 100, 100], 512, b + 203, b), vec![0..1, 1..2, 2..3]);
         // A span over the bound alone goes alone (it was cut to fit before).
-        assert_eq!(pack(&[50, 10_000, 50], 512, b + 200), vec![0..1, 1..2, 2..3]);
-        assert!(pack(&[], 512, b).is_empty());
+        assert_eq!(pack(&[50, 10_000, 50], 512, b + 200, b), vec![0..1, 1..2, 2..3]);
+        assert!(pack(&[], 512, b, b).is_empty());
     }
 
     #[test]

@@ -60,9 +60,9 @@ impl Collector {
     /// together until the one responsible is found; a retryable failure stops the sending (the
     /// rest waits for the backoff). Returns each execution's delivery and the retryable error.
     pub(super) async fn send(&self, spans: &mut [SpanRecord], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
-        let (max_spans, max_bytes) = (self.exporter.batch_size(), self.exporter.max_batch_bytes());
+        let (max_spans, max_bytes, overhead) = (self.exporter.batch_size(), self.exporter.max_batch_bytes(), self.exporter.request_overhead());
         for span in spans.iter_mut() {
-            if crate::export::cut_to_fit(span, max_bytes.saturating_sub(crate::export::REQUEST_OVERHEAD)) {
+            if crate::export::cut_to_fit(span, max_bytes.saturating_sub(overhead)) {
                 self.events.emit(SpanCut { span, max_bytes });
             }
         }
@@ -72,10 +72,10 @@ impl Collector {
         queue.push_back(0..executions);
         while let Some(group) = queue.pop_front() {
             let first = bounds[group.start];
-            let sizes: Vec<usize> = spans[first..bounds[group.end]].iter().map(crate::export::encoded_len_estimate).collect();
+            let lens: Vec<usize> = spans[first..bounds[group.end]].iter().map(crate::export::span_len).collect();
             let mut failure = None;
-            for batch in crate::export::pack(&sizes, max_spans, max_bytes) {
-                if let Err(e) = self.exporter.export(&spans[first + batch.start..first + batch.end]).await {
+            for batch in crate::export::pack(&lens, max_spans, max_bytes, overhead) {
+                if let Err(e) = self.exporter.export(&spans[first + batch.start..first + batch.end], &lens[batch.clone()]).await {
                     self.events.emit(ExportRequestFailed);
                     self.export_failures_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     failure = Some(e);

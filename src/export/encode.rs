@@ -21,6 +21,18 @@ pub struct Envelope {
     pub scope_schema_url: String,
 }
 
+impl Envelope {
+    /// What a request holds besides its spans, at most: the resource and the scope with their
+    /// framing, the schema URLs, and the three enclosing messages' keys and lengths.
+    pub fn overhead(&self) -> usize {
+        3 * (1 + 10)
+            + delimited_len(self.resource.len())
+            + delimited_len(self.scope.len())
+            + bytes_len(self.resource_schema_url.as_bytes())
+            + bytes_len(self.scope_schema_url.as_bytes())
+    }
+}
+
 fn varint_len(value: u64) -> usize {
     // 1 byte per 7 bits, at least one.
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
@@ -37,6 +49,11 @@ fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
 /// The bytes of a length-delimited field (tags under 16: one byte of key) holding `len`.
 fn delimited_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
+}
+
+/// The bytes of a message of `len` bytes in a repeated field (a span in its request).
+pub fn framed_len(len: usize) -> usize {
+    delimited_len(len)
 }
 
 fn put_delimited(buf: &mut Vec<u8>, key: u8, len: usize) {
@@ -134,13 +151,23 @@ fn put_attributes(buf: &mut Vec<u8>, key: u8, attributes: &[(std::borrow::Cow<'s
     }
 }
 
+/// The bytes an attribute takes in its span or event, framing included.
+pub fn attribute_len(key: &str, value: &AttrValue) -> usize {
+    delimited_len(key_value_len(key, value))
+}
+
 fn attributes_len(attributes: &[(std::borrow::Cow<'static, str>, AttrValue)]) -> usize {
-    attributes.iter().map(|(k, v)| delimited_len(key_value_len(k, v))).sum()
+    attributes.iter().map(|(k, v)| attribute_len(k, v)).sum()
 }
 
 /// `Span.Event`: time (1), name (2), attributes (3).
 fn event_len(event: &SpanEventRecord) -> usize {
     fixed64_len(nanos(event.time)) + bytes_len(event.name.as_bytes()) + attributes_len(&event.attributes)
+}
+
+/// The bytes an event takes in its span, framing included.
+pub fn event_framed_len(event: &SpanEventRecord) -> usize {
+    delimited_len(event_len(event))
 }
 
 fn put_event(buf: &mut Vec<u8>, event: &SpanEventRecord) {
@@ -184,7 +211,7 @@ pub fn span_len(span: &SpanRecord) -> usize {
         + fixed64_len(nanos(span.start))
         + fixed64_len(nanos(span.end))
         + attributes_len(&span.attributes)
-        + span.events.iter().map(|e| delimited_len(event_len(e))).sum::<usize>()
+        + span.events.iter().map(event_framed_len).sum::<usize>()
         + dropped
         + span.links.len() * delimited_len(LINK_LEN)
         + delimited_len(status_len(&span.status))
@@ -230,9 +257,10 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
 }
 
 /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource, scope_spans:
-/// [ScopeSpans { scope, spans }] }] }`, in one buffer of the exact size.
-pub fn request(envelope: &Envelope, spans: &[SpanRecord]) -> Vec<u8> {
-    let span_lens: Vec<usize> = spans.iter().map(span_len).collect();
+/// [ScopeSpans { scope, spans }] }] }`, in one buffer of the exact size; `span_lens` are the
+/// spans' `span_len`s.
+pub fn request(envelope: &Envelope, spans: &[SpanRecord], span_lens: &[usize]) -> Vec<u8> {
+    debug_assert_eq!(spans.len(), span_lens.len());
     let scope_spans_len = if spans.is_empty() {
         0
     } else {
@@ -248,7 +276,7 @@ pub fn request(envelope: &Envelope, spans: &[SpanRecord]) -> Vec<u8> {
         put_delimited(&mut buf, 0x12, scope_spans_len);
         put_delimited(&mut buf, 0x0a, envelope.scope.len());
         buf.extend_from_slice(&envelope.scope);
-        for (span, len) in spans.iter().zip(&span_lens) {
+        for (span, len) in spans.iter().zip(span_lens) {
             put_delimited(&mut buf, 0x12, *len);
             let before = buf.len();
             put_span(&mut buf, span);
