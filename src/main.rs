@@ -94,7 +94,7 @@ fn exit(result: Result<u8, AppError>) -> ExitCode {
 
 /// The runtime of a command. The collector (`run`, `demo`) runs on one thread: its work waits on
 /// the API, whose quotas allow a small fraction of what one thread folds and exports (a drain on
-/// the bench does ~38,000 events/s), and a single thread saves the wake-ups of handing every
+/// the bench does ~40,000 events/s), and a single thread saves the wake-ups of handing every
 /// response between workers: measured (BENCHMARKS.md) a third less CPU per event in the drain,
 /// a quarter less for growing executions and 42% less a poll in the steady state, with a
 /// shorter drain. Store calls that block run on the blocking pool. The emulator, a server for
