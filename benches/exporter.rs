@@ -372,6 +372,31 @@ fn main() {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(bench());
 }
 
+/// One backlog drain (`run --once`) by the collector with a fresh store in `dir`; it must exit 0.
+async fn drain_once(binary: &Path, dir: &Path, emulator: &str, otlp: &str) -> Usage {
+    let path = config(dir, emulator, otlp, &[("BACKLOG001", "backlog")], 15, "");
+    let (binary, log) = (binary.to_path_buf(), dir.join("drain.log"));
+    let usage = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || measure(&binary, &["run", "--once", "--config", &path], None, &log)
+    })
+    .await
+    .unwrap();
+    assert_eq!(usage.code, 0, "the drain failed: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    usage
+}
+
+/// One run of the drain's bare SDK loop (this harness as a child), on one thread or on
+/// `workers`; it must exit 0.
+async fn floor_once(emulator: String, workers: Option<usize>, log: std::path::PathBuf) -> Usage {
+    let mut envs = vec![("BENCH_FLOOR_ENDPOINT", emulator)];
+    envs.extend(workers.map(|n| ("BENCH_FLOOR_WORKERS", n.to_string())));
+    let this = std::env::current_exe().unwrap();
+    let usage = tokio::task::spawn_blocking(move || measure_with(&this, &[], &envs, None, &log)).await.unwrap();
+    assert_eq!(usage.code, 0, "the bare loop ({workers:?} workers) failed");
+    usage
+}
+
 async fn bench() {
     let binary = release_binary();
     let executions = env_or("BENCH_EXECUTIONS", 10_000);
@@ -398,12 +423,8 @@ async fn bench() {
         let emulator = support::emulator(Scenario::backlog(executions, 45)).await;
         let otlp = support::OtlpServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 15, "");
-        let binary_for_drain = binary.clone();
-        let log = dir.path().join("drain.log");
-        let log_for_drain = log.clone();
-        let drain = tokio::task::spawn_blocking(move || measure(&binary_for_drain, &["run", "--once", "--config", &path], None, &log_for_drain)).await.unwrap();
-        assert_eq!(drain.code, 0, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        let otlp_endpoint = format!("http://{}", otlp.grpc);
+        let drain = drain_once(&binary, dir.path(), &emulator.endpoint(), &otlp_endpoint).await;
         let facts = emulator.executions(now_nanos());
         let events: usize = facts.iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
         let minimum: u64 = facts.iter().map(|f| (f.node_events.len().div_ceil(10) + f.flow_events.len().div_ceil(10)) as u64).sum::<u64>()
@@ -432,29 +453,16 @@ async fn bench() {
         writeln!(report, "| emulator requests served per second during the drain | {:.0} |\n", calls as f64 / drain.wall.as_secs_f64()).unwrap();
         // The SDK floor: the same calls by a bare loop through the same client, same run.
         let before_floor = emulator.stats()["total_requests"].as_u64().unwrap();
-        let this = std::env::current_exe().unwrap();
-        let floor_log = dir.path().join("floor.log");
-        let envs = [("BENCH_FLOOR_ENDPOINT", emulator.endpoint())];
-        let (floor_exe, floor_log_2) = (this.clone(), floor_log.clone());
-        let floor = tokio::task::spawn_blocking(move || measure_with(&this, &[], &envs, None, &floor_log)).await.unwrap();
-        assert_eq!(floor.code, 0, "the bare loop failed");
+        let floor = floor_once(emulator.endpoint(), None, dir.path().join("floor.log")).await;
         let floor_calls = emulator.stats()["total_requests"].as_u64().unwrap() - before_floor;
         // The same loop on a runtime of two workers (the collector's runtime before it had one
         // thread): what the floor was measured on until then.
-        let envs = [("BENCH_FLOOR_ENDPOINT", emulator.endpoint()), ("BENCH_FLOOR_WORKERS", "2".to_string())];
-        let floor_2 = tokio::task::spawn_blocking(move || measure_with(&floor_exe, &[], &envs, None, &floor_log_2)).await.unwrap();
-        assert_eq!(floor_2.code, 0, "the bare loop on two workers failed");
+        let floor_2 = floor_once(emulator.endpoint(), Some(2), dir.path().join("floor-2.log")).await;
         // A second round of both (a fresh store, the same emulator), so that the ratio does not
         // rest on one pair of runs on a noisy machine.
         let dir_2 = tempfile::tempdir().unwrap();
-        let path_2 = config(dir_2.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 15, "");
-        let (binary_2, log_2) = (binary.clone(), dir_2.path().join("drain.log"));
-        let drain_b = tokio::task::spawn_blocking(move || measure(&binary_2, &["run", "--once", "--config", &path_2], None, &log_2)).await.unwrap();
-        assert_eq!(drain_b.code, 0, "the second drain failed");
-        let (floor_exe, floor_log_b) = (std::env::current_exe().unwrap(), dir_2.path().join("floor.log"));
-        let envs = [("BENCH_FLOOR_ENDPOINT", emulator.endpoint())];
-        let floor_b = tokio::task::spawn_blocking(move || measure_with(&floor_exe, &[], &envs, None, &floor_log_b)).await.unwrap();
-        assert_eq!(floor_b.code, 0, "the second bare loop failed");
+        let drain_b = drain_once(&binary, dir_2.path(), &emulator.endpoint(), &otlp_endpoint).await;
+        let floor_b = floor_once(emulator.endpoint(), None, dir_2.path().join("floor.log")).await;
         let per_k = |cpu: f64| cpu / (events as f64 / 1000.0);
         let (collector_cpu, floor_cpu) = ((drain.cpu_secs + drain_b.cpu_secs) / 2.0, (floor.cpu_secs + floor_b.cpu_secs) / 2.0);
         drain_per_k = Some(per_k(collector_cpu));

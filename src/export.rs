@@ -26,31 +26,36 @@ pub enum ExportError {
     Permanent { reason: &'static str, message: String },
 }
 
-/// Tells a permanent refusal from a retryable failure by what the OTLP exporter reports:
-/// `... gRPC code: InvalidArgument ...` or `... status code: 400`. The reason is a bounded
-/// label value.
-pub fn classify_failure(message: &str) -> ExportError {
-    let permanent = |reason| ExportError::Permanent { reason, message: message.to_string() };
-    if let Some(code) = message.split("gRPC code: ").nth(1) {
-        let code = code.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap_or("");
-        return match code {
-            "InvalidArgument" => permanent("invalid_argument"),
-            // A message over the receiver's limit: tonic answers OutOfRange, grpc-go
-            // ResourceExhausted.
-            "OutOfRange" | "ResourceExhausted" => permanent("too_large"),
-            "Unimplemented" => permanent("unimplemented"),
-            _ => ExportError::Retryable(message.to_string()),
-        };
+/// Why a gRPC status refuses a batch for good, or `None` when it is worth retrying. The reason
+/// is a bounded label value (`metrics::REFUSAL_REASONS`).
+fn grpc_refusal(code: tonic::Code) -> Option<&'static str> {
+    match code {
+        tonic::Code::InvalidArgument => Some("invalid_argument"),
+        // A message over the receiver's limit: tonic answers OutOfRange, grpc-go
+        // ResourceExhausted.
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Some("too_large"),
+        tonic::Code::Unimplemented => Some("unimplemented"),
+        _ => None,
     }
-    if let Some(status) = message.split("status code: ").nth(1).and_then(|c| c.get(..3)).and_then(|c| c.parse::<u16>().ok()) {
-        return match status {
-            413 => permanent("too_large"),
-            408 | 429 | 401 | 403 => ExportError::Retryable(message.to_string()),
-            400..=499 => permanent("bad_request"),
-            _ => ExportError::Retryable(message.to_string()),
-        };
+}
+
+/// Why an HTTP status refuses a batch for good (a 4xx other than 408, 429 and the auth ones,
+/// which may pass later), or `None` when it is worth retrying.
+fn http_refusal(status: u16) -> Option<&'static str> {
+    match status {
+        413 => Some("too_large"),
+        408 | 429 | 401 | 403 => None,
+        400..=499 => Some("bad_request"),
+        _ => None,
     }
-    ExportError::Retryable(message.to_string())
+}
+
+/// A failed request as the collector acts on it: refused for good, or retryable.
+fn failure(refusal: Option<&'static str>, message: String) -> ExportError {
+    match refusal {
+        Some(reason) => ExportError::Permanent { reason, message },
+        None => ExportError::Retryable(message),
+    }
 }
 
 /// The length of a span's encoding in a request (`Span`, without its framing), exactly.
@@ -184,6 +189,9 @@ pub fn http_traces_url(endpoint: &str) -> String {
     }
 }
 
+/// Sent with every request, gRPC or HTTP.
+const USER_AGENT: &str = concat!("bedrock-flow-exporter/", env!("CARGO_PKG_VERSION"));
+
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// The delay before the one quick retry of a failed request; longer outages are the
@@ -229,7 +237,7 @@ impl Exporter {
                 }
                 let mut channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
                     .map_err(|e| build_error(&endpoint, error_chain(&e)))?
-                    .user_agent(concat!("bedrock-flow-exporter/", env!("CARGO_PKG_VERSION")))
+                    .user_agent(USER_AGENT)
                     .map_err(|e| build_error(&endpoint, error_chain(&e)))?
                     .timeout(timeout);
                 if secure {
@@ -251,7 +259,7 @@ impl Exporter {
             }
             Protocol::HttpProtobuf => {
                 let url = http_traces_url(&config.endpoint);
-                let mut client = reqwest::Client::builder().timeout(timeout).user_agent(concat!("bedrock-flow-exporter/", env!("CARGO_PKG_VERSION")));
+                let mut client = reqwest::Client::builder().timeout(timeout).user_agent(USER_AGENT);
                 if secure {
                     if let Some(pem) = &tls.ca {
                         let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| build_error(&url, format!("traces.certificate: {e}")))?;
@@ -345,7 +353,7 @@ async fn send(transport: &Transport, body: bytes::Bytes) -> Result<(), ExportErr
                     message.push_str(": ");
                     message.push_str(&error_chain(source));
                 }
-                classify_failure(&message)
+                failure(grpc_refusal(status.code()), message)
             })
         }
         Transport::Http { client, url, headers, gzip } => {
@@ -364,7 +372,10 @@ async fn send(transport: &Transport, body: bytes::Bytes) -> Result<(), ExportErr
                     let _ = response.bytes().await;
                     Ok(())
                 }
-                Ok(response) => Err(classify_failure(&format!("OTLP/HTTP export failed with status code: {}", response.status().as_u16()))),
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    Err(failure(http_refusal(status), format!("OTLP/HTTP export failed with status code: {status}")))
+                }
                 Err(e) => Err(ExportError::Retryable(format!("OTLP/HTTP export failed: network error: {}", error_chain(&e)))),
             }
         }
@@ -643,22 +654,26 @@ mod tests {
 
     #[test]
     fn refusals_for_good_are_told_from_failures_worth_retrying() {
-        let permanent = |m: &str| match classify_failure(m) {
-            ExportError::Permanent { reason, .. } => Some(reason),
-            _ => None,
-        };
-        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: InvalidArgument"), Some("invalid_argument"));
-        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: OutOfRange: decoded message length too large"), Some("too_large"));
-        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: ResourceExhausted"), Some("too_large"));
-        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: Unavailable: transport error"), None);
-        assert_eq!(permanent("TonicTracesClient export failed with gRPC code: DeadlineExceeded"), None);
-        assert_eq!(permanent("HTTP export failed with status code: 400"), Some("bad_request"));
-        assert_eq!(permanent("HTTP export failed with status code: 413"), Some("too_large"));
-        for retryable in
-            ["HTTP export failed with status code: 429", "HTTP export failed with status code: 503", "HTTP export failed: network error", "timed out"]
-        {
-            assert_eq!(permanent(retryable), None, "{retryable}");
+        use tonic::Code;
+        assert_eq!(grpc_refusal(Code::InvalidArgument), Some("invalid_argument"));
+        assert_eq!(grpc_refusal(Code::OutOfRange), Some("too_large"));
+        assert_eq!(grpc_refusal(Code::ResourceExhausted), Some("too_large"));
+        assert_eq!(grpc_refusal(Code::Unimplemented), Some("unimplemented"));
+        assert_eq!(grpc_refusal(Code::Unavailable), None);
+        assert_eq!(grpc_refusal(Code::DeadlineExceeded), None);
+        assert_eq!(http_refusal(400), Some("bad_request"));
+        assert_eq!(http_refusal(413), Some("too_large"));
+        for retryable in [429, 503, 408, 401, 403, 500] {
+            assert_eq!(http_refusal(retryable), None, "{retryable}");
         }
+        let reasons: Vec<&str> = [Code::InvalidArgument, Code::OutOfRange, Code::Unimplemented]
+            .into_iter()
+            .filter_map(grpc_refusal)
+            .chain([400, 413].into_iter().filter_map(http_refusal))
+            .collect();
+        assert!(reasons.iter().all(|r| crate::metrics::REFUSAL_REASONS.contains(r)), "bounded label values: {reasons:?}");
+        assert!(matches!(failure(None, "timed out".into()), ExportError::Retryable(m) if m == "timed out"));
+        assert!(matches!(failure(Some("too_large"), "m".into()), ExportError::Permanent { reason: "too_large", .. }));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub const INVALID_REASONS: [&str; 10] = [
     "bad_snapshot",
 ];
 
-/// Why the OTLP endpoint refused spans for good (`export::classify_failure`).
+/// Why the OTLP endpoint refused spans for good (`export::grpc_refusal`, `export::http_refusal`).
 pub const REFUSAL_REASONS: [&str; 4] = ["invalid_argument", "too_large", "bad_request", "unimplemented"];
 
 const EXECUTION_BUCKETS: [f64; 16] = [1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0];
