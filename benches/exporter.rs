@@ -7,7 +7,8 @@
 //!
 //! The SDK floor: this harness runs itself as a child (BENCH_FLOOR_ENDPOINT set) that makes the
 //! drain's API calls through the product's SDK client (`FlowSource`: same connector, request
-//! budget, retry and timeout config) and does nothing with the answers.
+//! budget, retry and timeout config) and does nothing with the answers; under
+//! BENCH_FLOOR_WRAPPER (a profiler's script) when that is set.
 
 use bedrock_flow_exporter::state::StateStore as _;
 use bedrock_flow_test_support as support;
@@ -392,7 +393,13 @@ async fn floor_once(emulator: String, workers: Option<usize>, log: std::path::Pa
     let mut envs = vec![("BENCH_FLOOR_ENDPOINT", emulator)];
     envs.extend(workers.map(|n| ("BENCH_FLOOR_WORKERS", n.to_string())));
     let this = std::env::current_exe().unwrap();
-    let usage = tokio::task::spawn_blocking(move || measure_with(&this, &[], &envs, None, &log)).await.unwrap();
+    // BENCH_FLOOR_WRAPPER (a profiler's wrapper script, say) runs the bare loop as its argument.
+    let usage = tokio::task::spawn_blocking(move || match std::env::var_os("BENCH_FLOOR_WRAPPER") {
+        Some(wrapper) => measure_with(Path::new(&wrapper), &[this.to_str().unwrap()], &envs, None, &log),
+        None => measure_with(&this, &[], &envs, None, &log),
+    })
+    .await
+    .unwrap();
     assert_eq!(usage.code, 0, "the bare loop ({workers:?} workers) failed");
     usage
 }

@@ -13,6 +13,8 @@ use serde_json::Value;
 use crate::model::*;
 use crate::span::*;
 
+mod fingerprint;
+
 /// How documents may leave the process (`traces.capture_content`, `redact`, `max_content_bytes`).
 #[derive(Clone, Debug)]
 pub struct ContentPolicy {
@@ -244,6 +246,10 @@ pub struct ExecutionState {
     flow_failure: Option<FlowFailureSeen>,
     seen_node: VecDeque<u64>,
     seen_flow: VecDeque<u64>,
+    /// How the fingerprints in `seen_node` and `seen_flow` are made; states saved before
+    /// version 3 name none and hold FNV-1a over the wire text.
+    #[serde(default = "fingerprint::Scheme::legacy")]
+    fingerprints: fingerprint::Scheme,
     /// Spans produced so far.
     pub spans: u64,
     /// The root span was produced: nothing more comes of this execution.
@@ -337,26 +343,6 @@ pub fn convert(view: &ExecutionView<'_>, node_events: &[Event], flow_events: &[E
     fold(&mut ExecutionState::default(), view, NewEvents { node: node_events, flow: flow_events, first: (0, 0) }, policy)
 }
 
-/// FNV-1a over the event's wire text, written straight into the hash: a stable fingerprint
-/// (it is saved in the state) that builds no JSON value or string.
-fn fingerprint(event: &Event) -> u64 {
-    struct Fnv(u64);
-    impl std::io::Write for Fnv {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            for b in bytes {
-                self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
-    let _ = event.write_wire(&mut hash);
-    hash.0
-}
-
 struct Converter<'a> {
     state: &'a mut ExecutionState,
     view: &'a ExecutionView<'a>,
@@ -373,7 +359,7 @@ impl Converter<'_> {
     }
 
     fn repeated(&mut self, is_flow_stream: bool, event: &Event) -> bool {
-        let print = fingerprint(event);
+        let print = self.state.fingerprints.of(event);
         let seen = if is_flow_stream { &mut self.state.seen_flow } else { &mut self.state.seen_node };
         if seen.contains(&print) {
             return true;

@@ -28,11 +28,13 @@ const SNAPSHOT_CACHE_ENTRIES: usize = 256;
 
 /// The version of the saved fold state (`convert::ExecutionState`). A saved state of another
 /// version is not guessed at: that execution is read again from the start.
-pub(super) const STATE_VERSION: u32 = 2;
+pub(super) const STATE_VERSION: u32 = 3;
 
 /// Saved fold states this build reads: version 1 kept the held runs' span events inline; from
-/// version 2 they are rows of their own (`state::RunEvents`), and the state holds none.
-const STATE_VERSIONS_READ: [u32; 2] = [1, 2];
+/// version 2 they are rows of their own (`state::RunEvents`), and the state holds none; from
+/// version 3 the state names how its event fingerprints are made (before, FNV-1a over the
+/// wire text, which a state read from version 1 or 2 goes on making).
+const STATE_VERSIONS_READ: [u32; 3] = [1, 2, 3];
 
 #[derive(serde::Serialize)]
 struct SavedStateRef<'a> {

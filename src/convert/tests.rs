@@ -389,6 +389,35 @@ fn the_state_of_a_long_iteration_stays_bounded() {
     assert!((late as f64) < 1.2 * early as f64, "the state grew from {early} to {late} bytes");
 }
 
+/// A state saved before version 3 names no fingerprint scheme: it is read as holding FNV-1a
+/// over the wire text and keeps making those, so an event the API sends again across the
+/// upgrade is still known. Read as holding structural prints, it would not be.
+#[test]
+fn a_state_saved_before_version_3_knows_repeats_by_its_own_fingerprints() {
+    let (flow, node, types) = doc_batch_history(20, 3);
+    let status = ExecutionStatus::Running;
+    let view = running_view("arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/upgrade", &status, &types);
+    let policy = ContentPolicy::default();
+    let mut old = ExecutionState { fingerprints: fingerprint::Scheme::WireText, ..ExecutionState::default() };
+    let half = node.len() / 2;
+    fold(&mut old, &view, NewEvents { node: &node[..half], flow: &flow, first: (0, 0) }, &policy);
+    let mut saved = serde_json::to_value(&old).unwrap();
+    assert_eq!(saved.as_object_mut().unwrap().remove("fingerprints"), Some(serde_json::json!("wire-text")));
+    let repeats = |state: &mut ExecutionState| {
+        // The rest of the stream, starting with the last event already folded.
+        let rest = fold(state, &view, NewEvents { node: &node[half - 1..], flow: &[], first: (half - 1, flow.len()) }, &policy);
+        rest.problems.iter().filter(|p| p.reason == "duplicate_event").count()
+    };
+    let mut read: ExecutionState = serde_json::from_value(saved.clone()).unwrap();
+    assert_eq!(read, old);
+    assert_eq!(repeats(&mut read), 1);
+    let mut misread: ExecutionState = serde_json::from_value(saved).unwrap();
+    misread.fingerprints = fingerprint::Scheme::Structural;
+    assert_eq!(repeats(&mut misread), 0);
+    // A new state makes structural prints.
+    assert_eq!(ExecutionState::default().fingerprints, fingerprint::Scheme::Structural);
+}
+
 /// A doc-batch execution over `documents` documents as the emulator generates it (seeded): its
 /// Flow and Node events, and the node types of the flow.
 pub(crate) fn doc_batch_history(documents: usize, seed: u64) -> (Vec<Event>, Vec<Event>, NodeTypes) {

@@ -1,0 +1,396 @@
+//! Fingerprints of events, to recognise one the API sends again. They are saved in the
+//! execution state, so a scheme never changes once written: a state says which it holds.
+//!
+//! `Structural` (states from version 3 on) feeds the event's serde structure to SipHash-1-3
+//! with fixed keys: every scalar with a tag byte, strings with their length, struct fields
+//! with their names, sequences and maps with an end mark; no text is written. `WireText`
+//! (versions 1 and 2) is FNV-1a over the event's compact wire JSON, kept to read the windows
+//! those states saved.
+
+use std::hash::Hasher;
+
+use serde::ser::{self, Serialize};
+use siphasher::sip::SipHasher13;
+
+use crate::model::Event;
+
+/// How the fingerprints of a state's windows were made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Scheme {
+    /// FNV-1a over the wire text: what states before version 3 hold (they name no scheme).
+    #[serde(rename = "wire-text")]
+    WireText,
+    #[default]
+    #[serde(rename = "structural")]
+    Structural,
+}
+
+impl Scheme {
+    /// The scheme of a saved state that names none.
+    pub fn legacy() -> Scheme {
+        Scheme::WireText
+    }
+
+    pub fn of(self, event: &Event) -> u64 {
+        match self {
+            Scheme::WireText => wire_text(event),
+            Scheme::Structural => structural(event),
+        }
+    }
+}
+
+/// FNV-1a over the event's wire text, written straight into the hash.
+fn wire_text(event: &Event) -> u64 {
+    struct Fnv(u64);
+    impl std::io::Write for Fnv {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            for b in bytes {
+                self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    let _ = event.write_wire(&mut hash);
+    hash.0
+}
+
+/// SipHash-1-3 (keys 0, 0) over the event's serde structure.
+fn structural(event: &Event) -> u64 {
+    let mut feed = Feed(SipHasher13::new_with_keys(0, 0));
+    // Feeding never fails: every method returns Ok.
+    let _ = event.serialize(&mut feed);
+    feed.0.finish()
+}
+
+/// The tags that keep two different structures from feeding the same bytes.
+mod tag {
+    pub const FALSE: u8 = 1;
+    pub const TRUE: u8 = 2;
+    pub const INT: u8 = 3;
+    pub const UINT: u8 = 4;
+    pub const FLOAT: u8 = 5;
+    pub const STR: u8 = 6;
+    pub const BYTES: u8 = 7;
+    pub const NONE: u8 = 8;
+    pub const SOME: u8 = 9;
+    pub const UNIT: u8 = 10;
+    pub const VARIANT: u8 = 11;
+    pub const SEQ: u8 = 12;
+    pub const MAP: u8 = 13;
+    pub const STRUCT: u8 = 14;
+    pub const END: u8 = 15;
+    pub const CHAR: u8 = 16;
+}
+
+/// A serde serializer that writes nothing but feeds the hasher.
+struct Feed(SipHasher13);
+
+#[derive(Debug)]
+struct Never;
+
+impl std::fmt::Display for Never {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fingerprint")
+    }
+}
+impl std::error::Error for Never {}
+impl ser::Error for Never {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        Never
+    }
+}
+
+impl Feed {
+    fn text(&mut self, t: u8, bytes: &[u8]) {
+        self.0.write_u8(t);
+        self.0.write_u64(bytes.len() as u64);
+        self.0.write(bytes);
+    }
+
+    fn variant(&mut self, index: u32) {
+        self.0.write_u8(tag::VARIANT);
+        self.0.write_u32(index);
+    }
+}
+
+impl<'a> ser::Serializer for &'a mut Feed {
+    type Ok = ();
+    type Error = Never;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    fn serialize_bool(self, v: bool) -> Result<(), Never> {
+        self.0.write_u8(if v { tag::TRUE } else { tag::FALSE });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), Never> {
+        self.serialize_i64(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), Never> {
+        self.serialize_i64(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), Never> {
+        self.serialize_i64(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), Never> {
+        self.0.write_u8(tag::INT);
+        self.0.write_i64(v);
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), Never> {
+        self.serialize_u64(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), Never> {
+        self.serialize_u64(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), Never> {
+        self.serialize_u64(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), Never> {
+        self.0.write_u8(tag::UINT);
+        self.0.write_u64(v);
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), Never> {
+        self.serialize_f64(v.into())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), Never> {
+        self.0.write_u8(tag::FLOAT);
+        self.0.write_u64(v.to_bits());
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), Never> {
+        self.0.write_u8(tag::CHAR);
+        self.0.write_u32(v.into());
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> Result<(), Never> {
+        self.text(tag::STR, v.as_bytes());
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), Never> {
+        self.text(tag::BYTES, v);
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), Never> {
+        self.0.write_u8(tag::NONE);
+        Ok(())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), Never> {
+        self.0.write_u8(tag::SOME);
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), Never> {
+        self.0.write_u8(tag::UNIT);
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Never> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(self, _name: &'static str, index: u32, _variant: &'static str) -> Result<(), Never> {
+        self.variant(index);
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(self, _name: &'static str, value: &T) -> Result<(), Never> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(self, _name: &'static str, index: u32, _variant: &'static str, value: &T) -> Result<(), Never> {
+        self.variant(index);
+        value.serialize(self)
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Self, Never> {
+        self.0.write_u8(tag::SEQ);
+        Ok(self)
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Self, Never> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(self, _name: &'static str, len: usize) -> Result<Self, Never> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(self, _name: &'static str, index: u32, _variant: &'static str, len: usize) -> Result<Self, Never> {
+        self.variant(index);
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self, Never> {
+        self.0.write_u8(tag::MAP);
+        Ok(self)
+    }
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Self, Never> {
+        self.0.write_u8(tag::STRUCT);
+        Ok(self)
+    }
+    fn serialize_struct_variant(self, _name: &'static str, index: u32, _variant: &'static str, _len: usize) -> Result<Self, Never> {
+        self.variant(index);
+        self.0.write_u8(tag::STRUCT);
+        Ok(self)
+    }
+}
+
+impl ser::SerializeSeq for &mut Feed {
+    type Ok = ();
+    type Error = Never;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), Never> {
+        self.0.write_u8(tag::END);
+        Ok(())
+    }
+}
+
+impl ser::SerializeTuple for &mut Feed {
+    type Ok = ();
+    type Error = Never;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), Never> {
+        self.0.write_u8(tag::END);
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleStruct for &mut Feed {
+    type Ok = ();
+    type Error = Never;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), Never> {
+        self.0.write_u8(tag::END);
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleVariant for &mut Feed {
+    type Ok = ();
+    type Error = Never;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), Never> {
+        self.0.write_u8(tag::END);
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for &mut Feed {
+    type Ok = ();
+    type Error = Never;
+    fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> Result<(), Never> {
+        key.serialize(&mut **self)
+    }
+    fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), Never> {
+        self.0.write_u8(tag::END);
+        Ok(())
+    }
+}
+
+impl ser::SerializeStruct for &mut Feed {
+    type Ok = ();
+    type Error = Never;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Never> {
+        self.text(tag::STR, key.as_bytes());
+        value.serialize(&mut **self)
+    }
+    fn skip_field(&mut self, _key: &'static str) -> Result<(), Never> {
+        Ok(())
+    }
+    fn end(self) -> Result<(), Never> {
+        self.0.write_u8(tag::END);
+        Ok(())
+    }
+}
+
+impl ser::SerializeStructVariant for &mut Feed {
+    type Ok = ();
+    type Error = Never;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Never> {
+        self.text(tag::STR, key.as_bytes());
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Result<(), Never> {
+        self.0.write_u8(tag::END);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(body: serde_json::Value) -> Event {
+        Event::from_wire(&json!({ "nodeOutputEvent": body })).unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z",
+               "fields": [{"name": "document", "content": {"document": {"a": [1, "x", null, true, 2.5]}}}]})
+    }
+
+    /// Saved windows are compared with new fingerprints: the values of both schemes are fixed
+    /// for good. These pin them (a change here makes old checkpoints miss repeats).
+    #[test]
+    fn the_values_of_both_schemes_never_change() {
+        let e = event(base());
+        assert_eq!(Scheme::WireText.of(&e), 0x0342_4a2e_d8bf_ea8f, "wire-text {:#x}", Scheme::WireText.of(&e));
+        assert_eq!(Scheme::Structural.of(&e), 0xaeb7_90b9_7925_efaa, "structural {:#x}", Scheme::Structural.of(&e));
+    }
+
+    /// Every difference an event can have changes the structural fingerprint, including ones
+    /// whose text would be ambiguous without tags and lengths.
+    #[test]
+    fn structural_fingerprints_tell_every_field_apart() {
+        let variants = [
+            base(),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456788Z",
+                   "fields": [{"name": "document", "content": {"document": {"a": [1, "x", null, true, 2.5]}}}]}),
+            json!({"nodeName": "Summarizf", "timestamp": "2026-01-02T03:04:05.123456789Z",
+                   "fields": [{"name": "document", "content": {"document": {"a": [1, "x", null, true, 2.5]}}}]}),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z",
+                   "fields": [{"name": "document", "content": {"document": {"a": [1, "x", null, true, 2.6]}}}]}),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z",
+                   "fields": [{"name": "document", "content": {"document": {"a": ["1", "x", null, true, 2.5]}}}]}),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z",
+                   "fields": [{"name": "document", "content": {"document": {"a": [1, "x", null, false, 2.5]}}}]}),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z",
+                   "fields": [{"name": "document", "content": {"document": {"a": [[1, "x"], null, true, 2.5]}}}]}),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z",
+                   "fields": [{"name": "document", "content": {"document": {"b": [1, "x", null, true, 2.5]}}}]}),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z",
+                   "fields": [{"name": "document", "content": {"document": "{\"a\":[1,\"x\",null,true,2.5]}"}}]}),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z",
+                   "fields": [{"name": "document", "type": "String", "content": {"document": {"a": [1, "x", null, true, 2.5]}}}]}),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z",
+                   "fields": [{"name": "document"}]}),
+            json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456789Z", "fields": []}),
+            json!({"nodeName": "Summarize", "fields": []}),
+            json!({"nodeName": "ab", "fields": [{"name": "c"}]}),
+            json!({"nodeName": "a", "fields": [{"name": "bc"}]}),
+        ];
+        let prints: Vec<u64> = variants.iter().map(|v| Scheme::Structural.of(&event(v.clone()))).collect();
+        for (i, a) in prints.iter().enumerate() {
+            for (j, b) in prints.iter().enumerate().skip(i + 1) {
+                assert_ne!(a, b, "variants {i} and {j} share a fingerprint");
+            }
+        }
+        // The same event read twice has the same print, and the event kind counts.
+        assert_eq!(prints[0], Scheme::Structural.of(&event(base())));
+        let input = Event::from_wire(&json!({ "nodeInputEvent": base() })).unwrap();
+        assert_ne!(prints[0], Scheme::Structural.of(&input));
+    }
+}
