@@ -194,13 +194,12 @@ impl Collector {
                 Some((t, *w, self.flows[f].source.clone(), flow_stream))
             })
             .collect();
-        let results: Vec<Result<Fetched, (String, ApiError)>> = stream::iter(jobs)
-            .map(|(t, w, source, flow_stream)| async move { fetch(source, t, w, flow_stream).await })
-            .buffer_unordered(self.poll.concurrency)
-            .collect()
-            .await;
+        // Each read is folded as it arrives, while its events are still in the cache, and the
+        // events go; the spans wait for the chunk's delivery.
+        let mut reads =
+            stream::iter(jobs).map(|(t, w, source, flow_stream)| async move { fetch(source, t, w, flow_stream).await }).buffer_unordered(self.poll.concurrency);
         let mut folded = Vec::new();
-        for result in results {
+        while let Some(result) = reads.next().await {
             let f = match result {
                 Ok(f) => f,
                 Err((arn, e)) => {
