@@ -382,44 +382,81 @@ impl InternalEvent for SpansExported {
     }
 }
 
-/// A node span exported for the first time: the node metrics of its run.
-pub struct NodeSpanExported<'a> {
+/// Node spans of one flow and alias exported for the first time: the node metrics of their
+/// runs. Each series is looked up once for the batch, not once per span: a look-up builds,
+/// hashes and compares the whole label set.
+pub struct NodeSpansExported<'a> {
     pub labels: &'a FlowLabels,
-    pub span: &'a SpanRecord,
+    pub spans: &'a [&'a SpanRecord],
 }
 
-impl InternalEvent for NodeSpanExported<'_> {
+impl InternalEvent for NodeSpansExported<'_> {
     fn emit(self, to: &Instruments) {
-        let (labels, span, metrics) = (self.labels, self.span, &to.metrics);
-        let facts = &span.facts;
-        let Some(node) = facts.node.as_deref() else {
-            return;
-        };
-        let node = metrics.node(node);
-        let node_type = if metrics.node_labels { facts.node_type.as_str() } else { "" };
-        if !facts.incomplete {
-            let status = if facts.failure_code.is_some() { "failed" } else { "ok" };
-            metrics
-                .node_duration
-                .get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("node_type", node_type), ("status", status)])))
-                .observe((span.end - span.start) as f64 / 1e9);
+        let (labels, metrics) = (self.labels, &to.metrics);
+        // (node, node_type, status) -> durations; (family, node, label value) -> sum.
+        let mut durations: Vec<(DurationSeries, Vec<f64>)> = Vec::new();
+        let mut counts: Vec<((Count, &str, &str), u64)> = Vec::new();
+        for span in self.spans {
+            let facts = &span.facts;
+            let Some(node) = facts.node.as_deref() else {
+                continue;
+            };
+            let node = metrics.node(node);
+            let node_type = if metrics.node_labels { facts.node_type.as_str() } else { "" };
+            if !facts.incomplete {
+                let status = if facts.failure_code.is_some() { "failed" } else { "ok" };
+                add(&mut durations, (node, node_type, status), Vec::new).push((span.end - span.start) as f64 / 1e9);
+            }
+            if let Some(code) = &facts.failure_code {
+                *add(&mut counts, (Count::Failure, node, code.as_str()), || 0) += 1;
+            }
+            for condition in &facts.satisfied_conditions {
+                *add(&mut counts, (Count::Condition, node, condition.as_str()), || 0) += 1;
+            }
+            if facts.input_tokens > 0 {
+                *add(&mut counts, (Count::Tokens, node, "input"), || 0) += facts.input_tokens as u64;
+            }
+            if facts.output_tokens > 0 {
+                *add(&mut counts, (Count::Tokens, node, "output"), || 0) += facts.output_tokens as u64;
+            }
         }
-        if let Some(code) = &facts.failure_code {
-            metrics.node_failures.get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("error_code", code)]))).inc();
+        for ((node, node_type, status), values) in durations {
+            let series =
+                metrics.node_duration.get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("node_type", node_type), ("status", status)])));
+            for v in values {
+                series.observe(v);
+            }
         }
-        for condition in &facts.satisfied_conditions {
-            metrics.condition_results.get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("condition", condition)]))).inc();
-        }
-        if facts.input_tokens > 0 {
-            metrics.node_tokens.get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("token_type", "input")]))).inc_by(facts.input_tokens as u64);
-        }
-        if facts.output_tokens > 0 {
-            metrics
-                .node_tokens
-                .get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("token_type", "output")])))
-                .inc_by(facts.output_tokens as u64);
+        for ((family, node, value), n) in counts {
+            let (family, label) = match family {
+                Count::Failure => (&metrics.node_failures, "error_code"),
+                Count::Condition => (&metrics.condition_results, "condition"),
+                Count::Tokens => (&metrics.node_tokens, "token_type"),
+            };
+            family.get_or_create(&metrics.flow_series(labels.with(&[("node", node), (label, value)]))).inc_by(n);
         }
     }
+}
+
+/// A node duration series of `NodeSpansExported`: node, node type, status.
+type DurationSeries<'a> = (&'a str, &'a str, &'a str);
+
+/// The value of `key` in a short list of pairs, added by `new` when missing (a linear search:
+/// the lists of a batch hold a few keys).
+pub(super) fn add<K: PartialEq, V>(list: &mut Vec<(K, V)>, key: K, new: impl FnOnce() -> V) -> &mut V {
+    let i = list.iter().position(|(k, _)| *k == key).unwrap_or_else(|| {
+        list.push((key, new()));
+        list.len() - 1
+    });
+    &mut list[i].1
+}
+
+/// The counters of `NodeSpansExported`.
+#[derive(Clone, Copy, PartialEq)]
+enum Count {
+    Failure,
+    Condition,
+    Tokens,
 }
 
 /// An execution finished: its root span was accepted and it is checkpointed as done.

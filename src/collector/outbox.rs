@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::delivery::{Delivery, PARK_RETRY};
-use super::events::{ExecutionFinished, NodeSpanExported, OutboxChanged, ReadingPaused, SpansExported, StoreFailed};
+use super::events::{add, ExecutionFinished, NodeSpansExported, OutboxChanged, ReadingPaused, SpansExported, StoreFailed};
 use super::lifecycle::Tracked;
 use super::Collector;
 use crate::metrics::FlowLabels;
@@ -250,14 +250,14 @@ impl Collector {
     pub(super) fn observe_accepted(&mut self, accepted: &[Accepted], spans: &[SpanRecord]) {
         let now = now_nanos();
         let mut labels: HashMap<(String, String), FlowLabels> = HashMap::new();
+        // The node spans by flow and alias, for one metrics batch each.
+        let mut node_spans: Vec<((&str, &str), Vec<&SpanRecord>)> = Vec::new();
         for a in accepted {
             let labels = labels.entry((a.flow_id.clone(), a.alias.clone())).or_insert_with(|| self.labels_of(&a.flow_id, &a.alias)).clone();
             let range = &spans[a.spans.clone()];
             self.events.emit(SpansExported(range.len()));
             self.spans_here += range.len() as u64;
-            for span in range.iter().filter(|s| s.parent_span_id.is_some()) {
-                self.events.emit(NodeSpanExported { labels: &labels, span });
-            }
+            add(&mut node_spans, (a.flow_id.as_str(), a.alias.as_str()), Vec::new).extend(range.iter().filter(|s| s.parent_span_id.is_some()));
             if a.done {
                 if let Some(root) = range.iter().find(|s| s.parent_span_id.is_none()) {
                     self.events.emit(ExecutionFinished { labels: &labels, arn: &a.arn, status: &a.status, root, spans: a.spans_total as usize });
@@ -266,6 +266,11 @@ impl Collector {
             }
             if self.outbox.parked(now).all(|(arn, _)| arn != a.arn) {
                 self.unpark(&a.arn);
+            }
+        }
+        for ((flow_id, alias), batch) in node_spans {
+            if let Some(labels) = labels.get(&(flow_id.to_string(), alias.to_string())) {
+                self.events.emit(NodeSpansExported { labels, spans: &batch });
             }
         }
     }

@@ -117,7 +117,7 @@ impl Feed {
     }
 }
 
-impl<'a> ser::Serializer for &'a mut Feed {
+impl ser::Serializer for &mut Feed {
     type Ok = ();
     type Error = Never;
     type SerializeSeq = Self;
