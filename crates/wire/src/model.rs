@@ -9,18 +9,26 @@ use serde_json::Value;
 
 use crate::timefmt;
 
-/// A point in time, nanoseconds since the Unix epoch. On the wire an RFC 3339 string.
+/// A point in time, nanoseconds since the Unix epoch. On the wire an RFC 3339 string; to a
+/// format that is not human-readable (such as the fingerprint's), the nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub i64);
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&timefmt::format_nanos(self.0))
+        if s.is_human_readable() {
+            s.serialize_str(&timefmt::format_nanos(self.0))
+        } else {
+            s.serialize_i64(self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return i64::deserialize(d).map(Timestamp);
+        }
         let text = String::deserialize(d)?;
         timefmt::parse_nanos(&text).map(Timestamp).ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {text:?}")))
     }
