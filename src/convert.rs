@@ -313,7 +313,18 @@ pub fn fold(state: &mut ExecutionState, view: &ExecutionView<'_>, new: NewEvents
     if state.finished {
         return Conversion::default();
     }
-    let mut c = Converter { state, view, policy, problems: Vec::new(), closed: Vec::new(), trace_id: trace_id(view.arn) };
+    let (arn, flow_id) = (Text::shared(view.arn), Text::shared(view.flow_id));
+    let mut c = Converter {
+        state,
+        view,
+        policy,
+        problems: Vec::new(),
+        closed: Vec::new(),
+        trace_id: trace_id(view.arn),
+        root_id: root_span_id(view.arn),
+        arn,
+        flow_id,
+    };
     // Without a snapshot, the Flow stream still names the Input and Output nodes.
     for event in new.flow.iter().chain(new.node) {
         let (name, kind) = match event {
@@ -351,6 +362,10 @@ struct Converter<'a> {
     /// Runs closed by this fold, to come out as spans.
     closed: Vec<Run>,
     trace_id: [u8; 16],
+    root_id: [u8; 8],
+    /// The execution's ARN and flow id, one allocation for all the spans of the fold.
+    arn: Text,
+    flow_id: Text,
 }
 
 impl Converter<'_> {
@@ -397,7 +412,7 @@ impl Converter<'_> {
         self.state.learned.get(node).cloned().unwrap_or_else(|| "unknown".into())
     }
 
-    fn content_event(&self, name: &str, time: i64, fields: Vec<(&str, Option<&Content>)>) -> SpanEventRecord {
+    fn content_event(&self, name: &'static str, time: i64, fields: Vec<(&str, Option<&Content>)>) -> SpanEventRecord {
         let names: Vec<String> = fields.iter().map(|(n, _)| n.to_string()).collect();
         let mut attributes: Attributes = vec![("aws.bedrock.flow.fields".into(), AttrValue::StrArray(names))];
         let rendered: Vec<String> = fields
@@ -405,7 +420,7 @@ impl Converter<'_> {
             .filter_map(|(n, c)| c.and_then(|c| self.policy.redacted(&c.document)).map(|text| if fields.len() == 1 { text } else { format!("{n}: {text}") }))
             .collect();
         if !rendered.is_empty() {
-            attributes.push(("content".into(), AttrValue::Str(self.policy.limit(rendered.join("\n")))));
+            attributes.push(("content".into(), self.policy.limit(rendered.join("\n")).into()));
         }
         SpanEventRecord { name: name.into(), time, attributes }
     }
@@ -561,9 +576,14 @@ impl Converter<'_> {
     /// Opens a run; returns its position in `open`.
     fn open_run(&mut self, node: &str, chain: Vec<ExecutionChainItem>, ts: i64, sources: Vec<String>) -> usize {
         let kind = self.node_type(node);
-        let counter = self.state.runs_per_node.entry(node.to_string()).or_insert(0);
-        let k = *counter;
-        *counter += 1;
+        // Keys are allocated only for a node's first run: the maps are looked up by `&str`.
+        let k = match self.state.runs_per_node.get_mut(node) {
+            Some(counter) => std::mem::replace(counter, *counter + 1),
+            None => {
+                self.state.runs_per_node.insert(node.to_string(), 1);
+                0
+            }
+        };
         let seq = self.state.next_seq;
         self.state.next_seq += 1;
         // The parent: the enclosing Iterator or Loop's latest run that started before this input.
@@ -571,11 +591,15 @@ impl Converter<'_> {
             let recent = self.state.recent.get(&item.node_name)?;
             recent.iter().rev().find(|r| r.start <= ts).map(|r| RunRef { node: item.node_name.clone(), k: r.k })
         });
-        let recent = self.state.recent.entry(node.to_string()).or_default();
-        if recent.len() == RECENT_RUNS {
-            recent.pop_front();
+        if !self.state.recent.contains_key(node) {
+            self.state.recent.insert(node.to_string(), VecDeque::new());
         }
-        recent.push_back(Recent { seq, k, start: ts, end: None });
+        if let Some(recent) = self.state.recent.get_mut(node) {
+            if recent.len() == RECENT_RUNS {
+                recent.pop_front();
+            }
+            recent.push_back(Recent { seq, k, start: ts, end: None });
+        }
         self.state.open.push(Run {
             seq,
             node: node.to_string(),
@@ -893,17 +917,17 @@ impl Converter<'_> {
         let kind = if r.kind == "unknown" { self.node_type(&r.node) } else { r.kind };
         let end = r.end.unwrap_or(r.start);
         let id = node_span_id(view.arn, &r.node, r.k);
-        let parent = r.parent.as_ref().map(|p| node_span_id(view.arn, &p.node, p.k)).unwrap_or_else(|| root_span_id(view.arn));
+        let parent = r.parent.as_ref().map(|p| node_span_id(view.arn, &p.node, p.k)).unwrap_or(self.root_id);
         let (operation, span_kind) = operation_for(&kind);
         let mut attributes: Attributes = vec![
             ("aws.bedrock.flow.node.name".into(), r.node.clone().into()),
             ("aws.bedrock.flow.node.type".into(), kind.clone().into()),
-            ("aws.bedrock.flow.execution.arn".into(), view.arn.into()),
-            ("aws.bedrock.flow.id".into(), view.flow_id.into()),
-            ("openinference.span.kind".into(), span_kind.into()),
+            ("aws.bedrock.flow.execution.arn".into(), self.arn.clone().into()),
+            ("aws.bedrock.flow.id".into(), self.flow_id.clone().into()),
+            ("openinference.span.kind".into(), Text::Static(span_kind).into()),
         ];
         if let Some(op) = operation {
-            attributes.push(("gen_ai.operation.name".into(), op.into()));
+            attributes.push(("gen_ai.operation.name".into(), Text::Static(op).into()));
         }
         if !r.chain.is_empty() {
             let chain: Vec<String> = r
@@ -936,7 +960,7 @@ impl Converter<'_> {
             attributes.push(("error.type".into(), code.clone().into()));
             SpanStatus::Error(message.clone())
         } else if r.incomplete && matches!(view.status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) {
-            attributes.push(("error.type".into(), if view.status == &ExecutionStatus::TimedOut { "timeout".into() } else { "incomplete".into() }));
+            attributes.push(("error.type".into(), Text::Static(if view.status == &ExecutionStatus::TimedOut { "timeout" } else { "incomplete" }).into()));
             SpanStatus::Error(format!("{} did not finish before the execution ended {}", r.node, view.status.as_str()))
         } else {
             SpanStatus::Unset
@@ -1014,7 +1038,7 @@ impl Converter<'_> {
         events.truncate(MAX_EVENTS_PER_SPAN);
         SpanRecord {
             trace_id: self.trace_id,
-            span_id: root_span_id(view.arn),
+            span_id: self.root_id,
             parent_span_id: None,
             name: format!("invoke_workflow {}", view.flow_name),
             start,

@@ -80,10 +80,10 @@ pub fn cut_to_fit(span: &mut SpanRecord, max_bytes: usize) -> bool {
         span.events.iter().flat_map(|e| &e.attributes).filter(is_content).fold((0, 0), |(n, bytes), (k, v)| (n + 1, bytes + encode::attribute_len(k, v)));
     // Share what is left for content among the content attributes (markers included).
     if let Some(room) = max_bytes.saturating_sub(size - contents).checked_div(count) {
-        let keep = room.saturating_sub(encode::attribute_len("content", &AttrValue::Str(String::new())) + 64);
+        let keep = room.saturating_sub(encode::attribute_len("content", &AttrValue::Str(crate::span::Text::Static(""))) + 64);
         for (_, value) in span.events.iter_mut().flat_map(|e| e.attributes.iter_mut()).filter(|(k, _)| k == "content") {
             if let AttrValue::Str(text) = value {
-                *text = crate::convert::truncate(text, keep);
+                *text = crate::convert::truncate(text, keep).into();
             }
         }
     }
@@ -482,7 +482,7 @@ mod tests {
             .iter()
             .map(|(k, v)| {
                 let value = match v {
-                    AttrValue::Str(s) => Value::String(s.clone().into()),
+                    AttrValue::Str(s) => Value::String(s.to_string().into()),
                     AttrValue::Int(i) => Value::I64(*i),
                     AttrValue::Bool(b) => Value::Bool(*b),
                     AttrValue::StrArray(items) => Value::Array(Array::String(items.iter().cloned().map(StringValue::from).collect())),
@@ -546,7 +546,10 @@ mod tests {
                 .map(|i| SpanEventRecord {
                     name: "aws.bedrock.flow.node.output".into(),
                     time: 1_700_000_000_500_000_000 + i as i64,
-                    attributes: vec![("field".into(), AttrValue::Str("document".into())), ("content".into(), AttrValue::Str("é".repeat(content_bytes / 2)))],
+                    attributes: vec![
+                        ("field".into(), AttrValue::Str("document".into())),
+                        ("content".into(), AttrValue::Str("é".repeat(content_bytes / 2).into())),
+                    ],
                 })
                 .collect(),
             dropped_events: 0,
@@ -592,7 +595,7 @@ mod tests {
         bare.links.clear();
         bare.dropped_events = 300;
         bare.attributes = vec![
-            ("".into(), AttrValue::Str(String::new())),
+            ("".into(), AttrValue::Str(String::new().into())),
             ("negative".into(), AttrValue::Int(-1)),
             ("big".into(), AttrValue::Int(i64::MAX)),
             ("off".into(), AttrValue::Bool(false)),
@@ -601,7 +604,7 @@ mod tests {
         ];
         let mut ok = span(5, 2);
         ok.status = SpanStatus::Ok;
-        (ok.events[0].name, ok.events[0].time) = (String::new(), 0);
+        (ok.events[0].name, ok.events[0].time) = ("".into(), 0);
         ok.events[1].attributes.clear();
         // The spans of a real conversion: a doc-batch Iterator over 20 documents.
         let (flow, node, types) = crate::convert::tests::doc_batch_history(20, 7);

@@ -6,19 +6,85 @@ use sha2::{Digest, Sha256};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AttrValue {
-    Str(String),
+    Str(Text),
     Int(i64),
     Bool(bool),
     StrArray(Vec<String>),
 }
 
+/// A string attribute value: a constant, shared by the spans of an execution (its ARN, its
+/// flow), or owned. Most spans carry several of the first two, and a string that is not
+/// allocated is not freed either. Saved and compared as the plain string.
+#[derive(Clone, Debug)]
+pub enum Text {
+    Static(&'static str),
+    Shared(std::sync::Arc<str>),
+    Owned(String),
+}
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+
+    /// One allocation for all the spans that clone it.
+    pub fn shared(s: &str) -> Text {
+        Text::Shared(s.into())
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text::Owned(s.to_string())
+    }
+}
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Owned(s)
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Text::Owned)
+    }
+}
+
 impl From<&str> for AttrValue {
     fn from(s: &str) -> Self {
-        AttrValue::Str(s.to_string())
+        AttrValue::Str(s.into())
     }
 }
 impl From<String> for AttrValue {
     fn from(s: String) -> Self {
+        AttrValue::Str(s.into())
+    }
+}
+impl From<Text> for AttrValue {
+    fn from(s: Text) -> Self {
         AttrValue::Str(s)
     }
 }
@@ -43,7 +109,8 @@ pub type Attributes = Vec<(std::borrow::Cow<'static, str>, AttrValue)>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpanEventRecord {
-    pub name: String,
+    /// A constant but for names read back from a saved state or the outbox.
+    pub name: std::borrow::Cow<'static, str>,
     pub time: i64,
     pub attributes: Attributes,
 }
@@ -108,7 +175,16 @@ pub fn trace_id(execution_arn: &str) -> [u8; 16] {
 
 /// `span_id` = the first 8 bytes of SHA-256(key), never zero.
 pub fn span_id(key: &str) -> [u8; 8] {
-    let digest = Sha256::digest(key.as_bytes());
+    span_id_of(&[key.as_bytes()])
+}
+
+/// `span_id` of the key made of `parts` end to end, hashed without building it.
+fn span_id_of(parts: &[&[u8]]) -> [u8; 8] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
     let mut id = [0u8; 8];
     id.copy_from_slice(&digest[..8]);
     if id == [0u8; 8] {
@@ -120,12 +196,24 @@ pub fn span_id(key: &str) -> [u8; 8] {
     id
 }
 
+/// The span id of key `{execution_arn}|root`.
 pub fn root_span_id(execution_arn: &str) -> [u8; 8] {
-    span_id(&format!("{execution_arn}|root"))
+    span_id_of(&[execution_arn.as_bytes(), b"|root"])
 }
 
+/// The span id of key `{execution_arn}|node|{node}|{k}`.
 pub fn node_span_id(execution_arn: &str, node: &str, k: usize) -> [u8; 8] {
-    span_id(&format!("{execution_arn}|node|{node}|{k}"))
+    // k in decimal, written from the end of a buffer that holds any usize.
+    let (mut digits, mut at, mut rest) = ([0u8; 20], 20, k);
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    span_id_of(&[execution_arn.as_bytes(), b"|node|", node.as_bytes(), b"|", &digits[at..]])
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -144,5 +232,9 @@ mod tests {
         assert_eq!(&Sha256::digest(arn.as_bytes())[..16], &trace_id(arn));
         assert_eq!(&Sha256::digest(format!("{arn}|root").as_bytes())[..8], &root_span_id(arn));
         assert_ne!(node_span_id(arn, "A", 0), node_span_id(arn, "A", 1));
+        // The key is hashed in parts, never built: the id is still that of the whole key.
+        for k in [0, 1, 9, 10, 99, 100, 12_345, usize::MAX] {
+            assert_eq!(&Sha256::digest(format!("{arn}|node|Summarize|{k}").as_bytes())[..8], &node_span_id(arn, "Summarize", k), "k = {k}");
+        }
     }
 }

@@ -485,7 +485,7 @@ impl InternalEvent for ExecutionFinished<'_> {
         let failure_code = match status {
             "TimedOut" => Some("ExecutionTimedOut".to_string()),
             "Failed" => Some(match root.attribute("error.type") {
-                Some(AttrValue::Str(code)) => code.clone(),
+                Some(AttrValue::Str(code)) => code.to_string(),
                 _ => "Failed".to_string(),
             }),
             _ => None,

@@ -10,7 +10,7 @@ use crate::config::CaptureContent;
 
 fn render_value(v: &AttrValue) -> String {
     match v {
-        AttrValue::Str(s) => s.clone(),
+        AttrValue::Str(s) => s.to_string(),
         AttrValue::Int(i) => i.to_string(),
         AttrValue::Bool(b) => b.to_string(),
         AttrValue::StrArray(items) => format!("[{}]", items.join(",")),

@@ -34,7 +34,7 @@ pub fn assert_span_events_as_modelled(facts: &[ExecutionFacts], receiver: &suppo
         for span in model_spans(f, &definition, name) {
             let Some(got) = received.get(&hex(&span.span_id)) else { continue };
             let names: Vec<&str> = got.events.iter().map(|(n, _)| n.as_str()).collect();
-            let expected: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+            let expected: Vec<&str> = span.events.iter().map(|e| e.name.as_ref()).collect();
             assert_eq!(names, expected, "the events of {} in {}", span.name, f.arn);
         }
     }
