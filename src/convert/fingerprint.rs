@@ -268,53 +268,24 @@ impl ser::Serializer for &mut Feed {
     }
 }
 
-impl ser::SerializeSeq for &mut Feed {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), Never> {
-        self.mark(tag::END);
-        Ok(())
-    }
+/// The compounds whose elements come one after another, closed by an end mark.
+macro_rules! elements {
+    ($($compound:ident :: $element:ident),*) => {$(
+        impl ser::$compound for &mut Feed {
+            type Ok = ();
+            type Error = Never;
+            fn $element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), Never> {
+                self.mark(tag::END);
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for &mut Feed {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), Never> {
-        self.mark(tag::END);
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for &mut Feed {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), Never> {
-        self.mark(tag::END);
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for &mut Feed {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), Never> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), Never> {
-        self.mark(tag::END);
-        Ok(())
-    }
-}
+elements!(SerializeSeq::serialize_element, SerializeTuple::serialize_element, SerializeTupleStruct::serialize_field, SerializeTupleVariant::serialize_field);
 
 impl ser::SerializeMap for &mut Feed {
     type Ok = ();
@@ -331,34 +302,25 @@ impl ser::SerializeMap for &mut Feed {
     }
 }
 
-impl ser::SerializeStruct for &mut Feed {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Never> {
-        self.text(tag::STR, key.as_bytes());
-        value.serialize(&mut **self)
-    }
-    fn skip_field(&mut self, _key: &'static str) -> Result<(), Never> {
-        Ok(())
-    }
-    fn end(self) -> Result<(), Never> {
-        self.mark(tag::END);
-        Ok(())
-    }
+/// The compounds whose fields come with their names (a skipped field feeds nothing).
+macro_rules! fields {
+    ($($compound:ident),*) => {$(
+        impl ser::$compound for &mut Feed {
+            type Ok = ();
+            type Error = Never;
+            fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Never> {
+                self.text(tag::STR, key.as_bytes());
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), Never> {
+                self.mark(tag::END);
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for &mut Feed {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Never> {
-        self.text(tag::STR, key.as_bytes());
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), Never> {
-        self.mark(tag::END);
-        Ok(())
-    }
-}
+fields!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
