@@ -591,14 +591,17 @@ impl Converter<'_> {
             let recent = self.state.recent.get(&item.node_name)?;
             recent.iter().rev().find(|r| r.start <= ts).map(|r| RunRef { node: item.node_name.clone(), k: r.k })
         });
-        if !self.state.recent.contains_key(node) {
-            self.state.recent.insert(node.to_string(), VecDeque::new());
-        }
-        if let Some(recent) = self.state.recent.get_mut(node) {
-            if recent.len() == RECENT_RUNS {
-                recent.pop_front();
+        let latest = Recent { seq, k, start: ts, end: None };
+        match self.state.recent.get_mut(node) {
+            Some(recent) => {
+                if recent.len() == RECENT_RUNS {
+                    recent.pop_front();
+                }
+                recent.push_back(latest);
             }
-            recent.push_back(Recent { seq, k, start: ts, end: None });
+            None => {
+                self.state.recent.insert(node.to_string(), VecDeque::from([latest]));
+            }
         }
         self.state.open.push(Run {
             seq,

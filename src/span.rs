@@ -203,17 +203,8 @@ pub fn root_span_id(execution_arn: &str) -> [u8; 8] {
 
 /// The span id of key `{execution_arn}|node|{node}|{k}`.
 pub fn node_span_id(execution_arn: &str, node: &str, k: usize) -> [u8; 8] {
-    // k in decimal, written from the end of a buffer that holds any usize.
-    let (mut digits, mut at, mut rest) = ([0u8; 20], 20, k);
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    span_id_of(&[execution_arn.as_bytes(), b"|node|", node.as_bytes(), b"|", &digits[at..]])
+    let mut k_text = itoa::Buffer::new();
+    span_id_of(&[execution_arn.as_bytes(), b"|node|", node.as_bytes(), b"|", k_text.format(k).as_bytes()])
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -4,7 +4,7 @@
 //! (backpressure) until the endpoint accepts again. An execution refused for good has its
 //! spans parked here, offered again every `PARK_RETRY`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -141,6 +141,9 @@ pub(super) struct Accepted {
     pub spans: Range<usize>,
 }
 
+/// A flow and alias's labels and its node spans accepted in one `observe_accepted`.
+type FlowBatch<'a> = (FlowLabels, Vec<&'a SpanRecord>);
+
 impl Collector {
     /// Sends what waits in the outbox and is due, a group at a time, and removes what the
     /// endpoint accepted. Stops at a retryable failure (the backoff).
@@ -246,21 +249,20 @@ impl Collector {
     }
 
     /// Counts spans accepted and recorded (`spans` holds them at each one's range): node
-    /// metrics once per span, the execution once when it finished with them.
+    /// metrics once per flow and alias (each series looked up once), the execution once when it finished with them.
     pub(super) fn observe_accepted(&mut self, accepted: &[Accepted], spans: &[SpanRecord]) {
         let now = now_nanos();
-        let mut labels: HashMap<(String, String), FlowLabels> = HashMap::new();
-        // The node spans by flow and alias, for one metrics batch each.
-        let mut node_spans: Vec<((&str, &str), Vec<&SpanRecord>)> = Vec::new();
+        // Per flow and alias: its labels and its node spans, for one metrics batch each.
+        let mut flows: Vec<((&str, &str), FlowBatch)> = Vec::new();
         for a in accepted {
-            let labels = labels.entry((a.flow_id.clone(), a.alias.clone())).or_insert_with(|| self.labels_of(&a.flow_id, &a.alias)).clone();
+            let (labels, node_spans) = add(&mut flows, (a.flow_id.as_str(), a.alias.as_str()), || (self.labels_of(&a.flow_id, &a.alias), Vec::new()));
             let range = &spans[a.spans.clone()];
+            node_spans.extend(range.iter().filter(|s| s.parent_span_id.is_some()));
             self.events.emit(SpansExported(range.len()));
             self.spans_here += range.len() as u64;
-            add(&mut node_spans, (a.flow_id.as_str(), a.alias.as_str()), Vec::new).extend(range.iter().filter(|s| s.parent_span_id.is_some()));
             if a.done {
                 if let Some(root) = range.iter().find(|s| s.parent_span_id.is_none()) {
-                    self.events.emit(ExecutionFinished { labels: &labels, arn: &a.arn, status: &a.status, root, spans: a.spans_total as usize });
+                    self.events.emit(ExecutionFinished { labels, arn: &a.arn, status: &a.status, root, spans: a.spans_total as usize });
                 }
                 *self.finished_here.entry(a.status.clone()).or_default() += 1;
             }
@@ -268,10 +270,8 @@ impl Collector {
                 self.unpark(&a.arn);
             }
         }
-        for ((flow_id, alias), batch) in node_spans {
-            if let Some(labels) = labels.get(&(flow_id.to_string(), alias.to_string())) {
-                self.events.emit(NodeSpansExported { labels, spans: &batch });
-            }
+        for (_, (labels, node_spans)) in &flows {
+            self.events.emit(NodeSpansExported { labels, spans: node_spans });
         }
     }
 }
