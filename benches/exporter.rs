@@ -9,6 +9,10 @@
 //! drain's API calls through the product's SDK client (`FlowSource`: same connector, request
 //! budget, retry and timeout config) and does nothing with the answers; under
 //! BENCH_FLOOR_WRAPPER (a profiler's script) when that is set.
+//!
+//! The `instructions` section runs a drain of BENCH_INSTR_EXECUTIONS (1000) by the collector
+//! and by the floor under `valgrind --tool=callgrind` (when valgrind is installed): counts
+//! that do not move with the machine's load, to compare builds or the two processes.
 
 use bedrock_flow_exporter::state::StateStore as _;
 use bedrock_flow_test_support as support;
@@ -36,7 +40,7 @@ fn release_binary() -> std::path::PathBuf {
 }
 
 /// Whether a section runs: all by default, else those named in BENCH_SECTIONS
-/// (`drain,steady,startup,memory`).
+/// (`drain,instructions,steady,growing,postgres,startup,memory`).
 fn section(name: &str) -> bool {
     std::env::var("BENCH_SECTIONS").map(|v| v.split(',').any(|s| s.trim() == name)).unwrap_or(true)
 }
@@ -387,6 +391,107 @@ async fn drain_once(binary: &Path, dir: &Path, emulator: &str, otlp: &str) -> Us
     usage
 }
 
+/// The self cost (instructions) of each function in a callgrind profile, and its total.
+/// Callgrind's format: `fn=(id) name` (or `fn=(id)` once named) starts a function's lines;
+/// `calls=` makes the next cost line a call's inclusive cost, not the function's own.
+fn callgrind_self_costs(path: &Path) -> (u64, std::collections::HashMap<String, u64>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (mut names, mut costs) = (std::collections::HashMap::<String, String>::new(), std::collections::HashMap::<String, u64>::new());
+    let (mut current, mut after_call, mut total) = (String::new(), false, 0u64);
+    let mut name_of = |spec: &str| -> String {
+        let spec = spec.trim();
+        match spec.strip_prefix('(').and_then(|r| r.split_once(')')) {
+            Some((id, rest)) if !rest.trim().is_empty() => {
+                names.insert(id.to_string(), rest.trim().to_string());
+                rest.trim().to_string()
+            }
+            Some((id, _)) => names.get(id).cloned().unwrap_or_default(),
+            None => spec.to_string(),
+        }
+    };
+    for line in text.lines() {
+        if let Some(spec) = line.strip_prefix("fn=") {
+            current = name_of(spec);
+        } else if let Some(spec) = line.strip_prefix("cfn=") {
+            name_of(spec);
+        } else if line.starts_with("calls=") {
+            after_call = true;
+        } else if let Some(t) = line.strip_prefix("totals:").or_else(|| line.strip_prefix("summary:")) {
+            total = total.max(t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0));
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-' || c == '*') {
+            let ir = line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            if !std::mem::take(&mut after_call) {
+                *costs.entry(current.clone()).or_default() += ir;
+            }
+        }
+    }
+    (total, costs)
+}
+
+/// The drain of `BENCH_INSTR_EXECUTIONS` (1000) executions by the collector and by its
+/// one-thread floor, each under `valgrind --tool=callgrind`: instructions per event, their
+/// ratio, and the functions whose own instructions differ most. Skipped without valgrind.
+async fn instructions(binary: &Path, report: &mut String) {
+    writeln!(report, "## Instructions of the drain (callgrind)\n").unwrap();
+    if !Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        writeln!(report, "Skipped: valgrind is not installed.\n").unwrap();
+        return;
+    }
+    let n = env_or("BENCH_INSTR_EXECUTIONS", 1000);
+    let emulator = support::emulator(Scenario::backlog(n, 45)).await;
+    let otlp = support::OtlpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let events: usize = emulator.executions(now_nanos()).iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
+    let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 15, "");
+    let (collector_out, floor_out) = (dir.path().join("collector.callgrind"), dir.path().join("floor.callgrind"));
+    let out_arg = |p: &Path| format!("--callgrind-out-file={}", p.display());
+    let (c_out, f_out, b, this) = (out_arg(&collector_out), out_arg(&floor_out), binary.to_str().unwrap().to_string(), std::env::current_exe().unwrap());
+    let (c_log, f_log) = (dir.path().join("collector.log"), dir.path().join("floor.log"));
+    let endpoint = emulator.endpoint();
+    let (collector, floor) = tokio::task::spawn_blocking(move || {
+        let valgrind = Path::new("valgrind");
+        let collector = measure(valgrind, &["--tool=callgrind", &c_out, &b, "run", "--once", "--config", &path], None, &c_log);
+        let floor = measure_with(valgrind, &["--tool=callgrind", &f_out, this.to_str().unwrap()], &[("BENCH_FLOOR_ENDPOINT", endpoint)], None, &f_log);
+        (collector, floor)
+    })
+    .await
+    .unwrap();
+    assert!(
+        collector.code == 0 && floor.code == 0,
+        "a run under callgrind failed: {}",
+        std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default()
+    );
+    let ((c_total, c_costs), (f_total, f_costs)) = (callgrind_self_costs(&collector_out), callgrind_self_costs(&floor_out));
+    // Valgrind's CPU has no SHA extensions, so sha2 runs its portable code here; on this
+    // machine it uses SHA-NI. The span ids' SHA-256 is shown apart for that reason.
+    let sha = |costs: &std::collections::HashMap<String, u64>| costs.iter().filter(|(k, _)| k.starts_with("sha2::")).map(|(_, v)| *v).sum::<u64>();
+    let (c_sha, f_sha) = (sha(&c_costs), sha(&f_costs));
+    let per_event = |n: u64| n as f64 / events as f64;
+    writeln!(report, "{n} finished executions, {events} events, `run --once` and the one-thread floor each under `valgrind --tool=callgrind` (user-space instructions of all threads; no kernel time, no cache or branch effects).\n").unwrap();
+    writeln!(report, "| figure | collector | floor | collector / floor |\n|---|---|---|---|").unwrap();
+    writeln!(report, "| instructions per event | {:.0} | {:.0} | **{:.3}x** |", per_event(c_total), per_event(f_total), c_total as f64 / f_total as f64)
+        .unwrap();
+    writeln!(report, "| of which SHA-256 (portable code under valgrind) | {:.0} | {:.0} | |", per_event(c_sha), per_event(f_sha)).unwrap();
+    writeln!(
+        report,
+        "| instructions per event without SHA-256 | {:.0} | {:.0} | **{:.3}x** |\n",
+        per_event(c_total - c_sha),
+        per_event(f_total - f_sha),
+        (c_total - c_sha) as f64 / (f_total - f_sha) as f64
+    )
+    .unwrap();
+    let mut diff: Vec<(i64, &String)> = c_costs.iter().map(|(k, v)| (*v as i64 - *f_costs.get(k).unwrap_or(&0) as i64, k)).collect();
+    diff.sort_by_key(|(d, _)| -d);
+    writeln!(report, "The functions whose own instructions grew most over the floor's, per event (in units of the floor's total):\n\n| function | collector - floor |\n|---|---|").unwrap();
+    for (d, name) in diff.iter().take(15) {
+        let short: String = name.chars().take(110).collect();
+        writeln!(report, "| `{}` | {:.0} ({:.3}) |", short.replace('|', "\\|"), *d as f64 / events as f64, *d as f64 / f_total as f64).unwrap();
+    }
+    writeln!(report).unwrap();
+    otlp.stop();
+    emulator.stop().await;
+}
+
 /// One run of the drain's bare SDK loop (this harness as a child), on one thread or on
 /// `workers`; it must exit 0.
 async fn floor_once(emulator: String, workers: Option<usize>, log: std::path::PathBuf) -> Usage {
@@ -497,6 +602,12 @@ async fn bench() {
             .unwrap();
         otlp.stop();
         emulator.stop().await;
+    }
+
+    if section("instructions") {
+        // 1b. The drain's instructions under callgrind: a count that does not move with the
+        // machine's load, of the collector and of its one-thread floor, and where they differ.
+        instructions(&binary, &mut report).await;
     }
 
     if section("steady") {
