@@ -269,7 +269,11 @@ impl Collector {
         let now = now_nanos();
         self.update_running_gauges();
         let work = self.plan(now);
-        let chunk_size = (self.poll.concurrency * 8).max(16);
+        // Two rounds of reads a chunk: a chunk's spans wait in memory for its delivery, and
+        // a smaller chunk keeps them (and the folds' states) in the cache. Against eight
+        // rounds: a tenth fewer last-level misses in a 1 MiB cache model for the same
+        // instructions, peak RSS 41 -> 32 MiB, ~7% less CPU in a drain (BENCHMARKS.md).
+        let chunk_size = (self.poll.concurrency * 2).max(16);
         for chunk in work.chunks(chunk_size) {
             if *stop.borrow() {
                 break;

@@ -198,7 +198,7 @@ impl Collector {
         // events go; the spans wait for the chunk's delivery.
         let mut reads =
             stream::iter(jobs).map(|(t, w, source, flow_stream)| async move { fetch(source, t, w, flow_stream).await }).buffer_unordered(self.poll.concurrency);
-        let mut folded = Vec::new();
+        let mut folded = Vec::with_capacity(chunk.len());
         while let Some(result) = reads.next().await {
             let f = match result {
                 Ok(f) => f,
@@ -260,7 +260,8 @@ impl Collector {
     /// Delivers the spans of the folded executions, then writes every checkpoint in one
     /// transaction, with what the endpoint did not accept put in the outbox. Then counts.
     async fn checkpoint(&mut self, folded: Vec<Folded>) {
-        let mut spans: Vec<SpanRecord> = Vec::new();
+        // Sized once: growing it would copy every span of the chunk again at each doubling.
+        let mut spans: Vec<SpanRecord> = Vec::with_capacity(folded.iter().map(|f| f.spans.len()).sum());
         let mut bounds: Vec<usize> = Vec::with_capacity(folded.len() + 1);
         let mut rest = Vec::with_capacity(folded.len());
         for f in folded {
