@@ -377,13 +377,25 @@ fn main() {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(bench());
 }
 
-/// One backlog drain (`run --once`) by the collector with a fresh store in `dir`; it must exit 0.
-async fn drain_once(binary: &Path, dir: &Path, emulator: &str, otlp: &str) -> Usage {
+/// `program args` run under `wrapper` (a command and its arguments, say valgrind's), or
+/// directly when it is empty.
+fn under(wrapper: &[String], program: &Path, args: &[&str]) -> (std::path::PathBuf, Vec<String>) {
+    let args = args.iter().map(|a| a.to_string());
+    match wrapper.split_first() {
+        Some((command, options)) => (command.into(), options.iter().cloned().chain(std::iter::once(program.display().to_string())).chain(args).collect()),
+        None => (program.to_path_buf(), args.collect()),
+    }
+}
+
+/// One backlog drain (`run --once`) by the collector with a fresh store in `dir`, under
+/// `wrapper` (none when empty); it must exit 0.
+async fn drain_once(binary: &Path, dir: &Path, emulator: &str, otlp: &str, wrapper: &[String]) -> Usage {
     let path = config(dir, emulator, otlp, &[("BACKLOG001", "backlog")], 15, "");
-    let (binary, log) = (binary.to_path_buf(), dir.join("drain.log"));
+    let log = dir.join("drain.log");
+    let (program, args) = under(wrapper, binary, &["run", "--once", "--config", &path]);
     let usage = tokio::task::spawn_blocking({
         let log = log.clone();
-        move || measure(&binary, &["run", "--once", "--config", &path], None, &log)
+        move || measure(&program, &args.iter().map(String::as_str).collect::<Vec<_>>(), None, &log)
     })
     .await
     .unwrap();
@@ -425,6 +437,8 @@ fn callgrind_self_costs(path: &Path) -> (u64, std::collections::HashMap<String, 
             }
         }
     }
+    // Every instruction is some function's own: the parse missed or doubled none.
+    assert_eq!(costs.values().sum::<u64>(), total, "self costs of {} do not add up to its total", path.display());
     (total, costs)
 }
 
@@ -442,25 +456,10 @@ async fn instructions(binary: &Path, report: &mut String) {
     let otlp = support::OtlpServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let events: usize = emulator.executions(now_nanos()).iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
-    let path = config(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &[("BACKLOG001", "backlog")], 15, "");
     let (collector_out, floor_out) = (dir.path().join("collector.callgrind"), dir.path().join("floor.callgrind"));
-    let out_arg = |p: &Path| format!("--callgrind-out-file={}", p.display());
-    let (c_out, f_out, b, this) = (out_arg(&collector_out), out_arg(&floor_out), binary.to_str().unwrap().to_string(), std::env::current_exe().unwrap());
-    let (c_log, f_log) = (dir.path().join("collector.log"), dir.path().join("floor.log"));
-    let endpoint = emulator.endpoint();
-    let (collector, floor) = tokio::task::spawn_blocking(move || {
-        let valgrind = Path::new("valgrind");
-        let collector = measure(valgrind, &["--tool=callgrind", &c_out, &b, "run", "--once", "--config", &path], None, &c_log);
-        let floor = measure_with(valgrind, &["--tool=callgrind", &f_out, this.to_str().unwrap()], &[("BENCH_FLOOR_ENDPOINT", endpoint)], None, &f_log);
-        (collector, floor)
-    })
-    .await
-    .unwrap();
-    assert!(
-        collector.code == 0 && floor.code == 0,
-        "a run under callgrind failed: {}",
-        std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default()
-    );
+    let callgrind = |out: &Path| ["valgrind".to_string(), "--tool=callgrind".to_string(), format!("--callgrind-out-file={}", out.display())];
+    drain_once(binary, dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &callgrind(&collector_out)).await;
+    floor_once(emulator.endpoint(), None, dir.path().join("floor.log"), &callgrind(&floor_out)).await;
     let ((c_total, c_costs), (f_total, f_costs)) = (callgrind_self_costs(&collector_out), callgrind_self_costs(&floor_out));
     // Valgrind's CPU has no SHA extensions, so sha2 runs its portable code here; on this
     // machine it uses SHA-NI. The span ids' SHA-256 is shown apart for that reason.
@@ -493,19 +492,20 @@ async fn instructions(binary: &Path, report: &mut String) {
 }
 
 /// One run of the drain's bare SDK loop (this harness as a child), on one thread or on
-/// `workers`; it must exit 0.
-async fn floor_once(emulator: String, workers: Option<usize>, log: std::path::PathBuf) -> Usage {
+/// `workers`, under `wrapper`, else under BENCH_FLOOR_WRAPPER (a profiler's wrapper script,
+/// say) when that is set; it must exit 0.
+async fn floor_once(emulator: String, workers: Option<usize>, log: std::path::PathBuf, wrapper: &[String]) -> Usage {
     let mut envs = vec![("BENCH_FLOOR_ENDPOINT", emulator)];
     envs.extend(workers.map(|n| ("BENCH_FLOOR_WORKERS", n.to_string())));
-    let this = std::env::current_exe().unwrap();
-    // BENCH_FLOOR_WRAPPER (a profiler's wrapper script, say) runs the bare loop as its argument.
-    let usage = tokio::task::spawn_blocking(move || match std::env::var_os("BENCH_FLOOR_WRAPPER") {
-        Some(wrapper) => measure_with(Path::new(&wrapper), &[this.to_str().unwrap()], &envs, None, &log),
-        None => measure_with(&this, &[], &envs, None, &log),
+    let from_env: Vec<String> = std::env::var("BENCH_FLOOR_WRAPPER").into_iter().collect();
+    let (program, args) = under(if wrapper.is_empty() { &from_env } else { wrapper }, &std::env::current_exe().unwrap(), &[]);
+    let usage = tokio::task::spawn_blocking({
+        let log = log.clone();
+        move || measure_with(&program, &args.iter().map(String::as_str).collect::<Vec<_>>(), &envs, None, &log)
     })
     .await
     .unwrap();
-    assert_eq!(usage.code, 0, "the bare loop ({workers:?} workers) failed");
+    assert_eq!(usage.code, 0, "the bare loop ({workers:?} workers) failed: {}", std::fs::read_to_string(&log).unwrap_or_default());
     usage
 }
 
@@ -536,7 +536,7 @@ async fn bench() {
         let otlp = support::OtlpServer::start().await;
         let dir = tempfile::tempdir().unwrap();
         let otlp_endpoint = format!("http://{}", otlp.grpc);
-        let drain = drain_once(&binary, dir.path(), &emulator.endpoint(), &otlp_endpoint).await;
+        let drain = drain_once(&binary, dir.path(), &emulator.endpoint(), &otlp_endpoint, &[]).await;
         let facts = emulator.executions(now_nanos());
         let events: usize = facts.iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
         let minimum: u64 = facts.iter().map(|f| (f.node_events.len().div_ceil(10) + f.flow_events.len().div_ceil(10)) as u64).sum::<u64>()
@@ -565,16 +565,16 @@ async fn bench() {
         writeln!(report, "| emulator requests served per second during the drain | {:.0} |\n", calls as f64 / drain.wall.as_secs_f64()).unwrap();
         // The SDK floor: the same calls by a bare loop through the same client, same run.
         let before_floor = emulator.stats()["total_requests"].as_u64().unwrap();
-        let floor = floor_once(emulator.endpoint(), None, dir.path().join("floor.log")).await;
+        let floor = floor_once(emulator.endpoint(), None, dir.path().join("floor.log"), &[]).await;
         let floor_calls = emulator.stats()["total_requests"].as_u64().unwrap() - before_floor;
         // The same loop on a runtime of two workers (the collector's runtime before it had one
         // thread): what the floor was measured on until then.
-        let floor_2 = floor_once(emulator.endpoint(), Some(2), dir.path().join("floor-2.log")).await;
+        let floor_2 = floor_once(emulator.endpoint(), Some(2), dir.path().join("floor-2.log"), &[]).await;
         // A second round of both (a fresh store, the same emulator), so that the ratio does not
         // rest on one pair of runs on a noisy machine.
         let dir_2 = tempfile::tempdir().unwrap();
-        let drain_b = drain_once(&binary, dir_2.path(), &emulator.endpoint(), &otlp_endpoint).await;
-        let floor_b = floor_once(emulator.endpoint(), None, dir_2.path().join("floor.log")).await;
+        let drain_b = drain_once(&binary, dir_2.path(), &emulator.endpoint(), &otlp_endpoint, &[]).await;
+        let floor_b = floor_once(emulator.endpoint(), None, dir_2.path().join("floor.log"), &[]).await;
         let per_k = |cpu: f64| cpu / (events as f64 / 1000.0);
         let (collector_cpu, floor_cpu) = ((drain.cpu_secs + drain_b.cpu_secs) / 2.0, (floor.cpu_secs + floor_b.cpu_secs) / 2.0);
         drain_per_k = Some(per_k(collector_cpu));

@@ -270,10 +270,8 @@ impl Collector {
         self.update_running_gauges();
         let work = self.plan(now);
         // Two rounds of reads a chunk: a chunk's spans wait in memory for its delivery, and
-        // a smaller chunk keeps them (and the folds' states) in the cache. Against eight
-        // rounds: a tenth fewer last-level misses in a 1 MiB cache model for the same
-        // instructions, peak RSS -20%; CPU -7% in 3,000-execution drains, within the noise
-        // at 10,000 (BENCHMARKS.md).
+        // a smaller chunk keeps them (and the folds' states) in the cache; eight rounds cost
+        // the same instructions with more cache misses and memory (BENCHMARKS.md).
         let chunk_size = (self.poll.concurrency * 2).max(16);
         for chunk in work.chunks(chunk_size) {
             if *stop.borrow() {

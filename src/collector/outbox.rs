@@ -249,7 +249,8 @@ impl Collector {
     }
 
     /// Counts spans accepted and recorded (`spans` holds them at each one's range): node
-    /// metrics once per flow and alias (each series looked up once), the execution once when it finished with them.
+    /// metrics once per flow and alias (each series looked up once), the execution once when
+    /// it finished with them.
     pub(super) fn observe_accepted(&mut self, accepted: &[Accepted], spans: &[SpanRecord]) {
         let now = now_nanos();
         // Per flow and alias: its labels and its node spans, for one metrics batch each.
