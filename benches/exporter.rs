@@ -487,6 +487,12 @@ async fn instructions(binary: &Path, report: &mut String) {
         writeln!(report, "| `{}` | {:.0} ({:.3}) |", short.replace('|', "\\|"), *d as f64 / events as f64, *d as f64 / f_total as f64).unwrap();
     }
     writeln!(report).unwrap();
+    // BENCH_KEEP_PROFILES=DIR keeps both profiles there, for callgrind_annotate.
+    if let Some(keep) = std::env::var_os("BENCH_KEEP_PROFILES") {
+        for out in [&collector_out, &floor_out] {
+            let _ = std::fs::copy(out, Path::new(&keep).join(out.file_name().unwrap()));
+        }
+    }
     otlp.stop();
     emulator.stop().await;
 }
