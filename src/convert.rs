@@ -247,7 +247,8 @@ pub struct ExecutionState {
     seen_node: VecDeque<u64>,
     seen_flow: VecDeque<u64>,
     /// How the fingerprints in `seen_node` and `seen_flow` are made; states saved before
-    /// version 3 name none and hold FNV-1a over the wire text.
+    /// version 3 name none and hold FNV-1a over the wire text, those of version 3 name
+    /// `structural`.
     #[serde(default = "fingerprint::Scheme::legacy")]
     fingerprints: fingerprint::Scheme,
     /// Spans produced so far.
@@ -257,6 +258,12 @@ pub struct ExecutionState {
 }
 
 impl ExecutionState {
+    /// Whether the reads of this execution must keep its action events' documents: its
+    /// fingerprints are of a scheme that counts them (a state saved before version 4).
+    pub fn needs_action_documents(&self) -> bool {
+        self.fingerprints.needs_action_documents()
+    }
+
     /// Runs open now (for the memory report).
     pub fn open_runs(&self) -> usize {
         self.open.len() + self.held.len() + self.waiting.len()

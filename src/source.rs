@@ -102,6 +102,17 @@ impl HttpConnector for BudgetedConnector {
     }
 }
 
+/// What a read keeps of an action event's documents (its operation's request and response).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionDocuments {
+    /// Both, as the API sent them: content is captured, or the fingerprints of an execution's
+    /// older state count them.
+    Keep,
+    /// Only what the trace model reads of them when content is not captured: the response's
+    /// `usage`. The rest is dropped as the SDK gave it, never converted.
+    UsageOnly,
+}
+
 /// One of an execution's two event streams (`eventType` of ListFlowExecutionEvents).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventStream {
@@ -355,7 +366,10 @@ impl FlowSource {
         Ok((items, out.next_token().filter(|t| !t.is_empty()).map(str::to_string)))
     }
 
-    /// One page of ListFlowExecutionEvents for one stream (`Flow` or `Node`).
+    /// One page of ListFlowExecutionEvents for one stream (`Flow` or `Node`): the page's
+    /// length, its events after the first `skip` (those already read, which are dropped as
+    /// the SDK gave them, never converted), and the next token.
+    #[allow(clippy::too_many_arguments)]
     pub async fn list_events(
         &self,
         flow_id: &str,
@@ -363,7 +377,9 @@ impl FlowSource {
         execution_arn: &str,
         stream: EventStream,
         token: Option<String>,
-    ) -> Result<(Vec<Event>, Option<String>), ApiError> {
+        skip: usize,
+        documents: ActionDocuments,
+    ) -> Result<(usize, Vec<Event>, Option<String>), ApiError> {
         let event_type = match stream {
             EventStream::Flow => bar::types::FlowExecutionEventType::Flow,
             EventStream::Node => bar::types::FlowExecutionEventType::Node,
@@ -379,7 +395,8 @@ impl FlowSource {
             .set_next_token(token);
         let out = self.call("ListFlowExecutionEvents", request.send()).await?;
         let next = out.next_token.filter(|t| !t.is_empty());
-        Ok((out.flow_execution_events.into_iter().map(event_from_sdk).collect(), next))
+        let len = out.flow_execution_events.len();
+        Ok((len, out.flow_execution_events.into_iter().skip(skip).map(|e| event_from_sdk(e, documents)).collect(), next))
     }
 
     /// GetFlowExecution: the final status and the errors of an execution.
@@ -488,9 +505,20 @@ fn agent_trace_json(part: &bar::types::TracePart) -> Value {
     out
 }
 
-/// An SDK event as the wire model, its strings and documents moved out of the SDK's answer.
-/// Unknown union members keep their kind for the report.
-pub fn event_from_sdk(event: bar::types::FlowExecutionEvent) -> Event {
+/// What an action's response keeps under `ActionDocuments::UsageOnly`: its `usage`, alone.
+fn response_usage(d: Document) -> Option<Value> {
+    match d {
+        Document::Object(mut fields) => {
+            fields.remove("usage").map(|usage| Value::Object([("usage".to_string(), document_to_json(usage))].into_iter().collect()))
+        }
+        _ => None,
+    }
+}
+
+/// An SDK event as the wire model, its strings and documents moved out of the SDK's answer
+/// (an action's documents as `documents` says). Unknown union members keep their kind for
+/// the report.
+pub fn event_from_sdk(event: bar::types::FlowExecutionEvent, documents: ActionDocuments) -> Event {
     use bar::types::FlowExecutionEvent as E;
     match event {
         E::FlowInputEvent(e) => Event::FlowInput(FlowIoEvent {
@@ -563,8 +591,11 @@ pub fn event_from_sdk(event: bar::types::FlowExecutionEvent) -> Event {
             request_id: e.request_id,
             service_name: e.service_name,
             operation_name: e.operation_name,
-            operation_request: e.operation_request.map(document_to_json),
-            operation_response: e.operation_response.map(document_to_json),
+            operation_request: e.operation_request.filter(|_| documents == ActionDocuments::Keep).map(document_to_json),
+            operation_response: match documents {
+                ActionDocuments::Keep => e.operation_response.map(document_to_json),
+                ActionDocuments::UsageOnly => e.operation_response.and_then(response_usage),
+            },
         }),
         E::NodeDependencyEvent(e) => Event::NodeDependency(NodeDependencyEvent {
             timestamp: ts(&e.timestamp),
@@ -585,6 +616,77 @@ pub fn event_from_sdk(event: bar::types::FlowExecutionEvent) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn document(value: Value) -> Document {
+        match value {
+            Value::Object(m) => Document::Object(m.into_iter().map(|(k, v)| (k, document(v))).collect()),
+            Value::Array(a) => Document::Array(a.into_iter().map(document).collect()),
+            Value::String(s) => Document::String(s),
+            Value::Bool(b) => Document::Bool(b),
+            Value::Null => Document::Null,
+            Value::Number(n) => Document::Number(match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => aws_smithy_types::Number::PosInt(u),
+                (None, Some(i)) => aws_smithy_types::Number::NegInt(i),
+                _ => aws_smithy_types::Number::Float(n.as_f64().unwrap_or_default()),
+            }),
+        }
+    }
+
+    /// Without content capture an action's documents are left out but for the response's
+    /// usage: its span is the one the whole documents give (tokens included), and the
+    /// fingerprints of version 4 know it as the same event.
+    #[test]
+    fn an_action_read_with_its_usage_only_folds_as_with_its_documents() {
+        let request = json!({"modelId": "m", "messages": [{"role": "user", "content": [{"text": "hello"}]}]});
+        let response = json!({"output": {"message": {"content": [{"text": "hi"}]}}, "usage": {"inputTokens": 11, "outputTokens": 7}, "stopReason": "end_turn"});
+        let sdk = || {
+            bar::types::FlowExecutionEvent::NodeActionEvent(
+                bar::types::NodeActionEvent::builder()
+                    .node_name("Ask")
+                    .timestamp(aws_smithy_types::DateTime::from_secs_and_nanos(1_767_323_045, 5))
+                    .request_id("req-1")
+                    .service_name("bedrock-runtime")
+                    .operation_name("Converse")
+                    .operation_request(document(request.clone()))
+                    .operation_response(document(response.clone()))
+                    .build()
+                    .unwrap(),
+            )
+        };
+        let (kept, usage_only) = (event_from_sdk(sdk(), ActionDocuments::Keep), event_from_sdk(sdk(), ActionDocuments::UsageOnly));
+        let (Event::NodeAction(k), Event::NodeAction(u)) = (&kept, &usage_only) else { panic!("{kept:?}") };
+        assert_eq!((k.operation_request.as_ref(), k.operation_response.as_ref()), (Some(&request), Some(&response)));
+        assert_eq!((u.operation_request.as_ref(), u.operation_response.as_ref()), (None, Some(&json!({"usage": {"inputTokens": 11, "outputTokens": 7}}))));
+        assert_eq!((&u.node_name, u.timestamp, &u.request_id), (&k.node_name, k.timestamp, &k.request_id));
+
+        let policy = crate::convert::ContentPolicy::default();
+        let types = crate::convert::NodeTypes::default();
+        let status = ExecutionStatus::Succeeded;
+        let arn = "arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/act";
+        let mut view = crate::convert::tests::running_view(arn, &status, &types);
+        view.finished = true;
+        // The action inside its node's run: input, action, output.
+        let io = |key: &str, nanos: u32| {
+            Event::from_wire(&json!({ key: {"nodeName": "Ask", "timestamp": format!("2026-01-02T03:04:05.{nanos:09}Z"), "fields": [{"name": "x", "content": {"document": "q"}}]} })).unwrap()
+        };
+        let history = |action: &Event| vec![io("nodeInputEvent", 1), action.clone(), io("nodeOutputEvent", 9)];
+        let (a, b) = (crate::convert::convert(&view, &history(&kept), &[], &policy), crate::convert::convert(&view, &history(&usage_only), &[], &policy));
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        assert_eq!(a.spans, b.spans);
+        let action = a.spans.iter().find(|s| s.name.ends_with(" Ask")).expect("the action's node span");
+        let tokens: Vec<_> = action.attributes.iter().filter(|(k, _)| k.starts_with("gen_ai.usage")).map(|(k, v)| (k.to_string(), format!("{v:?}"))).collect();
+        assert_eq!(tokens.len(), 2, "{:?}", action.attributes);
+        assert!(tokens.iter().any(|(k, v)| k == "gen_ai.usage.input_tokens" && v.contains("11")), "{tokens:?}");
+        // Both folded into one state: the second is known as a repeat.
+        let mut state = crate::convert::ExecutionState::default();
+        let once = crate::convert::fold(
+            &mut state,
+            &view,
+            crate::convert::NewEvents { node: &[io("nodeInputEvent", 1), kept, usage_only], flow: &[], first: (0, 0) },
+            &policy,
+        );
+        assert_eq!(once.problems.iter().filter(|p| p.reason == "duplicate_event").count(), 1);
+    }
 
     #[test]
     fn failed_attempts_are_classified_by_error_type_then_status() {

@@ -5,7 +5,7 @@
 use super::lifecycle::{Cursor, Tracked};
 use super::plan::Work;
 use crate::model::{Event, ExecutionStatus};
-use crate::source::{ApiError, ErrorKind, EventStream, FlowSource};
+use crate::source::{ActionDocuments, ApiError, ErrorKind, EventStream, FlowSource};
 use crate::timefmt::now_nanos;
 
 /// What one read brought: the advanced state and the new events of each stream, which start at
@@ -29,8 +29,9 @@ pub fn reads_flow_stream(t: &Tracked, work: Work, has_definition: bool) -> bool 
 }
 
 /// Reads one execution's new events (and errors at the end) without touching shared state;
-/// the Flow stream only when `flow_stream` (see `reads_flow_stream`).
-pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work, flow_stream: bool) -> Result<Fetched, (String, ApiError)> {
+/// the Flow stream only when `flow_stream` (see `reads_flow_stream`); action events with the
+/// `documents` given.
+pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work, flow_stream: bool, documents: ActionDocuments) -> Result<Fetched, (String, ApiError)> {
     let arn = t.arn.clone();
     let first_seq = (t.node_cursor.total, t.flow_cursor.total);
     let mut new_node = Vec::new();
@@ -43,7 +44,7 @@ pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work, flow_stream: 
                 EventStream::Node => t.node_cursor.clone(),
                 EventStream::Flow => t.flow_cursor.clone(),
             };
-            match read_stream(&source, &t, stream, cursor).await {
+            match read_stream(&source, &t, stream, cursor, documents).await {
                 Ok((events, cursor)) => match stream {
                     EventStream::Node => (new_node, t.node_cursor) = (events, cursor),
                     EventStream::Flow => (new_flow, t.flow_cursor) = (events, cursor),
@@ -79,19 +80,24 @@ pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work, flow_stream: 
 
 /// Pages one stream from its cursor: re-requests the tail page and keeps only what is new;
 /// falls back to a full re-read (skipping what was read) when the token is rejected.
-async fn read_stream(source: &FlowSource, t: &Tracked, stream: EventStream, mut cursor: Cursor) -> Result<(Vec<Event>, Cursor), ApiError> {
+async fn read_stream(
+    source: &FlowSource,
+    t: &Tracked,
+    stream: EventStream,
+    mut cursor: Cursor,
+    documents: ActionDocuments,
+) -> Result<(Vec<Event>, Cursor), ApiError> {
     let mut new = Vec::new();
     let mut token = cursor.token.clone();
     let mut skip = cursor.consumed;
     loop {
-        match source.list_events(&t.flow_id, &t.alias, &t.arn, stream, token.clone()).await {
-            Ok((items, next)) => {
-                if items.len() < skip {
+        match source.list_events(&t.flow_id, &t.alias, &t.arn, stream, token.clone(), skip, documents).await {
+            Ok((page_len, items, next)) => {
+                if page_len < skip {
                     // The page shrank: the token no longer means what it did.
-                    return reread_all(source, t, stream, cursor.total).await;
+                    return reread_all(source, t, stream, cursor.total, documents).await;
                 }
-                let page_len = items.len();
-                new.extend(items.into_iter().skip(skip));
+                new.extend(items);
                 match next {
                     Some(n) => {
                         token = Some(n);
@@ -107,7 +113,7 @@ async fn read_stream(source: &FlowSource, t: &Tracked, stream: EventStream, mut 
             }
             Err(e) if e.kind == ErrorKind::Validation && token.is_some() => {
                 tracing::debug!(arn = %t.arn, "page token rejected; re-reading the stream from the start");
-                let (mut all_new, cursor) = reread_all(source, t, stream, cursor.total).await?;
+                let (mut all_new, cursor) = reread_all(source, t, stream, cursor.total, documents).await?;
                 // Events read on earlier pages of this pass are part of the re-read too.
                 all_new.drain(..new.len().min(all_new.len()));
                 new.extend(all_new);
@@ -118,20 +124,25 @@ async fn read_stream(source: &FlowSource, t: &Tracked, stream: EventStream, mut 
     }
 }
 
-async fn reread_all(source: &FlowSource, t: &Tracked, stream: EventStream, already: usize) -> Result<(Vec<Event>, Cursor), ApiError> {
-    let mut all = Vec::new();
-    let mut token: Option<String> = None;
+/// Reads the whole stream again; the first `already` events (read before) are dropped as the
+/// SDK gave them.
+async fn reread_all(
+    source: &FlowSource,
+    t: &Tracked,
+    stream: EventStream,
+    already: usize,
+    documents: ActionDocuments,
+) -> Result<(Vec<Event>, Cursor), ApiError> {
+    let mut new = Vec::new();
+    let (mut token, mut total): (Option<String>, usize) = (None, 0);
     loop {
-        let (items, next) = source.list_events(&t.flow_id, &t.alias, &t.arn, stream, token.clone()).await?;
-        let page_len = items.len();
-        all.extend(items);
+        let skip = already.saturating_sub(total);
+        let (page_len, items, next) = source.list_events(&t.flow_id, &t.alias, &t.arn, stream, token.clone(), skip, documents).await?;
+        total += page_len;
+        new.extend(items);
         match next {
             Some(n) => token = Some(n),
-            None => {
-                let total = all.len();
-                let new = if total > already { all.split_off(already) } else { Vec::new() };
-                return Ok((new, Cursor { token, consumed: page_len, total: total.max(already) }));
-            }
+            None => return Ok((new, Cursor { token, consumed: page_len, total: total.max(already) })),
         }
     }
 }
@@ -163,7 +174,7 @@ mod tests {
         (t.node_cursor, t.flow_cursor) = (Cursor::default(), Cursor::default());
 
         assert!(reads_flow_stream(&t, Work::Fetch, true), "the first read takes both streams");
-        let first = fetch(source.clone(), t, Work::Fetch, true).await.map_err(|(_, e)| e).unwrap();
+        let first = fetch(source.clone(), t, Work::Fetch, true, ActionDocuments::Keep).await.map_err(|(_, e)| e).unwrap();
         assert_eq!((first.new_node.len(), first.new_flow.len()), (facts.node_events.len(), facts.flow_events.len()));
         assert_eq!(first.first_seq, (0, 0));
         let (node_pages, flow_pages) = (facts.node_events.len().div_ceil(10) as u64, facts.flow_events.len().div_ceil(10) as u64);
@@ -174,18 +185,18 @@ mod tests {
         // known; without it, the Flow stream names the Input and Output nodes, so both).
         assert!(!reads_flow_stream(&first.tracked, Work::Fetch, true));
         assert!(reads_flow_stream(&first.tracked, Work::Fetch, false) && reads_flow_stream(&first.tracked, Work::Final, true));
-        let poll = fetch(source.clone(), first.tracked, Work::Fetch, false).await.map_err(|(_, e)| e).unwrap();
+        let poll = fetch(source.clone(), first.tracked, Work::Fetch, false, ActionDocuments::Keep).await.map_err(|(_, e)| e).unwrap();
         assert!(poll.new_node.is_empty() && poll.new_flow.is_empty());
         assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 1, "one call: the Node stream's tail page");
 
-        let again = fetch(source.clone(), poll.tracked, Work::Final, true).await.map_err(|(_, e)| e).unwrap();
+        let again = fetch(source.clone(), poll.tracked, Work::Final, true, ActionDocuments::Keep).await.map_err(|(_, e)| e).unwrap();
         assert!(again.new_node.is_empty() && again.new_flow.is_empty(), "nothing is read twice");
         assert_eq!(again.first_seq, (facts.node_events.len(), facts.flow_events.len()));
         assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 3, "the final read: one tail page per stream");
         assert_eq!(calls()["GetFlowExecution"], 1, "the errors of a Failed execution, at its final read");
         assert!(again.tracked.final_read && again.tracked.errors.is_some());
 
-        let done = fetch(source, again.tracked, Work::Final, true).await.map_err(|(_, e)| e).unwrap();
+        let done = fetch(source, again.tracked, Work::Final, true, ActionDocuments::Keep).await.map_err(|(_, e)| e).unwrap();
         assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 3, "a final read is made once");
         assert!(done.new_node.is_empty());
         emulator.stop().await;

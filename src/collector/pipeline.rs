@@ -17,7 +17,7 @@ use super::plan::Work;
 use super::Collector;
 use crate::convert::{self, ExecutionState, ExecutionView, NewEvents, NodeTypes, Problem};
 use crate::model::{ExecutionStatus, FlowDefinition, Timestamp};
-use crate::source::{ApiError, ErrorKind, FlowSource};
+use crate::source::{ActionDocuments, ApiError, ErrorKind, FlowSource};
 use crate::span::SpanEventRecord;
 use crate::span::SpanRecord;
 use crate::state::{Checkpoint, Parcel, RunEventRow, RunEvents};
@@ -28,13 +28,15 @@ const SNAPSHOT_CACHE_ENTRIES: usize = 256;
 
 /// The version of the saved fold state (`convert::ExecutionState`). A saved state of another
 /// version is not guessed at: that execution is read again from the start.
-pub(super) const STATE_VERSION: u32 = 3;
+pub(super) const STATE_VERSION: u32 = 4;
 
 /// Saved fold states this build reads: version 1 kept the held runs' span events inline; from
 /// version 2 they are rows of their own (`state::RunEvents`), and the state holds none; from
 /// version 3 the state names how its event fingerprints are made (before, FNV-1a over the
-/// wire text, which a state read from version 1 or 2 goes on making).
-const STATE_VERSIONS_READ: [u32; 3] = [1, 2, 3];
+/// wire text, which a state read from version 1 or 2 goes on making); from version 4 they know
+/// an action event by its call, not its documents (`fingerprint::Scheme::Calls`). A state of
+/// an older scheme goes on with it, and its reads keep the action documents it counts.
+const STATE_VERSIONS_READ: [u32; 4] = [1, 2, 3, 4];
 
 #[derive(serde::Serialize)]
 struct SavedStateRef<'a> {
@@ -183,21 +185,26 @@ impl Collector {
                 Err(e) => tracing::debug!(arn = %arn, error = %e, "snapshot not read this cycle"),
             }
         }
-        // Concurrent reads of the executions whose snapshot is known.
-        let jobs: Vec<(Tracked, Work, FlowSource, bool)> = chunk
+        // Concurrent reads of the executions whose snapshot is known. An action's documents
+        // are kept only where content is captured or an older state's fingerprints count them.
+        let capture = self.policy.mode != crate::config::CaptureContent::Off;
+        let jobs: Vec<(Tracked, Work, FlowSource, bool, ActionDocuments)> = chunk
             .iter()
             .filter(|(arn, _)| definitions.contains_key(arn))
             .filter_map(|(arn, w)| {
                 let t = self.tracked.get(arn)?.clone();
                 let f = self.flow_index(&t.flow_id)?;
                 let flow_stream = fetch::reads_flow_stream(&t, *w, definitions.get(arn).is_some_and(Option::is_some));
-                Some((t, *w, self.flows[f].source.clone(), flow_stream))
+                let keep = capture || self.folds.get(arn).is_some_and(ExecutionState::needs_action_documents);
+                let documents = if keep { ActionDocuments::Keep } else { ActionDocuments::UsageOnly };
+                Some((t, *w, self.flows[f].source.clone(), flow_stream, documents))
             })
             .collect();
         // Each read is folded as it arrives, while its events are still in the cache, and the
         // events go; the spans wait for the chunk's delivery.
-        let mut reads =
-            stream::iter(jobs).map(|(t, w, source, flow_stream)| async move { fetch(source, t, w, flow_stream).await }).buffer_unordered(self.poll.concurrency);
+        let mut reads = stream::iter(jobs)
+            .map(|(t, w, source, flow_stream, documents)| fetch(source, t, w, flow_stream, documents))
+            .buffer_unordered(self.poll.concurrency);
         let mut folded = Vec::with_capacity(chunk.len());
         while let Some(result) = reads.next().await {
             let f = match result {

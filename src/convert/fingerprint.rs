@@ -1,17 +1,20 @@
 //! Fingerprints of events, to recognise one the API sends again. They are saved in the
 //! execution state, so a scheme never changes once written: a state says which it holds.
 //!
-//! `Structural` (states from version 3 on) feeds the event's serde structure, as a format that
+//! `Structural` (states of version 3) feeds the event's serde structure, as a format that
 //! is not human-readable sees it (timestamps as nanoseconds), to a word-at-a-time multiplicative
 //! hash: every scalar with a tag, strings and struct field names with their length, sequences
 //! and maps with an end mark; no text is written. Each step is a bijection of the hash for a
 //! fixed input word, so two events that differ in one word never collide. `WireText` (versions
 //! 1 and 2) is FNV-1a over the event's compact wire JSON, kept to read the windows those
-//! states saved.
+//! states saved. `Calls` (states from version 4 on) is `Structural`, except that an action
+//! event is known by its call (node, time, request id, service, operation) and not by its
+//! documents: the source leaves those out when content is not captured (see
+//! `source::Documents`), so a repeat is known whatever the capture mode.
 
 use serde::ser::{self, Serialize};
 
-use crate::model::Event;
+use crate::model::{Event, NodeActionEvent};
 
 /// How the fingerprints of a state's windows were made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -19,9 +22,12 @@ pub enum Scheme {
     /// FNV-1a over the wire text: what states before version 3 hold (they name no scheme).
     #[serde(rename = "wire-text")]
     WireText,
-    #[default]
+    /// What states of version 3 hold.
     #[serde(rename = "structural")]
     Structural,
+    #[default]
+    #[serde(rename = "calls")]
+    Calls,
 }
 
 impl Scheme {
@@ -31,11 +37,27 @@ impl Scheme {
     }
 
     pub fn of(self, event: &Event) -> u64 {
-        match self {
-            Scheme::WireText => wire_text(event),
-            Scheme::Structural => structural(event),
+        match (self, event) {
+            (Scheme::WireText, _) => wire_text(event),
+            (Scheme::Calls, Event::NodeAction(e)) => action_call(e),
+            (Scheme::Structural | Scheme::Calls, _) => structural(event),
         }
     }
+
+    /// Whether this scheme's prints of action events need the events' documents (the
+    /// schemes before `Calls`): the reads of a state that holds them must keep them.
+    pub fn needs_action_documents(self) -> bool {
+        self != Scheme::Calls
+    }
+}
+
+/// An action event known by its call. The leading word is no variant index of `Event`, so
+/// no other event feeds the same words.
+fn action_call(e: &NodeActionEvent) -> u64 {
+    let mut feed = Feed(0x243f_6a88_85a3_08d3);
+    feed.variant(u32::MAX);
+    let _ = (&e.node_name, e.timestamp, &e.request_id, &e.service_name, &e.operation_name).serialize(&mut feed);
+    feed.finish()
 }
 
 /// FNV-1a over the event's wire text, written straight into the hash.
@@ -339,10 +361,49 @@ mod tests {
     /// Saved windows are compared with new fingerprints: the values of both schemes are fixed
     /// for good. These pin them (a change here makes old checkpoints miss repeats).
     #[test]
-    fn the_values_of_both_schemes_never_change() {
+    fn the_values_of_every_scheme_never_change() {
         let e = event(base());
         assert_eq!(Scheme::WireText.of(&e), 0x0342_4a2e_d8bf_ea8f, "wire-text {:#x}", Scheme::WireText.of(&e));
         assert_eq!(Scheme::Structural.of(&e), 0xb681_e746_45ca_7483, "structural {:#x}", Scheme::Structural.of(&e));
+        assert_eq!(Scheme::Calls.of(&e), Scheme::Structural.of(&e), "calls is structural but for action events");
+        let a = action(json!({"usage": {"inputTokens": 3}}));
+        assert_eq!(Scheme::Calls.of(&a), 0xb9e2_b8cc_44bb_fde8, "calls {:#x}", Scheme::Calls.of(&a));
+    }
+
+    fn action(response: serde_json::Value) -> Event {
+        Event::from_wire(&json!({ "nodeActionEvent": {"nodeName": "Lookup", "timestamp": "2026-01-02T03:04:05.123456789Z",
+            "requestId": "r-1", "serviceName": "lambda", "operationName": "Invoke",
+            "operationRequest": {"FunctionName": "f"}, "operationResponse": response} }))
+        .unwrap()
+    }
+
+    /// Under `Calls` an action event is its call: its documents, which the source leaves out
+    /// when content is not captured, do not count, and every part of the call does.
+    #[test]
+    fn calls_know_an_action_by_its_call_not_its_documents() {
+        let full = action(json!({"usage": {"inputTokens": 3}, "StatusCode": 200}));
+        let Event::NodeAction(mut bare) = full.clone() else { unreachable!() };
+        (bare.operation_request, bare.operation_response) = (None, None);
+        assert_eq!(Scheme::Calls.of(&full), Scheme::Calls.of(&Event::NodeAction(bare.clone())));
+        assert_ne!(Scheme::Structural.of(&full), Scheme::Structural.of(&Event::NodeAction(bare.clone())), "the older scheme counts the documents");
+        let mut prints = vec![Scheme::Calls.of(&full)];
+        for change in 0..5 {
+            let mut e = bare.clone();
+            match change {
+                0 => e.node_name.push('x'),
+                1 => e.timestamp = e.timestamp.map(|t| crate::model::Timestamp(t.0 + 1)),
+                2 => e.request_id.push('x'),
+                3 => e.service_name.push('x'),
+                _ => e.operation_name.push('x'),
+            }
+            prints.push(Scheme::Calls.of(&Event::NodeAction(e)));
+        }
+        for (i, a) in prints.iter().enumerate() {
+            for (j, b) in prints.iter().enumerate().skip(i + 1) {
+                assert_ne!(a, b, "changes {i} and {j} share a fingerprint");
+            }
+        }
+        assert!(!Scheme::Calls.needs_action_documents() && Scheme::Structural.needs_action_documents() && Scheme::WireText.needs_action_documents());
     }
 
     /// Every difference an event can have changes the structural fingerprint, including ones

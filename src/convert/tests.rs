@@ -414,8 +414,14 @@ fn a_state_saved_before_version_3_knows_repeats_by_its_own_fingerprints() {
     let mut misread: ExecutionState = serde_json::from_value(saved).unwrap();
     misread.fingerprints = fingerprint::Scheme::Structural;
     assert_eq!(repeats(&mut misread), 0);
-    // A new state makes structural prints.
-    assert_eq!(ExecutionState::default().fingerprints, fingerprint::Scheme::Structural);
+    // A new state makes the prints of version 4 (structural, an action known by its call),
+    // and needs no action documents; one of version 3 (or older) needs them.
+    assert_eq!(ExecutionState::default().fingerprints, fingerprint::Scheme::Calls);
+    assert!(!ExecutionState::default().needs_action_documents());
+    let v3: ExecutionState =
+        serde_json::from_value(serde_json::to_value(ExecutionState { fingerprints: fingerprint::Scheme::Structural, ..ExecutionState::default() }).unwrap())
+            .unwrap();
+    assert!(v3.needs_action_documents() && read.needs_action_documents());
 }
 
 /// A doc-batch execution over `documents` documents as the emulator generates it (seeded): its
