@@ -91,6 +91,9 @@ async fn iterators_loops_conditions_agents_and_content_capture() {
                     let action = e.events.iter().find(|(n, _)| n == "aws.bedrock.flow.node_action").expect("Lambda action event");
                     assert_eq!(action.1.get("rpc.system").map(String::as_str), Some("aws-api"));
                     assert_eq!(action.1.get("rpc.service").map(String::as_str), Some("lambda"));
+                    // Content is captured here, so the action's documents are read whole and go out.
+                    assert!(action.1.get("content").is_some_and(|c| c.contains("FunctionName")), "the request: {:?}", action.1);
+                    assert!(action.1.get("aws.bedrock.flow.action.response").is_some_and(|c| c.contains("StatusCode")), "the response: {:?}", action.1);
                 }
                 let summaries = node(trace, "Summarize");
                 for (s, e) in summaries.iter().zip(&extracts) {
