@@ -412,19 +412,39 @@ impl Converter<'_> {
         self.view.types.is_some_and(|t| t.0.contains_key(node)) || self.state.learned.contains_key(node)
     }
 
-    fn node_type(&self, node: &str) -> String {
+    fn node_type(&self, node: &str) -> &str {
         if let Some((kind, _)) = self.view.types.and_then(|t| t.0.get(node)) {
-            return kind.clone();
+            return kind;
         }
-        self.state.learned.get(node).cloned().unwrap_or_else(|| "unknown".into())
+        self.state.learned.get(node).map_or("unknown", String::as_str)
     }
 
-    fn content_event(&self, name: &'static str, time: i64, fields: Vec<(&str, Option<&Content>)>) -> SpanEventRecord {
-        let names: Vec<String> = fields.iter().map(|(n, _)| n.to_string()).collect();
+    /// The node's type where the fold treats it apart, as a constant ("other" for the rest):
+    /// what is matched on is not allocated.
+    fn node_class(&self, node: &str) -> &'static str {
+        match self.node_type(node) {
+            "Collector" => "Collector",
+            "LoopController" => "LoopController",
+            "LoopInput" => "LoopInput",
+            "Iterator" => "Iterator",
+            "Input" => "Input",
+            "Output" => "Output",
+            "unknown" => "unknown",
+            _ => "other",
+        }
+    }
+
+    fn content_event<'e>(
+        &self,
+        name: &'static str,
+        time: i64,
+        fields: impl ExactSizeIterator<Item = (&'e str, Option<&'e Content>)> + Clone,
+    ) -> SpanEventRecord {
+        let names: Vec<String> = fields.clone().map(|(n, _)| n.to_string()).collect();
         let mut attributes: Attributes = vec![("aws.bedrock.flow.fields".into(), AttrValue::StrArray(names))];
+        let single = fields.len() == 1;
         let rendered: Vec<String> = fields
-            .iter()
-            .filter_map(|(n, c)| c.and_then(|c| self.policy.redacted(&c.document)).map(|text| if fields.len() == 1 { text } else { format!("{n}: {text}") }))
+            .filter_map(|(n, c)| c.and_then(|c| self.policy.redacted(&c.document)).map(|text| if single { text } else { format!("{n}: {text}") }))
             .collect();
         if !rendered.is_empty() {
             attributes.push(("content".into(), self.policy.limit(rendered.join("\n")).into()));
@@ -449,8 +469,7 @@ impl Converter<'_> {
         match event {
             Event::FlowInput(e) | Event::FlowOutput(e) => {
                 let name = if matches!(event, Event::FlowInput(_)) { "gen_ai.workflow.input" } else { "gen_ai.workflow.output" };
-                let fields = e.fields.iter().map(|f| (f.name.as_str(), f.content.as_ref())).collect();
-                let mut record = self.content_event(name, ts, fields);
+                let mut record = self.content_event(name, ts, e.fields.iter().map(|f| (f.name.as_str(), f.content.as_ref())));
                 if !e.node_name.is_empty() {
                     record.attributes.push(("aws.bedrock.flow.node.name".into(), e.node_name.clone().into()));
                 }
@@ -582,7 +601,7 @@ impl Converter<'_> {
 
     /// Opens a run; returns its position in `open`.
     fn open_run(&mut self, node: &str, chain: Vec<ExecutionChainItem>, ts: i64, sources: Vec<String>) -> usize {
-        let kind = self.node_type(node);
+        let kind = self.node_type(node).to_string();
         // Keys are allocated only for a node's first run: the maps are looked up by `&str`.
         let k = match self.state.runs_per_node.get_mut(node) {
             Some(counter) => std::mem::replace(counter, *counter + 1),
@@ -679,10 +698,9 @@ impl Converter<'_> {
                 (source.clone(), candidates)
             })
             .collect();
-        let is_loop = r.kind == "Loop";
-        let me = RunRef { node: r.node.clone(), k: r.k };
+        let me = (r.kind == "Loop").then(|| RunRef { node: r.node.clone(), k: r.k });
         self.settle_links(r, false);
-        if is_loop {
+        if let Some(me) = me {
             while let Some(i) = self.state.open.iter().position(|c| c.parent.as_ref() == Some(&me) && matches!(c.kind.as_str(), "LoopInput" | "LoopController"))
             {
                 let last = self.state.open[i].last;
@@ -766,9 +784,9 @@ impl Converter<'_> {
         }
         let chain: Vec<ExecutionChainItem> = e.fields.iter().find(|f| !f.execution_chain.is_empty()).map(|f| f.execution_chain.clone()).unwrap_or_default();
         let sources: Vec<String> = e.fields.iter().filter_map(|f| f.source.as_ref()).map(|s| s.node_name.clone()).filter(|s| !s.is_empty()).collect();
-        let kind = self.node_type(&e.node_name);
-        let record = self.content_event("aws.bedrock.flow.node.input", ts, e.fields.iter().map(|f| (f.name.as_str(), f.content.as_ref())).collect());
-        match kind.as_str() {
+        let kind = self.node_class(&e.node_name);
+        let record = self.content_event("aws.bedrock.flow.node.input", ts, e.fields.iter().map(|f| (f.name.as_str(), f.content.as_ref())));
+        match kind {
             "Collector" | "LoopController" => {
                 // One run per pass through the enclosing Iterator/Loop: its element of the chain
                 // is dropped, so every iteration's input lands on the same run.
@@ -812,9 +830,9 @@ impl Converter<'_> {
         if e.node_name.is_empty() {
             return self.problem("missing_field", "nodeOutputEvent without nodeName".into(), at);
         }
-        let kind = self.node_type(&e.node_name);
-        let record = self.content_event("aws.bedrock.flow.node.output", ts, e.fields.iter().map(|f| (f.name.as_str(), f.content.as_ref())).collect());
-        match kind.as_str() {
+        let kind = self.node_class(&e.node_name);
+        let record = self.content_event("aws.bedrock.flow.node.output", ts, e.fields.iter().map(|f| (f.name.as_str(), f.content.as_ref())));
+        match kind {
             "Iterator" => {
                 let Some(run) = self.first_open(&e.node_name) else {
                     self.problem("output_without_input", e.node_name.clone(), at);
@@ -924,7 +942,7 @@ impl Converter<'_> {
 
     fn span_of(&self, r: Run) -> SpanRecord {
         let view = self.view;
-        let kind = if r.kind == "unknown" { self.node_type(&r.node) } else { r.kind };
+        let kind = if r.kind == "unknown" { self.node_type(&r.node).to_string() } else { r.kind };
         let end = r.end.unwrap_or(r.start);
         let id = node_span_id(view.arn, &r.node, r.k);
         let parent = r.parent.as_ref().map(|p| node_span_id(view.arn, &p.node, p.k)).unwrap_or(self.root_id);
