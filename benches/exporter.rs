@@ -13,6 +13,7 @@
 //! The `instructions` section runs a drain of BENCH_INSTR_EXECUTIONS (1000) by the collector
 //! and by the floor under `valgrind --tool=callgrind` (when valgrind is installed): counts
 //! that do not move with the machine's load, to compare builds or the two processes.
+//! BENCH_KEEP_PROFILES=DIR keeps both profiles there (for `callgrind_annotate --inclusive=yes`).
 
 use bedrock_flow_exporter::state::StateStore as _;
 use bedrock_flow_test_support as support;

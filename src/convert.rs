@@ -30,6 +30,11 @@ impl Default for ContentPolicy {
 }
 
 impl ContentPolicy {
+    /// Whether documents leave the process at all (`capture_content` is not `off`).
+    pub fn captures(&self) -> bool {
+        self.mode != crate::config::CaptureContent::Off
+    }
+
     /// The exported form of a document, or `None` when capture is off.
     pub fn render(&self, document: &Value) -> Option<String> {
         self.redacted(document).map(|text| self.limit(text))
@@ -37,7 +42,7 @@ impl ContentPolicy {
 
     /// The document as text with every `redact` match replaced; `None` when capture is off.
     fn redacted(&self, document: &Value) -> Option<String> {
-        if self.mode == crate::config::CaptureContent::Off {
+        if !self.captures() {
             return None;
         }
         let mut text = match document {

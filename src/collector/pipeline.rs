@@ -187,7 +187,7 @@ impl Collector {
         }
         // Concurrent reads of the executions whose snapshot is known. An action's documents
         // are kept only where content is captured or an older state's fingerprints count them.
-        let capture = self.policy.mode != crate::config::CaptureContent::Off;
+        let capture = self.policy.captures();
         let jobs: Vec<(Tracked, Work, FlowSource, bool, ActionDocuments)> = chunk
             .iter()
             .filter(|(arn, _)| definitions.contains_key(arn))

@@ -10,7 +10,7 @@
 //! states saved. `Calls` (states from version 4 on) is `Structural`, except that an action
 //! event is known by its call (node, time, request id, service, operation) and not by its
 //! documents: the source leaves those out when content is not captured (see
-//! `source::Documents`), so a repeat is known whatever the capture mode.
+//! `source::ActionDocuments`), so a repeat is known whatever the capture mode.
 
 use serde::ser::{self, Serialize};
 
@@ -358,7 +358,7 @@ mod tests {
                "fields": [{"name": "document", "content": {"document": {"a": [1, "x", null, true, 2.5]}}}]})
     }
 
-    /// Saved windows are compared with new fingerprints: the values of both schemes are fixed
+    /// Saved windows are compared with new fingerprints: the values of every scheme are fixed
     /// for good. These pin them (a change here makes old checkpoints miss repeats).
     #[test]
     fn the_values_of_every_scheme_never_change() {
