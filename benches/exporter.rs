@@ -361,6 +361,12 @@ fn saved_states(path: &Path) -> (i64, i64, i64) {
         .unwrap_or((0, 0, 0))
 }
 
+/// The product's allocator (src/main.rs), so that the SDK floor (this harness as a child) and
+/// the collector allocate alike.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     // The floor runs on the collector's runtime (one thread, see main.rs), or with
     // BENCH_FLOOR_WORKERS on a runtime of that many workers.
