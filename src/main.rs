@@ -109,7 +109,7 @@ fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
 /// jemalloc, not glibc's malloc: the collector makes tens of small allocations per event (the
 /// SDK's, the wire model's, the spans'), and glibc's malloc and free, with its fastbin merging,
 /// were the largest part of its CPU above the SDK floor. With jemalloc the drain costs about a
-/// quarter less CPU at the same memory per tracked execution (BENCHMARKS.md). The bench's SDK
+/// fifth less CPU at the same memory per tracked execution (BENCHMARKS.md). The bench's SDK
 /// floor runs on the same allocator, so its comparison stays like for like.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
