@@ -33,6 +33,11 @@ struct Usage {
     cpu_secs: f64,
     max_rss_kib: i64,
     code: i32,
+    /// User and system CPU seconds apart, minor page faults, voluntary context switches.
+    user_secs: f64,
+    system_secs: f64,
+    minor_faults: i64,
+    switches: i64,
 }
 
 /// The binary cargo built for this bench (optimized, the `bench` profile), or BENCH_BINARY:
@@ -95,8 +100,18 @@ fn measure_with(binary: &Path, args: &[&str], envs: &[(&str, String)], stop_afte
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let _ = sampler.join();
-    let cpu = usage.ru_utime.tv_sec as f64 + usage.ru_utime.tv_usec as f64 / 1e6 + usage.ru_stime.tv_sec as f64 + usage.ru_stime.tv_usec as f64 / 1e6;
-    Usage { wall: started.elapsed(), cpu_secs: cpu, max_rss_kib: peak.load(std::sync::atomic::Ordering::Relaxed), code: libc::WEXITSTATUS(status) }
+    let user = usage.ru_utime.tv_sec as f64 + usage.ru_utime.tv_usec as f64 / 1e6;
+    let system = usage.ru_stime.tv_sec as f64 + usage.ru_stime.tv_usec as f64 / 1e6;
+    Usage {
+        wall: started.elapsed(),
+        cpu_secs: user + system,
+        max_rss_kib: peak.load(std::sync::atomic::Ordering::Relaxed),
+        code: libc::WEXITSTATUS(status),
+        user_secs: user,
+        system_secs: system,
+        minor_faults: usage.ru_minflt as i64,
+        switches: usage.ru_nvcsw as i64,
+    }
 }
 
 fn config(dir: &Path, emulator: &str, otlp: &str, flows: &[(&str, &str)], interval: u64, extra: &str) -> String {
@@ -587,12 +602,14 @@ async fn bench() {
         // More rounds of both (a fresh store each, the same emulator), alternating, so that the
         // ratio does not rest on one pair of runs on a noisy machine.
         let rounds = env_or("BENCH_DRAIN_ROUNDS", 3).max(1);
-        let (mut drains, mut floors) = (vec![drain.cpu_secs], vec![floor.cpu_secs]);
+        let (mut drain_runs, mut floor_runs) = (vec![drain], vec![floor]);
         for _ in 1..rounds {
             let dir = tempfile::tempdir().unwrap();
-            drains.push(drain_once(&binary, dir.path(), &emulator.endpoint(), &otlp_endpoint, &[]).await.cpu_secs);
-            floors.push(floor_once(emulator.endpoint(), None, dir.path().join("floor.log"), &[]).await.cpu_secs);
+            drain_runs.push(drain_once(&binary, dir.path(), &emulator.endpoint(), &otlp_endpoint, &[]).await);
+            floor_runs.push(floor_once(emulator.endpoint(), None, dir.path().join("floor.log"), &[]).await);
         }
+        let drains: Vec<f64> = drain_runs.iter().map(|u| u.cpu_secs).collect();
+        let floors: Vec<f64> = floor_runs.iter().map(|u| u.cpu_secs).collect();
         let per_k = |cpu: f64| cpu / (events as f64 / 1000.0);
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (collector_cpu, floor_cpu) = (mean(&drains), mean(&floors));
@@ -614,7 +631,19 @@ async fn bench() {
         writeln!(report, "| collector / floor, by round (sorted) | {} |", list(&ratios, &|r| format!("{r:.2}x"))).unwrap();
         writeln!(report, "| collector / floor, median of the rounds | {:.2}x |", ratios[ratios.len() / 2]).unwrap();
         writeln!(report, "| collector / floor, all rounds | **{:.2}x** (SPEC §9: at most 1.3x) |", collector_cpu / floor_cpu).unwrap();
-        writeln!(report, "| peak RSS, bare SDK loop | {:.1} MiB |\n", floor.max_rss_kib as f64 / 1024.0).unwrap();
+        // Where the CPU goes, of both, summed over the rounds: user and kernel time, and two
+        // counts of the kernel's work (minor page faults, voluntary context switches).
+        let sum = |runs: &[Usage], f: &dyn Fn(&Usage) -> f64| runs.iter().map(f).sum::<f64>();
+        for (what, f) in [
+            ("user CPU seconds", &(|u: &Usage| u.user_secs) as &dyn Fn(&Usage) -> f64),
+            ("system CPU seconds", &|u: &Usage| u.system_secs),
+            ("minor page faults", &|u: &Usage| u.minor_faults as f64),
+            ("voluntary context switches", &|u: &Usage| u.switches as f64),
+        ] {
+            let (c, fl) = (sum(&drain_runs, f), sum(&floor_runs, f));
+            writeln!(report, "| {what}, all rounds: collector, floor, ratio | {c:.2}, {fl:.2}, {:.2}x |", c / fl.max(f64::MIN_POSITIVE)).unwrap();
+        }
+        writeln!(report, "| peak RSS, bare SDK loop | {:.1} MiB |\n", floor_runs[0].max_rss_kib as f64 / 1024.0).unwrap();
         let address = emulator.addr;
         let arn = facts[0].arn.clone();
         let events_path = format!("/flows/BACKLOG001/aliases/BACKLOGLIV/executions/{}/events?eventType=Node&maxResults=10", arn.rsplit('/').next().unwrap());
