@@ -334,6 +334,7 @@ pub fn fold(state: &mut ExecutionState, view: &ExecutionView<'_>, new: NewEvents
         closed: Vec::new(),
         trace_id: trace_id(view.arn),
         root_id: root_span_id(view.arn),
+        ids: NodeSpanIds::new(view.arn),
         arn,
         flow_id,
     };
@@ -375,6 +376,8 @@ struct Converter<'a> {
     closed: Vec<Run>,
     trace_id: [u8; 16],
     root_id: [u8; 8],
+    /// The node span ids of the execution (SHA-256 has taken their common prefix).
+    ids: NodeSpanIds,
     /// The execution's ARN and flow id, one allocation for all the spans of the fold.
     arn: Text,
     flow_id: Text,
@@ -761,7 +764,7 @@ impl Converter<'_> {
                 }
             }
             if let Some(k) = found {
-                let link = node_span_id(self.view.arn, source, k);
+                let link = self.ids.id(source, k);
                 if !links.contains(&link) {
                     links.push(link);
                 }
@@ -949,8 +952,8 @@ impl Converter<'_> {
         let view = self.view;
         let kind = if r.kind == "unknown" { self.node_type(&r.node).to_string() } else { r.kind };
         let end = r.end.unwrap_or(r.start);
-        let id = node_span_id(view.arn, &r.node, r.k);
-        let parent = r.parent.as_ref().map(|p| node_span_id(view.arn, &p.node, p.k)).unwrap_or(self.root_id);
+        let id = self.ids.id(&r.node, r.k);
+        let parent = r.parent.as_ref().map(|p| self.ids.id(&p.node, p.k)).unwrap_or(self.root_id);
         let (operation, span_kind) = operation_for(&kind);
         let mut attributes: Attributes = vec![
             ("aws.bedrock.flow.node.name".into(), r.node.clone().into()),
