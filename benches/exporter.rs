@@ -634,14 +634,15 @@ async fn bench() {
         // Where the CPU goes, of both, summed over the rounds: user and kernel time, and two
         // counts of the kernel's work (minor page faults, voluntary context switches).
         let sum = |runs: &[Usage], f: &dyn Fn(&Usage) -> f64| runs.iter().map(f).sum::<f64>();
-        for (what, f) in [
-            ("user CPU seconds", &(|u: &Usage| u.user_secs) as &dyn Fn(&Usage) -> f64),
-            ("system CPU seconds", &|u: &Usage| u.system_secs),
-            ("minor page faults", &|u: &Usage| u.minor_faults as f64),
-            ("voluntary context switches", &|u: &Usage| u.switches as f64),
+        for (what, decimals, f) in [
+            ("user CPU seconds", 2, &(|u: &Usage| u.user_secs) as &dyn Fn(&Usage) -> f64),
+            ("system CPU seconds", 2, &|u: &Usage| u.system_secs),
+            ("minor page faults", 0, &|u: &Usage| u.minor_faults as f64),
+            ("voluntary context switches", 0, &|u: &Usage| u.switches as f64),
         ] {
             let (c, fl) = (sum(&drain_runs, f), sum(&floor_runs, f));
-            writeln!(report, "| {what}, all rounds: collector, floor, ratio | {c:.2}, {fl:.2}, {:.2}x |", c / fl.max(f64::MIN_POSITIVE)).unwrap();
+            writeln!(report, "| {what}, all rounds: collector, floor, ratio | {c:.decimals$}, {fl:.decimals$}, {:.2}x |", c / fl.max(f64::MIN_POSITIVE))
+                .unwrap();
         }
         writeln!(report, "| peak RSS, bare SDK loop | {:.1} MiB |\n", floor_runs[0].max_rss_kib as f64 / 1024.0).unwrap();
         let address = emulator.addr;
