@@ -30,7 +30,6 @@ use bedrock_flow_exporter::timefmt::now_nanos;
 
 struct Usage {
     wall: Duration,
-    cpu_secs: f64,
     max_rss_kib: i64,
     code: i32,
     /// User and system CPU seconds apart, minor page faults, voluntary context switches.
@@ -38,6 +37,13 @@ struct Usage {
     system_secs: f64,
     minor_faults: i64,
     switches: i64,
+}
+
+impl Usage {
+    /// CPU seconds, user and system.
+    fn cpu_secs(&self) -> f64 {
+        self.user_secs + self.system_secs
+    }
 }
 
 /// The binary cargo built for this bench (optimized, the `bench` profile), or BENCH_BINARY:
@@ -104,7 +110,6 @@ fn measure_with(binary: &Path, args: &[&str], envs: &[(&str, String)], stop_afte
     let system = usage.ru_stime.tv_sec as f64 + usage.ru_stime.tv_usec as f64 / 1e6;
     Usage {
         wall: started.elapsed(),
-        cpu_secs: user + system,
         max_rss_kib: peak.load(std::sync::atomic::Ordering::Relaxed),
         code: libc::WEXITSTATUS(status),
         user_secs: user,
@@ -584,7 +589,7 @@ async fn bench() {
         writeln!(report, "| figure | value |\n|---|---|").unwrap();
         writeln!(report, "| wall time | {:.2} s |", drain.wall.as_secs_f64()).unwrap();
         writeln!(report, "| events/s | {:.0} |", events as f64 / drain.wall.as_secs_f64()).unwrap();
-        writeln!(report, "| CPU seconds per 1,000 events (collector) | {:.4} |", drain.cpu_secs / (events as f64 / 1000.0)).unwrap();
+        writeln!(report, "| CPU seconds per 1,000 events (collector) | {:.4} |", drain.cpu_secs() / (events as f64 / 1000.0)).unwrap();
         writeln!(report, "| peak RSS (collector) | {:.1} MiB |", drain.max_rss_kib as f64 / 1024.0).unwrap();
         for (op, n) in stats["requests"].as_object().unwrap() {
             writeln!(report, "| API calls: {op} | {n} |").unwrap();
@@ -608,8 +613,8 @@ async fn bench() {
             drain_runs.push(drain_once(&binary, dir.path(), &emulator.endpoint(), &otlp_endpoint, &[]).await);
             floor_runs.push(floor_once(emulator.endpoint(), None, dir.path().join("floor.log"), &[]).await);
         }
-        let drains: Vec<f64> = drain_runs.iter().map(|u| u.cpu_secs).collect();
-        let floors: Vec<f64> = floor_runs.iter().map(|u| u.cpu_secs).collect();
+        let drains: Vec<f64> = drain_runs.iter().map(|u| u.cpu_secs()).collect();
+        let floors: Vec<f64> = floor_runs.iter().map(|u| u.cpu_secs()).collect();
         let per_k = |cpu: f64| cpu / (events as f64 / 1000.0);
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (collector_cpu, floor_cpu) = (mean(&drains), mean(&floors));
@@ -626,7 +631,7 @@ async fn bench() {
             list(&floors, &|c| format!("{:.4}", per_k(c)))
         )
         .unwrap();
-        writeln!(report, "| CPU seconds per 1,000 events, bare SDK loop on two workers | {:.4} |", per_k(floor_2.cpu_secs)).unwrap();
+        writeln!(report, "| CPU seconds per 1,000 events, bare SDK loop on two workers | {:.4} |", per_k(floor_2.cpu_secs())).unwrap();
         writeln!(report, "| CPU seconds per 1,000 events, collector, by round | {} |", list(&drains, &|c| format!("{:.4}", per_k(c)))).unwrap();
         writeln!(report, "| collector / floor, by round (sorted) | {} |", list(&ratios, &|r| format!("{r:.2}x"))).unwrap();
         writeln!(report, "| collector / floor, median of the rounds | {:.2}x |", ratios[ratios.len() / 2]).unwrap();
@@ -693,7 +698,7 @@ async fn bench() {
         )
         .unwrap();
         writeln!(report, "| ListFlowExecutions calls per poll | {:.1} |", list_calls as f64 / polls).unwrap();
-        writeln!(report, "| CPU seconds per poll (collector) | {:.3} |", run.cpu_secs / polls).unwrap();
+        writeln!(report, "| CPU seconds per poll (collector) | {:.3} |", run.cpu_secs() / polls).unwrap();
         writeln!(report, "| peak RSS with {steady} tracked | {:.1} MiB |", run.max_rss_kib as f64 / 1024.0).unwrap();
         writeln!(report, "| peak RSS with none tracked | {:.1} MiB |", baseline.max_rss_kib as f64 / 1024.0).unwrap();
         writeln!(report, "| memory per tracked execution | {:.1} KiB |\n", (run.max_rss_kib - baseline.max_rss_kib) as f64 / steady as f64).unwrap();
