@@ -796,7 +796,7 @@ async fn bench() {
             writeln!(report, "| quarter | events | CPU-s | CPU-s per 1,000 events | CPU-s per poll | checkpoint bytes | bytes per event | fold states saved (largest, total) |\n|---|---|---|---|---|---|---|---|").unwrap();
             for (i, w) in marks.windows(2).enumerate() {
                 let (cpu, (ev, bytes)) = (w[1].0 - w[0].0, (w[1].1 .0 - w[0].1 .0, w[1].1 .1 - w[0].1 .1));
-                let polls = (w[1].2 - w[0].2).as_secs_f64();
+                let polls = (w[1].2 - w[0].2).as_secs_f64() / interval as f64;
                 writeln!(
                     report,
                     "| {} | {ev:.0} | {cpu:.2} | {:.4} | {:.4} | {bytes:.0} | {:.0} | {} ({} B, {} B) |",
