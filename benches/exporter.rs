@@ -349,6 +349,137 @@ async fn growing_floor_child(endpoint: String, out: String) {
     }
 }
 
+/// The growing executions polled every `interval` seconds, beside their floor (section 3):
+/// CPU, events and checkpoint bytes by quarter of the run, against the drain's CPU per 1,000
+/// events and its floor's (`drain`) when the drain ran.
+async fn growing(report: &mut String, binary: &Path, interval: u64, drain: Option<(f64, f64)>) {
+    let secs = env_or("BENCH_GROWING_SECS", 180) as u64;
+    let items = env_or("BENCH_GROWING_ITEMS", 1000);
+    let chain_events = env_or("BENCH_CHAIN_EVENTS", 6000);
+    let emulator = support::emulator(Scenario::growing(items, chain_events, secs)).await;
+    let otlp = support::OtlpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &GROWING_FLOWS);
+    (c.rate, c.concurrency, c.interval_secs, c.settle_secs, c.listen) = (100_000.0, 32, interval, 0, format!("127.0.0.1:{port}"));
+    let state_path = c.state.clone();
+    let path = dir.path().join("config.toml");
+    c.write(&path);
+    let log = dir.path().join("growing.log");
+    let child = start_service(binary, &path, &log);
+    let pid = child.id();
+    // The growing floor: the bare loop of the same polls beside it (same emulator, same run).
+    let floor_out = dir.path().join("floor-growing.txt");
+    let floor = Command::new(std::env::current_exe().unwrap())
+        .env("BENCH_FLOOR_ENDPOINT", emulator.endpoint())
+        .env("BENCH_FLOOR_GROWING", &floor_out)
+        .env("BENCH_FLOOR_INTERVAL", interval.to_string())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("floor-growing.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let floor_pid = floor.id();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let scrape = move || {
+        let text = support::http_get(address, "/metrics", None).1;
+        (
+            support::sum_samples(&text, "bedrock_flow_exporter_events_received_total", &[]),
+            support::sample(&text, "bedrock_flow_exporter_checkpoint_bytes_total", &[]).unwrap_or(0.0),
+        )
+    };
+    // Quarters of the run: CPU, events, checkpoint bytes, polls.
+    let quarter = Duration::from_secs(secs / 4);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let peak_rss = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    let mut marks = vec![(support::cpu_seconds(pid), scrape(), Instant::now(), saved_states(&state_path))];
+    for _ in 0..4 {
+        tokio::time::sleep(quarter).await;
+        marks.push((support::cpu_seconds(pid), scrape(), Instant::now(), saved_states(&state_path)));
+    }
+    // Then until every execution is done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while otlp.receiver.roots().len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let end = (support::cpu_seconds(pid), scrape());
+    let final_metrics = support::http_get(address, "/metrics", None).1;
+    let rss_kib = peak_rss();
+    // Once more for the floor: its last poll reads what the collector's did.
+    tokio::time::sleep(Duration::from_millis(interval * 1000 + 500)).await;
+    let floor_cpu = support::cpu_seconds(floor_pid);
+    let floor_counts: Vec<f64> = std::fs::read_to_string(&floor_out).unwrap_or_default().split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    unsafe { libc::kill(floor_pid as i32, libc::SIGKILL) };
+    let _ = support::Running(floor);
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    drop(child);
+    let events: f64 = end.1 .0;
+    writeln!(
+        report,
+        "## Growing executions, polled every {interval} s\n\nTwo doc-batch executions over {items} documents each and one refine loop of {} passes (about {chain_events} events, thousands of runs of the same few nodes), their events arriving evenly over {secs} s, polled every {interval} s{}. {events:.0} events in all, {} spans received.\n",
+        chain_events / 8,
+        match interval {
+            1 => " (the issue's own case)",
+            15 => " (the product's default, `poll.interval_secs = 15`)",
+            _ => "",
+        },
+        otlp.receiver.unique().len()
+    )
+    .unwrap();
+    writeln!(report, "| quarter | events | CPU-s | CPU-s per 1,000 events | CPU-s per poll | checkpoint bytes | bytes per event | fold states saved (largest, total) |\n|---|---|---|---|---|---|---|---|").unwrap();
+    for (i, w) in marks.windows(2).enumerate() {
+        let (cpu, (ev, bytes)) = (w[1].0 - w[0].0, (w[1].1 .0 - w[0].1 .0, w[1].1 .1 - w[0].1 .1));
+        let polls = (w[1].2 - w[0].2).as_secs_f64() / interval as f64;
+        writeln!(
+            report,
+            "| {} | {ev:.0} | {cpu:.2} | {:.4} | {:.4} | {bytes:.0} | {:.0} | {} ({} B, {} B) |",
+            i + 1,
+            cpu / (ev / 1000.0).max(0.001),
+            cpu / polls,
+            bytes / ev.max(1.0),
+            w[1].3 .0,
+            w[1].3 .1,
+            w[1].3 .2
+        )
+        .unwrap();
+    }
+    // Where the per-event cost comes from: API calls per event, by operation.
+    // (The emulator served the floor's calls too: the collector's are those it counted.)
+    let text = final_metrics;
+    let per_k = |n: f64| n / (events / 1000.0);
+    let calls: Vec<String> = ["ListFlowExecutions", "ListFlowExecutionEvents", "GetExecutionFlowSnapshot", "GetFlowExecution"]
+        .iter()
+        .map(|op| format!("{op} {:.0}", per_k(support::sum_samples(&text, "bedrock_flow_exporter_api_requests_total", &[("operation", op)]))))
+        .collect();
+    let collector_calls = support::sum_samples(&text, "bedrock_flow_exporter_api_requests_total", &[]);
+    writeln!(report, "\nAPI calls per 1,000 events: {:.0} ({}).", per_k(collector_calls), calls.join(", ")).unwrap();
+    let growing_per_k = end.0 / (events / 1000.0);
+    let versus = drain.map(|(d, _)| format!(": {:.2}x the backlog drain's {d:.4}", growing_per_k / d)).unwrap_or_default();
+    writeln!(report, "\nWhole run: **{growing_per_k:.4} CPU-s per 1,000 events**{versus} (SPEC §9: within 1.5x). Peak RSS {:.1} MiB.\n", rss_kib / 1024.0)
+        .unwrap();
+    let [floor_calls, floor_events] = floor_counts[..] else {
+        panic!("the growing floor wrote no counts: {}", std::fs::read_to_string(dir.path().join("floor-growing.log")).unwrap_or_default());
+    };
+    let floor_per_k = floor_cpu / (floor_events / 1000.0);
+    let versus = drain.map(|(_, d)| format!(", {:.2}x the drain's floor {d:.4}", floor_per_k / d)).unwrap_or_default();
+    writeln!(
+        report,
+        "Growing floor (a bare loop making the same polls through the product's SDK client beside the collector, answers dropped): {floor_events:.0} events, {floor_calls:.0} API calls ({:.0} per 1,000 events), **{floor_per_k:.4} CPU-s per 1,000 events**{versus}; the collector costs **{:.2}x** that floor.\n",
+        floor_calls / (floor_events / 1000.0),
+        growing_per_k / floor_per_k
+    )
+    .unwrap();
+    otlp.stop();
+    emulator.stop().await;
+}
+
 /// The service (`run`) with this config, logging warnings to `log`; the caller reaps it.
 #[allow(clippy::zombie_processes)]
 fn start_service(binary: &Path, config: &Path, log: &Path) -> std::process::Child {
@@ -563,8 +694,8 @@ async fn bench() {
     )
     .unwrap();
 
-    let mut drain_per_k: Option<f64> = None;
-    let mut drain_floor_per_k: Option<f64> = None;
+    // The drain's CPU per 1,000 events and its floor's, for the growing executions' ratios.
+    let mut drain_cpu: Option<(f64, f64)> = None;
     if section("drain") {
         // 1. Backlog drain with run --once.
         let emulator = support::emulator(Scenario::backlog(executions, 45)).await;
@@ -622,8 +753,7 @@ async fn bench() {
         let mut ratios: Vec<f64> = drains.iter().zip(&floors).map(|(c, f)| c / f).collect();
         ratios.sort_by(f64::total_cmp);
         let list = |v: &[f64], f: &dyn Fn(f64) -> String| v.iter().map(|x| f(*x)).collect::<Vec<_>>().join(", ");
-        drain_per_k = Some(per_k(collector_cpu));
-        drain_floor_per_k = Some(per_k(floor_cpu));
+        drain_cpu = Some((per_k(collector_cpu), per_k(floor_cpu)));
         writeln!(report, "SDK floor (the same calls, {floor_calls} of them, by a bare loop through the product's SDK client, answers dropped), {rounds} rounds alternating with the collector's:\n").unwrap();
         writeln!(report, "| figure | value |\n|---|---|").unwrap();
         writeln!(
@@ -713,135 +843,7 @@ async fn bench() {
         let intervals: Vec<u64> =
             std::env::var("BENCH_GROWING_INTERVALS").unwrap_or_else(|_| "1,15".into()).split(',').filter_map(|v| v.trim().parse().ok()).collect();
         for interval in intervals {
-            let secs = env_or("BENCH_GROWING_SECS", 180) as u64;
-            let items = env_or("BENCH_GROWING_ITEMS", 1000);
-            let chain_events = env_or("BENCH_CHAIN_EVENTS", 6000);
-            let emulator = support::emulator(Scenario::growing(items, chain_events, secs)).await;
-            let otlp = support::OtlpServer::start().await;
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &GROWING_FLOWS);
-            (c.rate, c.concurrency, c.interval_secs, c.settle_secs, c.listen) = (100_000.0, 32, interval, 0, format!("127.0.0.1:{port}"));
-            let state_path = c.state.clone();
-            let path = dir.path().join("config.toml");
-            c.write(&path);
-            let log = dir.path().join("growing.log");
-            let child = start_service(&binary, &path, &log);
-            let pid = child.id();
-            // The growing floor: the bare loop of the same polls beside it (same emulator, same run).
-            let floor_out = dir.path().join("floor-growing.txt");
-            let floor = Command::new(std::env::current_exe().unwrap())
-                .env("BENCH_FLOOR_ENDPOINT", emulator.endpoint())
-                .env("BENCH_FLOOR_GROWING", &floor_out)
-                .env("BENCH_FLOOR_INTERVAL", interval.to_string())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("floor-growing.log")).unwrap())
-                .spawn()
-                .unwrap();
-            let floor_pid = floor.id();
-            let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let scrape = move || {
-                let text = support::http_get(address, "/metrics", None).1;
-                (
-                    support::sum_samples(&text, "bedrock_flow_exporter_events_received_total", &[]),
-                    support::sample(&text, "bedrock_flow_exporter_checkpoint_bytes_total", &[]).unwrap_or(0.0),
-                )
-            };
-            // Quarters of the run: CPU, events, checkpoint bytes, polls.
-            let quarter = Duration::from_secs(secs / 4);
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let peak_rss = || {
-                std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-                    .unwrap_or(0.0)
-            };
-            let mut marks = vec![(support::cpu_seconds(pid), scrape(), Instant::now(), saved_states(&state_path))];
-            for _ in 0..4 {
-                tokio::time::sleep(quarter).await;
-                marks.push((support::cpu_seconds(pid), scrape(), Instant::now(), saved_states(&state_path)));
-            }
-            // Then until every execution is done.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while otlp.receiver.roots().len() < 3 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            let end = (support::cpu_seconds(pid), scrape());
-            let final_metrics = support::http_get(address, "/metrics", None).1;
-            let rss_kib = peak_rss();
-            // Once more for the floor: its last poll reads what the collector's did.
-            tokio::time::sleep(Duration::from_millis(interval * 1000 + 500)).await;
-            let floor_cpu = support::cpu_seconds(floor_pid);
-            let floor_counts: Vec<f64> = std::fs::read_to_string(&floor_out).unwrap_or_default().split_whitespace().filter_map(|n| n.parse().ok()).collect();
-            unsafe { libc::kill(floor_pid as i32, libc::SIGKILL) };
-            let _ = support::Running(floor);
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            let mut status = 0;
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
-            drop(child);
-            let events: f64 = end.1 .0;
-            writeln!(
-                report,
-                "## Growing executions, polled every {interval} s\n\nTwo doc-batch executions over {items} documents each and one refine loop of {} passes (about {chain_events} events, thousands of runs of the same few nodes), their events arriving evenly over {secs} s, polled every {interval} s{}. {events:.0} events in all, {} spans received.\n",
-                chain_events / 8,
-                match interval {
-                    1 => " (the issue's own case)",
-                    15 => " (the product's default, `poll.interval_secs = 15`)",
-                    _ => "",
-                },
-                otlp.receiver.unique().len()
-            )
-            .unwrap();
-            writeln!(report, "| quarter | events | CPU-s | CPU-s per 1,000 events | CPU-s per poll | checkpoint bytes | bytes per event | fold states saved (largest, total) |\n|---|---|---|---|---|---|---|---|").unwrap();
-            for (i, w) in marks.windows(2).enumerate() {
-                let (cpu, (ev, bytes)) = (w[1].0 - w[0].0, (w[1].1 .0 - w[0].1 .0, w[1].1 .1 - w[0].1 .1));
-                let polls = (w[1].2 - w[0].2).as_secs_f64() / interval as f64;
-                writeln!(
-                    report,
-                    "| {} | {ev:.0} | {cpu:.2} | {:.4} | {:.4} | {bytes:.0} | {:.0} | {} ({} B, {} B) |",
-                    i + 1,
-                    cpu / (ev / 1000.0).max(0.001),
-                    cpu / polls,
-                    bytes / ev.max(1.0),
-                    w[1].3 .0,
-                    w[1].3 .1,
-                    w[1].3 .2
-                )
-                .unwrap();
-            }
-            // Where the per-event cost comes from: API calls per event, by operation.
-            // (The emulator served the floor's calls too: the collector's are those it counted.)
-            let text = final_metrics;
-            let per_k = |n: f64| n / (events / 1000.0);
-            let calls: Vec<String> = ["ListFlowExecutions", "ListFlowExecutionEvents", "GetExecutionFlowSnapshot", "GetFlowExecution"]
-                .iter()
-                .map(|op| format!("{op} {:.0}", per_k(support::sum_samples(&text, "bedrock_flow_exporter_api_requests_total", &[("operation", op)]))))
-                .collect();
-            let collector_calls = support::sum_samples(&text, "bedrock_flow_exporter_api_requests_total", &[]);
-            writeln!(report, "\nAPI calls per 1,000 events: {:.0} ({}).", per_k(collector_calls), calls.join(", ")).unwrap();
-            let growing_per_k = end.0 / (events / 1000.0);
-            let versus = drain_per_k.map(|d| format!(": {:.2}x the backlog drain's {d:.4}", growing_per_k / d)).unwrap_or_default();
-            writeln!(
-                report,
-                "\nWhole run: **{growing_per_k:.4} CPU-s per 1,000 events**{versus} (SPEC §9: within 1.5x). Peak RSS {:.1} MiB.\n",
-                rss_kib / 1024.0
-            )
-            .unwrap();
-            let [floor_calls, floor_events] = floor_counts[..] else {
-                panic!("the growing floor wrote no counts: {}", std::fs::read_to_string(dir.path().join("floor-growing.log")).unwrap_or_default());
-            };
-            let floor_per_k = floor_cpu / (floor_events / 1000.0);
-            let versus = drain_floor_per_k.map(|d| format!(", {:.2}x the drain's floor {d:.4}", floor_per_k / d)).unwrap_or_default();
-            writeln!(
-                report,
-                "Growing floor (a bare loop making the same polls through the product's SDK client beside the collector, answers dropped): {floor_events:.0} events, {floor_calls:.0} API calls ({:.0} per 1,000 events), **{floor_per_k:.4} CPU-s per 1,000 events**{versus}; the collector costs **{:.2}x** that floor.\n",
-                floor_calls / (floor_events / 1000.0),
-                growing_per_k / floor_per_k
-            )
-            .unwrap();
-            otlp.stop();
-            emulator.stop().await;
+            growing(&mut report, &binary, interval, drain_cpu).await;
         }
     }
 
