@@ -323,16 +323,27 @@ impl FlowSource {
     }
 
     /// Awaits one SDK call (its retries included) and records its duration; the attempts and
-    /// their errors are counted by `AttemptCounter`.
-    async fn call<T, E, R>(&self, operation: &'static str, request: impl std::future::Future<Output = Result<T, SdkError<E, R>>>) -> Result<T, ApiError>
+    /// their errors are counted by `AttemptCounter`. The SDK's future is put on the heap before
+    /// anything awaits it: it is kilobytes large, and inline it would make every future that
+    /// awaits a call as large, copied whenever one is moved (an execution's read, three times
+    /// as it joins the reads in flight).
+    fn call<'a, T, E, R>(
+        &'a self,
+        operation: &'static str,
+        request: impl std::future::Future<Output = Result<T, SdkError<E, R>>> + 'a,
+    ) -> impl std::future::Future<Output = Result<T, ApiError>> + 'a
     where
+        T: 'a,
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'a,
     {
-        let started = Instant::now();
-        let result = request.await.map_err(|e| classify(operation, e));
-        self.metrics.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).observe(started.elapsed().as_secs_f64());
-        result
+        let request = Box::pin(request);
+        async move {
+            let started = Instant::now();
+            let result = request.await.map_err(|e| classify(operation, e));
+            self.metrics.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).observe(started.elapsed().as_secs_f64());
+            result
+        }
     }
 
     /// One page of ListFlowExecutions.

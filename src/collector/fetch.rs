@@ -155,6 +155,18 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::source::{AwsTarget, RequestBudget, StaticCredentials};
 
+    /// An execution's read is a small future: the SDK's futures, kilobytes each, wait on the
+    /// heap (`FlowSource::call`), so the reads in flight are not copied kilobytes at a time as
+    /// they are pushed and moved.
+    #[tokio::test]
+    async fn a_read_in_flight_is_small() {
+        let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some("http://127.0.0.1:9".into()), ..AwsTarget::default() };
+        let credentials = StaticCredentials { access_key_id: "AKIDTEST".into(), secret_access_key: "secret".into() };
+        let source = FlowSource::new(&target, Arc::new(RequestBudget::per_second(1000.0)), Some(&credentials), Arc::new(Metrics::new(true))).await;
+        let read = fetch(source, crate::state::tests::tracked("arn:x"), Work::Final, true, ActionDocuments::Keep);
+        assert!(std::mem::size_of_val(&read) <= 2048, "{} bytes", std::mem::size_of_val(&read));
+    }
+
     /// `fetch` alone, with the real SDK against the emulator: the first read takes every page
     /// once, a poll that finds nothing new re-requests only the Node stream's tail page, the
     /// final read each stream's tail page, and for a Failed execution GetFlowExecution.
