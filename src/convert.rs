@@ -335,6 +335,7 @@ pub fn fold(state: &mut ExecutionState, view: &ExecutionView<'_>, new: NewEvents
         trace_id: trace_id(view.arn),
         root_id: root_span_id(view.arn),
         ids: NodeSpanIds::new(view.arn),
+        run_ids: HashMap::new(),
         arn,
         flow_id,
     };
@@ -378,6 +379,9 @@ struct Converter<'a> {
     root_id: [u8; 8],
     /// The node span ids of the execution (SHA-256 has taken their common prefix).
     ids: NodeSpanIds,
+    /// The span ids of runs this fold has needed, by run `seq`: a run's id is wanted for its
+    /// own span and again by each run that links to it, and each costs two SHA-256 blocks.
+    run_ids: HashMap<u64, [u8; 8]>,
     /// The execution's ARN and flow id, one allocation for all the spans of the fold.
     arn: Text,
     flow_id: Text,
@@ -744,7 +748,7 @@ impl Converter<'_> {
         }
     }
 
-    fn links_of(&self, r: &Run, force: bool) -> Option<Vec<[u8; 8]>> {
+    fn links_of(&mut self, r: &Run, force: bool) -> Option<Vec<[u8; 8]>> {
         let mut links = Vec::new();
         for (source, candidates) in &r.waiting_on {
             let mut found = None;
@@ -759,12 +763,12 @@ impl Converter<'_> {
                     },
                 };
                 if end <= r.start {
-                    found = Some(c.k);
+                    found = Some((c.seq, c.k));
                     break;
                 }
             }
-            if let Some(k) = found {
-                let link = self.ids.id(source, k);
+            if let Some((seq, k)) = found {
+                let link = self.run_id(seq, source, k);
                 if !links.contains(&link) {
                     links.push(link);
                 }
@@ -948,11 +952,16 @@ impl Converter<'_> {
         Conversion { spans, problems: self.problems }
     }
 
-    fn span_of(&self, r: Run) -> SpanRecord {
+    /// The span id of run `seq` (run `k` of `node`), hashed once a fold.
+    fn run_id(&mut self, seq: u64, node: &str, k: usize) -> [u8; 8] {
+        *self.run_ids.entry(seq).or_insert_with(|| self.ids.id(node, k))
+    }
+
+    fn span_of(&mut self, r: Run) -> SpanRecord {
+        let id = self.run_id(r.seq, &r.node, r.k);
         let view = self.view;
         let kind = if r.kind == "unknown" { self.node_type(&r.node).to_string() } else { r.kind };
         let end = r.end.unwrap_or(r.start);
-        let id = self.ids.id(&r.node, r.k);
         let parent = r.parent.as_ref().map(|p| self.ids.id(&p.node, p.k)).unwrap_or(self.root_id);
         let (operation, span_kind) = operation_for(&kind);
         let mut attributes: Attributes = vec![
