@@ -239,7 +239,8 @@ async fn floor_child(endpoint: String) {
 }
 
 /// The bare loop of the growing executions' floor (run as a child beside the collector, on
-/// the same emulator): every second, list both flows, read the snapshot once per flow, and page
+/// the same emulator): every BENCH_FLOOR_INTERVAL seconds (1 unless set; the collector's
+/// interval), list both flows, read the snapshot once per flow, and page
 /// each unfinished execution's Node stream from its tail page as the collector does (the Flow
 /// stream at the first and the final read), through the product's SDK client, dropping the
 /// answers. After each poll it writes "calls events" to `out`.
