@@ -14,7 +14,8 @@
 //! The `instructions` section runs a drain of BENCH_INSTR_EXECUTIONS (1000) by the collector
 //! and by the floor under `valgrind --tool=callgrind` (when valgrind is installed): counts
 //! that do not move with the machine's load, to compare builds or the two processes.
-//! BENCH_KEEP_PROFILES=DIR keeps both profiles there (for `callgrind_annotate --inclusive=yes`).
+//! BENCH_KEEP_PROFILES=DIR keeps both profiles there (for `callgrind_annotate --inclusive=yes`);
+//! BENCH_CALLGRIND_OPTIONS adds callgrind options to both (`--cache-sim=yes` for a cache model).
 
 use bedrock_flow_exporter::state::StateStore as _;
 use bedrock_flow_test_support as support;
@@ -564,13 +565,29 @@ async fn drain_once(binary: &Path, dir: &Path, emulator: &str, otlp: &str, wrapp
     usage
 }
 
-/// The self cost (instructions) of each function in a callgrind profile, and its total.
-/// Callgrind's format: `fn=(id) name` (or `fn=(id)` once named) starts a function's lines;
-/// `calls=` makes the next cost line a call's inclusive cost, not the function's own.
-fn callgrind_self_costs(path: &Path) -> (u64, std::collections::HashMap<String, u64>) {
+/// A callgrind profile: the self cost (instructions) of each function, the total, and the
+/// total of every event it counted (the cache model's misses too, under `--cache-sim=yes`).
+struct Profile {
+    total: u64,
+    costs: std::collections::HashMap<String, u64>,
+    events: std::collections::HashMap<String, u64>,
+}
+
+impl Profile {
+    /// The sum of the named events' totals (0 for events not counted).
+    fn sum(&self, names: &[&str]) -> u64 {
+        names.iter().map(|n| self.events.get(*n).copied().unwrap_or(0)).sum()
+    }
+}
+
+/// Reads a callgrind profile. Callgrind's format: `fn=(id) name` (or `fn=(id)` once named)
+/// starts a function's lines; `calls=` makes the next cost line a call's inclusive cost, not
+/// the function's own.
+fn callgrind_profile(path: &Path) -> Profile {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let (mut names, mut costs) = (std::collections::HashMap::<String, String>::new(), std::collections::HashMap::<String, u64>::new());
-    let (mut current, mut after_call, mut total) = (String::new(), false, 0u64);
+    let (mut current, mut after_call, mut total, mut totals) = (String::new(), false, 0u64, None::<u64>);
+    let (mut event_names, mut events) = (Vec::<String>::new(), std::collections::HashMap::<String, u64>::new());
     let mut name_of = |spec: &str| -> String {
         let spec = spec.trim();
         match spec.strip_prefix('(').and_then(|r| r.split_once(')')) {
@@ -589,8 +606,15 @@ fn callgrind_self_costs(path: &Path) -> (u64, std::collections::HashMap<String, 
             name_of(spec);
         } else if line.starts_with("calls=") {
             after_call = true;
-        } else if let Some(t) = line.strip_prefix("totals:").or_else(|| line.strip_prefix("summary:")) {
-            total = total.max(t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0));
+        } else if let Some(names) = line.strip_prefix("events:") {
+            event_names = names.split_whitespace().map(str::to_string).collect();
+        } else if let Some(t) = line.strip_prefix("totals:") {
+            // With `--cache-sim=yes` the summary can exceed the totals by an instruction or
+            // two; the totals are the sum of the cost lines.
+            totals = t.split_whitespace().next().and_then(|n| n.parse().ok());
+            events = event_names.iter().cloned().zip(t.split_whitespace().map(|n| n.parse().unwrap_or(0))).collect();
+        } else if let Some(t) = line.strip_prefix("summary:") {
+            total = t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
         } else if line.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-' || c == '*') {
             let ir = line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
             if !std::mem::take(&mut after_call) {
@@ -598,9 +622,10 @@ fn callgrind_self_costs(path: &Path) -> (u64, std::collections::HashMap<String, 
             }
         }
     }
+    let total = totals.unwrap_or(total);
     // Every instruction is some function's own: the parse missed or doubled none.
     assert_eq!(costs.values().sum::<u64>(), total, "self costs of {} do not add up to its total", path.display());
-    (total, costs)
+    Profile { total, costs, events }
 }
 
 /// The drain of `BENCH_INSTR_EXECUTIONS` (1000) executions by the collector and by its
@@ -618,16 +643,30 @@ async fn instructions(binary: &Path, report: &mut String) {
     let dir = tempfile::tempdir().unwrap();
     let events: usize = emulator.executions(now_nanos()).iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
     let (collector_out, floor_out) = (dir.path().join("collector.callgrind"), dir.path().join("floor.callgrind"));
-    let callgrind = |out: &Path| ["valgrind".to_string(), "--tool=callgrind".to_string(), format!("--callgrind-out-file={}", out.display())];
+    // BENCH_CALLGRIND_OPTIONS adds options (say, `--cache-sim=yes` for a cache model).
+    let extra: Vec<String> = std::env::var("BENCH_CALLGRIND_OPTIONS").unwrap_or_default().split_whitespace().map(str::to_string).collect();
+    let callgrind = |out: &Path| {
+        let mut command = vec!["valgrind".to_string(), "--tool=callgrind".to_string(), format!("--callgrind-out-file={}", out.display())];
+        command.extend(extra.iter().cloned());
+        command
+    };
     drain_once(binary, dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &callgrind(&collector_out)).await;
     floor_once(emulator.endpoint(), None, dir.path().join("floor.log"), &callgrind(&floor_out)).await;
-    let ((c_total, c_costs), (f_total, f_costs)) = (callgrind_self_costs(&collector_out), callgrind_self_costs(&floor_out));
+    // BENCH_KEEP_PROFILES=DIR keeps both profiles there, for callgrind_annotate.
+    if let Some(keep) = std::env::var_os("BENCH_KEEP_PROFILES") {
+        for out in [&collector_out, &floor_out] {
+            let _ = std::fs::copy(out, Path::new(&keep).join(out.file_name().unwrap()));
+        }
+    }
+    let (collector, floor) = (callgrind_profile(&collector_out), callgrind_profile(&floor_out));
+    let ((c_total, c_costs), (f_total, f_costs)) = ((collector.total, &collector.costs), (floor.total, &floor.costs));
     // Valgrind's CPU has no SHA extensions, so sha2 runs its portable code here; on this
     // machine it uses SHA-NI. The span ids' SHA-256 is shown apart for that reason.
     let sha = |costs: &std::collections::HashMap<String, u64>| costs.iter().filter(|(k, _)| k.starts_with("sha2::")).map(|(_, v)| *v).sum::<u64>();
-    let (c_sha, f_sha) = (sha(&c_costs), sha(&f_costs));
+    let (c_sha, f_sha) = (sha(c_costs), sha(f_costs));
     let per_event = |n: u64| n as f64 / events as f64;
-    writeln!(report, "{n} finished executions, {events} events, `run --once` and the one-thread floor each under `valgrind --tool=callgrind` (user-space instructions of all threads; no kernel time, no cache or branch effects).\n").unwrap();
+    let model = if collector.events.contains_key("DLmr") { "cache misses in a model of the caches, no branch effects" } else { "no cache or branch effects" };
+    writeln!(report, "{n} finished executions, {events} events, `run --once` and the one-thread floor each under `valgrind --tool=callgrind` (user-space instructions of all threads; no kernel time, {model}).\n").unwrap();
     writeln!(report, "| figure | collector | floor | collector / floor |\n|---|---|---|---|").unwrap();
     writeln!(report, "| instructions per event | {:.0} | {:.0} | **{:.3}x** |", per_event(c_total), per_event(f_total), c_total as f64 / f_total as f64)
         .unwrap();
@@ -640,6 +679,19 @@ async fn instructions(binary: &Path, report: &mut String) {
         (c_total - c_sha) as f64 / (f_total - f_sha) as f64
     )
     .unwrap();
+    // Under `--cache-sim=yes` (BENCH_CALLGRIND_OPTIONS), the cache model's misses.
+    if collector.events.contains_key("DLmr") {
+        let (first, last) = (["I1mr", "D1mr", "D1mw"], ["ILmr", "DLmr", "DLmw"]);
+        writeln!(report, "Cache model (`{}`): misses per event.\n", std::env::var("BENCH_CALLGRIND_OPTIONS").unwrap_or_default()).unwrap();
+        writeln!(report, "| misses per event | collector | floor | collector / floor |\n|---|---|---|---|").unwrap();
+        for (what, names) in
+            [("first level (I1mr + D1mr + D1mw)", &first[..]), ("last level (ILmr + DLmr + DLmw)", &last[..]), ("last level, instructions (ILmr)", &last[..1])]
+        {
+            let (c, f) = (collector.sum(names), floor.sum(names));
+            writeln!(report, "| {what} | {:.1} | {:.1} | **{:.2}x** |", per_event(c), per_event(f), c as f64 / f.max(1) as f64).unwrap();
+        }
+        writeln!(report).unwrap();
+    }
     let mut diff: Vec<(i64, &String)> = c_costs.iter().map(|(k, v)| (*v as i64 - *f_costs.get(k).unwrap_or(&0) as i64, k)).collect();
     diff.sort_by_key(|(d, _)| -d);
     writeln!(report, "The functions whose own instructions grew most over the floor's, per event (in units of the floor's total):\n\n| function | collector - floor |\n|---|---|").unwrap();
@@ -648,12 +700,6 @@ async fn instructions(binary: &Path, report: &mut String) {
         writeln!(report, "| `{}` | {:.0} ({:.3}) |", short.replace('|', "\\|"), *d as f64 / events as f64, *d as f64 / f_total as f64).unwrap();
     }
     writeln!(report).unwrap();
-    // BENCH_KEEP_PROFILES=DIR keeps both profiles there, for callgrind_annotate.
-    if let Some(keep) = std::env::var_os("BENCH_KEEP_PROFILES") {
-        for out in [&collector_out, &floor_out] {
-            let _ = std::fs::copy(out, Path::new(&keep).join(out.file_name().unwrap()));
-        }
-    }
     otlp.stop();
     emulator.stop().await;
 }
