@@ -659,7 +659,7 @@ async fn instructions(binary: &Path, report: &mut String) {
         }
     }
     let (collector, floor) = (callgrind_profile(&collector_out), callgrind_profile(&floor_out));
-    let ((c_total, c_costs), (f_total, f_costs)) = ((collector.total, &collector.costs), (floor.total, &floor.costs));
+    let (c_total, c_costs, f_total, f_costs) = (collector.total, &collector.costs, floor.total, &floor.costs);
     // Valgrind's CPU has no SHA extensions, so sha2 runs its portable code here; on this
     // machine it uses SHA-NI. The span ids' SHA-256 is shown apart for that reason.
     let sha = |costs: &std::collections::HashMap<String, u64>| costs.iter().filter(|(k, _)| k.starts_with("sha2::")).map(|(_, v)| *v).sum::<u64>();
@@ -682,7 +682,7 @@ async fn instructions(binary: &Path, report: &mut String) {
     // Under `--cache-sim=yes` (BENCH_CALLGRIND_OPTIONS), the cache model's misses.
     if collector.events.contains_key("DLmr") {
         let (first, last) = (["I1mr", "D1mr", "D1mw"], ["ILmr", "DLmr", "DLmw"]);
-        writeln!(report, "Cache model (`{}`): misses per event.\n", std::env::var("BENCH_CALLGRIND_OPTIONS").unwrap_or_default()).unwrap();
+        writeln!(report, "Cache model (`{}`): misses per event.\n", extra.join(" ")).unwrap();
         writeln!(report, "| misses per event | collector | floor | collector / floor |\n|---|---|---|---|").unwrap();
         for (what, names) in
             [("first level (I1mr + D1mr + D1mw)", &first[..]), ("last level (ILmr + DLmr + DLmw)", &last[..]), ("last level, instructions (ILmr)", &last[..1])]
