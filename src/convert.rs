@@ -4,9 +4,10 @@
 //! identical data. A run's span comes out once, when it closes; the state keeps only what later
 //! events need (open runs, counters, the latest runs per node), never the events.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use regex::Regex;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -91,13 +92,16 @@ const RECENT_RUNS: usize = 16;
 /// Recent events remembered per stream (as fingerprints) to recognise a repeated event.
 const DEDUP_WINDOW: usize = 64;
 
+/// The most attributes a node span carries (`Converter::span_of`).
+const SPAN_ATTRIBUTES_MAX: usize = 14;
+
 /// Closed runs of a node of unknown type held back (until the Flow stream names its type, or
 /// the execution finishes), so that every split of the history gives the same spans.
 const MAX_HELD: usize = 64;
 
 /// The node types of a flow definition: name -> (type, model id). Built once per definition.
 #[derive(Clone, Debug, Default)]
-pub struct NodeTypes(HashMap<String, (String, Option<String>)>);
+pub struct NodeTypes(FxHashMap<String, (String, Option<String>)>);
 
 impl NodeTypes {
     pub fn of(definition: &FlowDefinition) -> NodeTypes {
@@ -335,7 +339,7 @@ pub fn fold(state: &mut ExecutionState, view: &ExecutionView<'_>, new: NewEvents
         trace_id: trace_id(view.arn),
         root_id: root_span_id(view.arn),
         ids: NodeSpanIds::new(view.arn),
-        run_ids: HashMap::new(),
+        run_ids: FxHashMap::default(),
         arn,
         flow_id,
     };
@@ -381,7 +385,7 @@ struct Converter<'a> {
     ids: NodeSpanIds,
     /// The span ids of runs this fold has needed, by run `seq`: a run's id is wanted for its
     /// own span and again by each run that links to it, and each costs two SHA-256 blocks.
-    run_ids: HashMap<u64, [u8; 8]>,
+    run_ids: FxHashMap<u64, [u8; 8]>,
     /// The execution's ARN and flow id, one allocation for all the spans of the fold.
     arn: Text,
     flow_id: Text,
@@ -964,13 +968,15 @@ impl Converter<'_> {
         let end = r.end.unwrap_or(r.start);
         let parent = r.parent.as_ref().map(|p| self.ids.id(&p.node, p.k)).unwrap_or(self.root_id);
         let (operation, span_kind) = operation_for(&kind);
-        let mut attributes: Attributes = vec![
+        // Sized for the most a span carries: growing it would copy it once more.
+        let mut attributes: Attributes = Vec::with_capacity(SPAN_ATTRIBUTES_MAX);
+        attributes.extend([
             ("aws.bedrock.flow.node.name".into(), r.node.clone().into()),
             ("aws.bedrock.flow.node.type".into(), kind.clone().into()),
             ("aws.bedrock.flow.execution.arn".into(), self.arn.clone().into()),
             ("aws.bedrock.flow.id".into(), self.flow_id.clone().into()),
             ("openinference.span.kind".into(), Text::Static(span_kind).into()),
-        ];
+        ]);
         if let Some(op) = operation {
             attributes.push(("gen_ai.operation.name".into(), Text::Static(op).into()));
         }
@@ -979,7 +985,16 @@ impl Converter<'_> {
                 .chain
                 .iter()
                 .map(|c| match c.index {
-                    Some(i) => format!("{}[{i}]", c.node_name),
+                    Some(i) => {
+                        let mut index = itoa::Buffer::new();
+                        let index = index.format(i);
+                        let mut item = String::with_capacity(c.node_name.len() + index.len() + 2);
+                        item.push_str(&c.node_name);
+                        item.push('[');
+                        item.push_str(index);
+                        item.push(']');
+                        item
+                    }
                     None => c.node_name.clone(),
                 })
                 .collect();
@@ -1014,7 +1029,7 @@ impl Converter<'_> {
             trace_id: self.trace_id,
             span_id: id,
             parent_span_id: Some(parent),
-            name: format!("{kind} {}", r.node),
+            name: [kind.as_str(), " ", r.node.as_str()].concat(),
             start: r.start,
             end,
             attributes,
