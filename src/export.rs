@@ -65,7 +65,12 @@ pub fn span_len(span: &SpanRecord) -> usize {
 
 /// The bytes a span takes in a request: its encoding and its framing.
 pub fn encoded_len(span: &SpanRecord) -> usize {
-    encode::framed_len(encode::span_len(span))
+    framed_len(encode::span_len(span))
+}
+
+/// The bytes a span of encoded length `len` (`span_len`) takes in a request.
+pub fn framed_len(len: usize) -> usize {
+    encode::framed_len(len)
 }
 
 /// Cuts a span down to `max_bytes` in a request: captured content first, then its events

@@ -61,20 +61,29 @@ impl Collector {
     /// rest waits for the backoff). Returns each execution's delivery and the retryable error.
     pub(super) async fn send(&self, spans: &mut [SpanRecord], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
         let (max_spans, max_bytes, overhead) = (self.exporter.batch_size(), self.exporter.max_batch_bytes(), self.exporter.request_overhead());
-        for span in spans.iter_mut() {
-            if crate::export::cut_to_fit(span, max_bytes.saturating_sub(overhead)) {
-                self.events.emit(SpanCut { span, max_bytes });
-            }
-        }
+        // Each span measured once (the spans of a chunk are no longer in the cache: every pass
+        // over them costs), and cut down only when it is larger than a request.
+        let room = max_bytes.saturating_sub(overhead);
+        let lens: Vec<usize> = spans
+            .iter_mut()
+            .map(|span| {
+                let len = crate::export::span_len(span);
+                if crate::export::framed_len(len) > room && crate::export::cut_to_fit(span, room) {
+                    self.events.emit(SpanCut { span, max_bytes });
+                    return crate::export::span_len(span);
+                }
+                len
+            })
+            .collect();
         let executions = bounds.len() - 1;
         let mut deliveries = vec![Delivery::NotSent; executions];
         let mut queue: VecDeque<std::ops::Range<usize>> = VecDeque::new();
         queue.push_back(0..executions);
         while let Some(group) = queue.pop_front() {
             let first = bounds[group.start];
-            let lens: Vec<usize> = spans[first..bounds[group.end]].iter().map(crate::export::span_len).collect();
+            let lens = &lens[first..bounds[group.end]];
             let mut failure = None;
-            for batch in crate::export::pack(&lens, max_spans, max_bytes, overhead) {
+            for batch in crate::export::pack(lens, max_spans, max_bytes, overhead) {
                 if let Err(e) = self.exporter.export(&spans[first + batch.start..first + batch.end], &lens[batch.clone()]).await {
                     self.events.emit(ExportRequestFailed);
                     self.export_failures_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

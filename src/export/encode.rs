@@ -138,16 +138,14 @@ fn key_value_len(key: &str, value: &AttrValue) -> usize {
     bytes_len(key.as_bytes()) + delimited_len(any_value_len(value))
 }
 
-fn put_key_value(buf: &mut Vec<u8>, key: &str, value: &AttrValue) {
-    put_bytes(buf, 0x0a, key.as_bytes());
-    put_delimited(buf, 0x12, any_value_len(value));
-    put_any_value(buf, value);
-}
-
+/// Each `KeyValue` in its field `key`; the value's length is measured once for both framings.
 fn put_attributes(buf: &mut Vec<u8>, key: u8, attributes: &[(std::borrow::Cow<'static, str>, AttrValue)]) {
     for (k, v) in attributes {
-        put_delimited(buf, key, key_value_len(k, v));
-        put_key_value(buf, k, v);
+        let value_len = any_value_len(v);
+        put_delimited(buf, key, bytes_len(k.as_bytes()) + delimited_len(value_len));
+        put_bytes(buf, 0x0a, k.as_bytes());
+        put_delimited(buf, 0x12, value_len);
+        put_any_value(buf, v);
     }
 }
 
