@@ -233,8 +233,15 @@ impl NodeSpanIds {
     }
 }
 
+/// Lower-case hex, two digits a byte (an exemplar's trace id, once per execution).
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        text.push(DIGITS[usize::from(b >> 4)] as char);
+        text.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -246,6 +253,7 @@ mod tests {
         // The derivation itself; tests/python/test_phoenix.py checks the same ids with hashlib.
         let arn = "arn:aws:bedrock:us-east-1:123456789012:flow/ABCDEFGHIJ/alias/KLMNOPQRST/execution/e1";
         assert_eq!(hex(&trace_id(arn)).len(), 32);
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff, 0x5c]), "000fa0ff5c");
         assert_eq!(&Sha256::digest(arn.as_bytes())[..16], &trace_id(arn));
         assert_eq!(&Sha256::digest(format!("{arn}|root").as_bytes())[..8], &root_span_id(arn));
         assert_ne!(node_span_id(arn, "A", 0), node_span_id(arn, "A", 1));

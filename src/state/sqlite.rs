@@ -129,15 +129,30 @@ impl SqliteStore {
         Ok(super::attach_run_events(active, rows))
     }
 
-    fn upsert(c: &Connection, t: &Tracked) -> Result<(), rusqlite::Error> {
-        c.prepare_cached(
-            "INSERT INTO executions (arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
-                                     node_cursor, flow_cursor, node_checked, flow_checked, final_read, unknown_status_counted, done)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13, ?14, 0)
-             ON CONFLICT(arn) DO UPDATE SET version = ?4, ended_at = ?6, status = ?7, needs_settle = ?8, terminal_seen_at = ?9,
-               errors = ?10, node_cursor = ?11, flow_cursor = ?12, final_read = ?13, unknown_status_counted = ?14",
-        )?
-        .execute(params![
+    /// Saves an execution's row. With `checkpoint` (its saved fold state, or none once done;
+    /// whether it is done) the same statement writes those too: a checkpoint is one statement
+    /// an execution, not an upsert and an update of the row just written.
+    fn upsert(c: &Connection, t: &Tracked, checkpoint: Option<(Option<&str>, bool)>) -> Result<(), rusqlite::Error> {
+        let sql = match checkpoint {
+            None => {
+                "INSERT INTO executions (arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
+                                         node_cursor, flow_cursor, node_checked, flow_checked, final_read, unknown_status_counted, done)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13, ?14, 0)
+                 ON CONFLICT(arn) DO UPDATE SET version = ?4, ended_at = ?6, status = ?7, needs_settle = ?8, terminal_seen_at = ?9,
+                   errors = ?10, node_cursor = ?11, flow_cursor = ?12, final_read = ?13, unknown_status_counted = ?14"
+            }
+            Some(_) => {
+                "INSERT INTO executions (arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
+                                         node_cursor, flow_cursor, node_checked, flow_checked, final_read, unknown_status_counted, done, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13, ?14, ?15, ?16)
+                 ON CONFLICT(arn) DO UPDATE SET version = ?4, ended_at = ?6, status = ?7, needs_settle = ?8, terminal_seen_at = ?9,
+                   errors = ?10, node_cursor = ?11, flow_cursor = ?12, final_read = ?13, unknown_status_counted = ?14, done = ?15, state = ?16"
+            }
+        };
+        let mut statement = c.prepare_cached(sql)?;
+        let errors = t.errors.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default());
+        let (node_cursor, flow_cursor) = (serde_json::to_string(&t.node_cursor).unwrap_or_default(), serde_json::to_string(&t.flow_cursor).unwrap_or_default());
+        let row = params![
             t.arn,
             t.flow_id,
             t.alias,
@@ -147,12 +162,16 @@ impl SqliteStore {
             t.status.as_str(),
             t.needs_settle,
             t.terminal_seen_at,
-            t.errors.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()),
-            serde_json::to_string(&t.node_cursor).unwrap_or_default(),
-            serde_json::to_string(&t.flow_cursor).unwrap_or_default(),
+            errors,
+            node_cursor,
+            flow_cursor,
             t.final_read,
             t.unknown_status_counted,
-        ])?;
+        ];
+        match checkpoint {
+            None => statement.execute(row)?,
+            Some((state, done)) => statement.execute(rusqlite::params_from_iter(row.iter().copied().chain([&done as &dyn rusqlite::ToSql, &state])))?,
+        };
         Ok(())
     }
 
@@ -160,7 +179,7 @@ impl SqliteStore {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
         for Checkpoint { execution: t, state, done, events } in checkpoints {
-            Self::upsert(&tx, t)?;
+            Self::upsert(&tx, t, Some(((!*done).then_some(state.as_str()), *done)))?;
             if *done {
                 tx.prepare_cached("DELETE FROM run_events WHERE arn = ?1")?.execute([&t.arn])?;
             } else {
@@ -172,13 +191,8 @@ impl SqliteStore {
                     insert.execute(params![t.arn, run, i, body])?;
                 }
             }
-            if *done {
-                tx.prepare_cached("UPDATE executions SET done = 1, state = NULL WHERE arn = ?1")?.execute([&t.arn])?;
-                if t.version == "DRAFT" {
-                    tx.prepare_cached("DELETE FROM snapshots WHERE flow_id = ?1 AND version = ?2")?.execute(params![t.flow_id, format!("DRAFT:{}", t.arn)])?;
-                }
-            } else {
-                tx.prepare_cached("UPDATE executions SET state = ?2 WHERE arn = ?1")?.execute(params![t.arn, state])?;
+            if *done && t.version == "DRAFT" {
+                tx.prepare_cached("DELETE FROM snapshots WHERE flow_id = ?1 AND version = ?2")?.execute(params![t.flow_id, format!("DRAFT:{}", t.arn)])?;
             }
         }
         let mut ids = Vec::with_capacity(parcels.len());
@@ -229,7 +243,7 @@ impl SqliteStore {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
         for t in items {
-            Self::upsert(&tx, t)?;
+            Self::upsert(&tx, t, None)?;
         }
         tx.commit()?;
         Ok(())
