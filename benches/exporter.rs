@@ -654,6 +654,7 @@ async fn instructions(binary: &Path, report: &mut String) {
     floor_once(emulator.endpoint(), None, dir.path().join("floor.log"), &callgrind(&floor_out)).await;
     // BENCH_KEEP_PROFILES=DIR keeps both profiles there, for callgrind_annotate.
     if let Some(keep) = std::env::var_os("BENCH_KEEP_PROFILES") {
+        let _ = std::fs::create_dir_all(&keep);
         for out in [&collector_out, &floor_out] {
             let _ = std::fs::copy(out, Path::new(&keep).join(out.file_name().unwrap()));
         }
