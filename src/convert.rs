@@ -1025,6 +1025,7 @@ impl Converter<'_> {
         } else {
             SpanStatus::Unset
         };
+        debug_assert!(attributes.len() <= SPAN_ATTRIBUTES_MAX, "SPAN_ATTRIBUTES_MAX is {SPAN_ATTRIBUTES_MAX}: {attributes:?}");
         SpanRecord {
             trace_id: self.trace_id,
             span_id: id,

@@ -129,10 +129,11 @@ impl SqliteStore {
         Ok(super::attach_run_events(active, rows))
     }
 
-    /// Saves an execution's row. With `checkpoint` (its saved fold state, or none once done;
-    /// whether it is done) the same statement writes those too: a checkpoint is one statement
-    /// an execution, not an upsert and an update of the row just written.
-    fn upsert(c: &Connection, t: &Tracked, checkpoint: Option<(Option<&str>, bool)>) -> Result<(), rusqlite::Error> {
+    /// Saves an execution's row. `checkpoint` is `None` for discovery (the saved fold state and
+    /// the done flag are left as they are) and `Some(state)` for a checkpoint, whose fold state
+    /// is written in the same statement (`None` once the execution is done, which marks it
+    /// done): one statement an execution, not an upsert and an update of the row just written.
+    fn upsert(c: &Connection, t: &Tracked, checkpoint: Option<Option<&str>>) -> Result<(), rusqlite::Error> {
         let sql = match checkpoint {
             None => {
                 "INSERT INTO executions (arn, flow_id, alias, version, created_at, ended_at, status, needs_settle, terminal_seen_at, errors,
@@ -170,7 +171,10 @@ impl SqliteStore {
         ];
         match checkpoint {
             None => statement.execute(row)?,
-            Some((state, done)) => statement.execute(rusqlite::params_from_iter(row.iter().copied().chain([&done as &dyn rusqlite::ToSql, &state])))?,
+            Some(state) => {
+                let done = state.is_none();
+                statement.execute(rusqlite::params_from_iter(row.iter().copied().chain([&done as &dyn rusqlite::ToSql, &state])))?
+            }
         };
         Ok(())
     }
@@ -179,7 +183,7 @@ impl SqliteStore {
         let mut c = lock(&self.connection);
         let tx = c.transaction()?;
         for Checkpoint { execution: t, state, done, events } in checkpoints {
-            Self::upsert(&tx, t, Some(((!*done).then_some(state.as_str()), *done)))?;
+            Self::upsert(&tx, t, Some((!*done).then_some(state.as_str())))?;
             if *done {
                 tx.prepare_cached("DELETE FROM run_events WHERE arn = ?1")?.execute([&t.arn])?;
             } else {
