@@ -83,6 +83,15 @@ pub struct Metrics {
     /// The label sets of the per-flow series, by flow id: what a replica removes when it loses
     /// the flow (SPEC §11).
     flow_series: std::sync::Mutex<HashMap<String, HashSet<Labels>>>,
+    /// Handles of the series whose label sets are fixed and made at the start, in the order of
+    /// `EVENT_TYPES` and `READ_OPERATIONS`: a handle is the family's series itself, where a
+    /// look-up builds the label set, hashes it and takes the family's lock (per read and per
+    /// SDK call otherwise).
+    events_received_by_type: Vec<Counter>,
+    api_requests_by_operation: Vec<Counter>,
+    /// Made at the first observation, as the family would: a series without observations
+    /// would show an operation never called.
+    api_duration_by_operation: Vec<std::sync::OnceLock<Histogram>>,
 }
 
 /// The labels that identify a flow and alias on every flow metric.
@@ -170,6 +179,9 @@ impl Metrics {
             event_lag: Histogram::new(LAG_BUCKETS),
             node_labels,
             flow_series: Default::default(),
+            events_received_by_type: Vec::new(),
+            api_requests_by_operation: Vec::new(),
+            api_duration_by_operation: Vec::new(),
             registry: Registry::default(),
         };
         registry.register("bedrock_flow_executions", "Terminal flow executions, each counted once, by final status.", m.executions_total.clone());
@@ -270,22 +282,49 @@ impl Metrics {
                 ("revision", option_env!("BFE_GIT_REVISION").unwrap_or("unknown").to_string()),
             ])
             .set(1);
+        let mut api_requests_by_operation = Vec::with_capacity(READ_OPERATIONS.len());
+        let mut api_duration_by_operation = Vec::with_capacity(READ_OPERATIONS.len());
         for op in READ_OPERATIONS {
-            let _ = m.api_requests.get_or_create(&vec![("operation", op.to_string())]);
+            api_requests_by_operation.push(m.api_requests.get_or_create(&vec![("operation", op.to_string())]).clone());
+            api_duration_by_operation.push(std::sync::OnceLock::new());
             for kind in ERROR_KINDS {
                 let _ = m.api_request_errors.get_or_create(&vec![("operation", op.to_string()), ("error_kind", kind.to_string())]);
             }
         }
-        for t in EVENT_TYPES {
-            let _ = m.events_received.get_or_create(&vec![("event_type", t.to_string())]);
-        }
+        let events_received_by_type = EVENT_TYPES.iter().map(|t| m.events_received.get_or_create(&vec![("event_type", t.to_string())]).clone()).collect();
         for reason in REFUSAL_REASONS {
             let _ = m.span_export_refused.get_or_create(&vec![("reason", reason.to_string())]);
         }
         for r in INVALID_REASONS {
             let _ = m.invalid_events.get_or_create(&vec![("reason", r.to_string())]);
         }
-        Metrics { registry, ..m }
+        Metrics { registry, events_received_by_type, api_requests_by_operation, api_duration_by_operation, ..m }
+    }
+
+    /// `events_received` of an event type of `EVENT_TYPES`.
+    pub fn events_received_of(&self, event_type: &str) -> Counter {
+        match EVENT_TYPES.iter().position(|t| *t == event_type) {
+            Some(i) => self.events_received_by_type[i].clone(),
+            None => self.events_received.get_or_create(&vec![("event_type", event_type.to_string())]).clone(),
+        }
+    }
+
+    /// Counts an attempt at an SDK operation in `api_requests`.
+    pub fn api_request(&self, operation: &str) {
+        match READ_OPERATIONS.iter().position(|o| *o == operation) {
+            Some(i) => self.api_requests_by_operation[i].inc(),
+            None => self.api_requests.get_or_create(&vec![("operation", operation.to_string())]).inc(),
+        };
+    }
+
+    /// Records an SDK call's duration in `api_request_duration`.
+    pub fn api_duration(&self, operation: &str, seconds: f64) {
+        match READ_OPERATIONS.iter().position(|o| *o == operation) {
+            Some(i) => self.api_duration_by_operation[i]
+                .get_or_init(|| self.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).clone())
+                .observe(seconds),
+            None => self.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).observe(seconds),
+        }
     }
 
     /// Creates the series of a flow and alias that are known in advance, at 0.
@@ -484,5 +523,34 @@ mod tests {
         assert!(!text.contains("# EOF") && !text.contains("trace_id"));
         assert!(text.contains("bedrock_flow_exporter_build_info{version="));
         assert!(text.contains("process_resident_memory_bytes "));
+    }
+
+    /// The handles kept for the series of fixed label sets are the families' series: what
+    /// they count shows in the exposition under the same labels, and an operation's duration
+    /// series appears at its first observation, not before.
+    #[test]
+    fn kept_handles_count_in_the_families_series() {
+        let m = Metrics::new(true);
+        let (_, before) = m.render(false);
+        assert!(!before.contains("duration_seconds_count{operation=\"GetFlowExecution\"}"), "no duration series before a call: {before}");
+        m.events_received_of("node_output").inc_by(3);
+        m.events_received_of("node_output").inc();
+        m.events_received_of("a_future_kind").inc();
+        m.api_request("ListFlowExecutionEvents");
+        m.api_request("unknown");
+        m.api_duration("GetFlowExecution", 0.2);
+        m.api_duration("GetFlowExecution", 0.3);
+        let (_, text) = m.render(false);
+        for line in [
+            "bedrock_flow_exporter_events_received_total{event_type=\"node_output\"} 4",
+            "bedrock_flow_exporter_events_received_total{event_type=\"node_input\"} 0",
+            "bedrock_flow_exporter_events_received_total{event_type=\"a_future_kind\"} 1",
+            "bedrock_flow_exporter_api_requests_total{operation=\"ListFlowExecutionEvents\"} 1",
+            "bedrock_flow_exporter_api_requests_total{operation=\"unknown\"} 1",
+            "bedrock_flow_exporter_api_request_duration_seconds_count{operation=\"GetFlowExecution\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("duration_seconds_count{operation=\"ListFlowExecutions\"}"), "{text}");
     }
 }

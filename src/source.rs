@@ -241,7 +241,7 @@ impl Intercept for AttemptCounter {
                 _ => None,
             },
         };
-        self.metrics.api_requests.get_or_create(&vec![("operation", operation.to_string())]).inc();
+        self.metrics.api_request(operation);
         if let Some(kind) = failure {
             self.metrics.api_request_errors.get_or_create(&vec![("operation", operation.to_string()), ("error_kind", kind.label().to_string())]).inc();
         }
@@ -341,7 +341,7 @@ impl FlowSource {
         async move {
             let started = Instant::now();
             let result = request.await.map_err(|e| classify(operation, e));
-            self.metrics.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).observe(started.elapsed().as_secs_f64());
+            self.metrics.api_duration(operation, started.elapsed().as_secs_f64());
             result
         }
     }
