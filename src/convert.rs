@@ -165,7 +165,8 @@ struct Run {
     seq: u64,
     node: String,
     k: usize,
-    kind: String,
+    /// The node's type: one of `NODE_TYPES` (not allocated) or a name the API gave.
+    kind: Text,
     chain: Vec<ExecutionChainItem>,
     start: i64,
     last: i64,
@@ -309,6 +310,36 @@ impl ExecutionState {
                 }
             }
         }
+    }
+}
+
+/// The node types of the flow definition (`FlowNodeType`), and the fold's own "unknown".
+const NODE_TYPES: [&str; 17] = [
+    "Input",
+    "Output",
+    "KnowledgeBase",
+    "Condition",
+    "Lex",
+    "Prompt",
+    "LambdaFunction",
+    "Storage",
+    "Agent",
+    "Retrieval",
+    "Iterator",
+    "Collector",
+    "InlineCode",
+    "Loop",
+    "LoopInput",
+    "LoopController",
+    "unknown",
+];
+
+/// A node type as a span carries it: a constant for the known ones (every run and span has
+/// one; none is allocated), else the name as given.
+fn node_type_text(kind: &str) -> Text {
+    match NODE_TYPES.iter().find(|known| **known == kind) {
+        Some(known) => Text::Static(known),
+        None => Text::Owned(kind.to_string()),
     }
 }
 
@@ -617,7 +648,7 @@ impl Converter<'_> {
 
     /// Opens a run; returns its position in `open`.
     fn open_run(&mut self, node: &str, chain: Vec<ExecutionChainItem>, ts: i64, sources: Vec<String>) -> usize {
-        let kind = self.node_type(node).to_string();
+        let kind = node_type_text(self.node_type(node));
         // Keys are allocated only for a node's first run: the maps are looked up by `&str`.
         let k = match self.state.runs_per_node.get_mut(node) {
             Some(counter) => std::mem::replace(counter, *counter + 1),
@@ -714,7 +745,7 @@ impl Converter<'_> {
                 (source.clone(), candidates)
             })
             .collect();
-        let me = (r.kind == "Loop").then(|| RunRef { node: r.node.clone(), k: r.k });
+        let me = (&*r.kind == "Loop").then(|| RunRef { node: r.node.clone(), k: r.k });
         self.settle_links(r, false);
         if let Some(me) = me {
             while let Some(i) = self.state.open.iter().position(|c| c.parent.as_ref() == Some(&me) && matches!(c.kind.as_str(), "LoopInput" | "LoopController"))
@@ -875,7 +906,7 @@ impl Converter<'_> {
                     .open
                     .iter()
                     .rev()
-                    .find(|r| r.kind == "Loop")
+                    .find(|r| &*r.kind == "Loop")
                     .map(|r| vec![ExecutionChainItem { node_name: r.node.clone(), kind: "Loop".into(), index: None }])
                     .unwrap_or_default();
                 let run = match self.aggregating_run(&e.node_name, &parent_chain) {
@@ -922,7 +953,7 @@ impl Converter<'_> {
             // Every end first, then the links (a run may link to one that closes only now).
             let mut ending = Vec::with_capacity(still_open.len());
             for mut r in still_open {
-                let end = if matches!(r.kind.as_str(), "Iterator" | "Collector" | "LoopInput" | "LoopController")
+                let end = if matches!(&*r.kind, "Iterator" | "Collector" | "LoopInput" | "LoopController")
                     && r.events.len() + r.dropped_events as usize > 1
                     && view.status == &ExecutionStatus::Succeeded
                 {
@@ -964,7 +995,7 @@ impl Converter<'_> {
     fn span_of(&mut self, r: Run) -> SpanRecord {
         let id = self.run_id(r.seq, &r.node, r.k);
         let view = self.view;
-        let kind = if r.kind == "unknown" { self.node_type(&r.node).to_string() } else { r.kind };
+        let kind = if &*r.kind == "unknown" { node_type_text(self.node_type(&r.node)) } else { r.kind };
         let end = r.end.unwrap_or(r.start);
         let parent = r.parent.as_ref().map(|p| self.ids.id(&p.node, p.k)).unwrap_or(self.root_id);
         let (operation, span_kind) = operation_for(&kind);
@@ -1109,7 +1140,7 @@ impl Converter<'_> {
             dropped_events: dropped as u32,
             links: Vec::new(),
             status,
-            facts: SpanFacts { node: None, node_type: String::new(), failure_code: flow_failure.map(|f| f.code), ..Default::default() },
+            facts: SpanFacts { node: None, node_type: Text::Static(""), failure_code: flow_failure.map(|f| f.code), ..Default::default() },
         }
     }
 }

@@ -37,6 +37,12 @@ impl Text {
     }
 }
 
+impl Default for Text {
+    fn default() -> Self {
+        Text::Static("")
+    }
+}
+
 impl std::ops::Deref for Text {
     type Target = str;
     fn deref(&self) -> &str {
@@ -127,7 +133,8 @@ pub enum SpanStatus {
 pub struct SpanFacts {
     /// `None` for the root span.
     pub node: Option<String>,
-    pub node_type: String,
+    /// A constant for the node types of the flow definition (`Text::Static`).
+    pub node_type: Text,
     /// The node's error code, when the run failed.
     pub failure_code: Option<String>,
     pub incomplete: bool,

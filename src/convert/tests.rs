@@ -463,3 +463,32 @@ pub(crate) fn running_view<'a>(arn: &'a str, status: &'a ExecutionStatus, types:
         errors: &[],
     }
 }
+
+/// A node's type is one of the flow definition's (a constant on every run and span, nothing
+/// allocated) or, for a type this build does not know, the name as the snapshot gives it.
+#[test]
+fn node_types_are_constants_but_for_types_this_build_does_not_know() {
+    let (flow, node, mut types) = doc_batch_history(3, 11);
+    let renamed = types.0.keys().find(|name| types.0[*name].0 == "Prompt").cloned().expect("a Prompt node");
+    types.0.get_mut(&renamed).unwrap().0 = "FutureNode".to_string();
+    let status = ExecutionStatus::Succeeded;
+    let view = ExecutionView {
+        finished: true,
+        ended_at: Some(Timestamp(i64::MAX / 8)),
+        ..running_view("arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/t", &status, &types)
+    };
+    let conversion = fold(&mut ExecutionState::default(), &view, NewEvents { node: &node, flow: &flow, first: (0, 0) }, &ContentPolicy::default());
+    let nodes: Vec<&SpanRecord> = conversion.spans.iter().filter(|s| s.facts.node.is_some()).collect();
+    assert!(nodes.len() > 5, "{} node spans", nodes.len());
+    for span in nodes {
+        let name = span.facts.node.as_deref().unwrap();
+        let expected = &types.0[name].0;
+        assert_eq!(&*span.facts.node_type, expected.as_str(), "{name}");
+        assert_eq!(span.attribute("aws.bedrock.flow.node.type"), Some(&AttrValue::Str(expected.as_str().into())), "{name}");
+        match &span.facts.node_type {
+            Text::Static(_) => assert_ne!(name, renamed, "an unknown type is not a constant"),
+            Text::Owned(_) => assert_eq!(name, renamed, "{name}: a known type is a constant"),
+            Text::Shared(_) => panic!("{name}: a node type is never shared"),
+        }
+    }
+}
