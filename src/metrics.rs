@@ -86,7 +86,8 @@ pub struct Metrics {
     /// Handles of the series whose label sets are fixed and made at the start, in the order of
     /// `EVENT_TYPES` and `READ_OPERATIONS`: a handle is the family's series itself, where a
     /// look-up builds the label set, hashes it and takes the family's lock (per read and per
-    /// SDK call otherwise).
+    /// SDK call otherwise). These families are never cleared (`forget_flow` leaves them), so a
+    /// handle never outlives its series.
     events_received_by_type: Vec<Counter>,
     api_requests_by_operation: Vec<Counter>,
     /// Made at the first observation, as the family would: a series without observations
