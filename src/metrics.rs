@@ -302,12 +302,12 @@ impl Metrics {
         Metrics { registry, events_received_by_type, api_requests_by_operation, api_duration_by_operation, ..m }
     }
 
-    /// `events_received` of an event type of `EVENT_TYPES`.
-    pub fn events_received_of(&self, event_type: &str) -> Counter {
+    /// Counts `n` events of a type in `events_received`.
+    pub fn events_received(&self, event_type: &str, n: u64) {
         match EVENT_TYPES.iter().position(|t| *t == event_type) {
-            Some(i) => self.events_received_by_type[i].clone(),
-            None => self.events_received.get_or_create(&vec![("event_type", event_type.to_string())]).clone(),
-        }
+            Some(i) => self.events_received_by_type[i].inc_by(n),
+            None => self.events_received.get_or_create(&vec![("event_type", event_type.to_string())]).inc_by(n),
+        };
     }
 
     /// Counts an attempt at an SDK operation in `api_requests`.
@@ -320,11 +320,10 @@ impl Metrics {
 
     /// Records an SDK call's duration in `api_request_duration`.
     pub fn api_duration(&self, operation: &str, seconds: f64) {
+        let series = || self.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).clone();
         match READ_OPERATIONS.iter().position(|o| *o == operation) {
-            Some(i) => self.api_duration_by_operation[i]
-                .get_or_init(|| self.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).clone())
-                .observe(seconds),
-            None => self.api_request_duration.get_or_create(&vec![("operation", operation.to_string())]).observe(seconds),
+            Some(i) => self.api_duration_by_operation[i].get_or_init(series).observe(seconds),
+            None => series().observe(seconds),
         }
     }
 
@@ -534,9 +533,9 @@ mod tests {
         let m = Metrics::new(true);
         let (_, before) = m.render(false);
         assert!(!before.contains("duration_seconds_count{operation=\"GetFlowExecution\"}"), "no duration series before a call: {before}");
-        m.events_received_of("node_output").inc_by(3);
-        m.events_received_of("node_output").inc();
-        m.events_received_of("a_future_kind").inc();
+        m.events_received("node_output", 3);
+        m.events_received("node_output", 1);
+        m.events_received("a_future_kind", 1);
         m.api_request("ListFlowExecutionEvents");
         m.api_request("unknown");
         m.api_duration("GetFlowExecution", 0.2);

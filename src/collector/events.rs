@@ -125,7 +125,7 @@ impl InternalEvent for EventsReceived<'_> {
             }
         }
         for (kind, n) in by_kind {
-            to.metrics.events_received_of(kind).inc_by(n);
+            to.metrics.events_received(kind, n);
         }
     }
 }
