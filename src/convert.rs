@@ -357,23 +357,46 @@ pub fn operation_for(node_type: &str) -> (Option<&'static str>, &'static str) {
 /// and when the execution is finished the open runs close and the root span comes out. Folding
 /// a history in any split into chunks gives the spans of folding it in one piece.
 pub fn fold(state: &mut ExecutionState, view: &ExecutionView<'_>, new: NewEvents<'_>, policy: &ContentPolicy) -> Conversion {
+    fold_with(&mut ExecutionIds::new(view.arn, view.flow_id), state, view, new, policy)
+}
+
+/// What the folds of an execution derive from its ARN (the trace id, the root's span id, the
+/// node span ids' hashed prefix, the span ids of runs already needed) and the ARN and flow id
+/// as the spans share them. Made once for the folds of one read, page after page, so that a
+/// fold of one page does not hash them again.
+pub struct ExecutionIds {
+    trace_id: [u8; 16],
+    root_id: [u8; 8],
+    /// The node span ids of the execution (SHA-256 has taken their common prefix).
+    nodes: NodeSpanIds,
+    /// The span ids of runs needed, by run `seq`: a run's id is wanted for its own span and
+    /// again by each run that links to it, and each costs two SHA-256 blocks.
+    runs: FxHashMap<u64, [u8; 8]>,
+    arn: Text,
+    flow_id: Text,
+}
+
+impl ExecutionIds {
+    pub fn new(arn: &str, flow_id: &str) -> ExecutionIds {
+        ExecutionIds {
+            trace_id: trace_id(arn),
+            root_id: root_span_id(arn),
+            nodes: NodeSpanIds::new(arn),
+            runs: FxHashMap::default(),
+            arn: Text::shared(arn),
+            flow_id: Text::shared(flow_id),
+        }
+    }
+}
+
+/// `fold` with the execution's ids made before (`ExecutionIds::new` of the view's ARN and
+/// flow id), as the folds of one read share them.
+pub fn fold_with(ids: &mut ExecutionIds, state: &mut ExecutionState, view: &ExecutionView<'_>, new: NewEvents<'_>, policy: &ContentPolicy) -> Conversion {
+    debug_assert!(&*ids.arn == view.arn && &*ids.flow_id == view.flow_id, "the ids of another execution");
     if state.finished {
         return Conversion::default();
     }
-    let (arn, flow_id) = (Text::shared(view.arn), Text::shared(view.flow_id));
-    let mut c = Converter {
-        state,
-        view,
-        policy,
-        problems: Vec::new(),
-        closed: Vec::new(),
-        trace_id: trace_id(view.arn),
-        root_id: root_span_id(view.arn),
-        ids: NodeSpanIds::new(view.arn),
-        run_ids: FxHashMap::default(),
-        arn,
-        flow_id,
-    };
+    let mut c = Converter { state, view, policy, problems: Vec::new(), closed: Vec::new(), ids };
     // Without a snapshot, the Flow stream still names the Input and Output nodes.
     for event in new.flow.iter().chain(new.node) {
         let (name, kind) = match event {
@@ -410,16 +433,7 @@ struct Converter<'a> {
     problems: Vec<Problem>,
     /// Runs closed by this fold, to come out as spans.
     closed: Vec<Run>,
-    trace_id: [u8; 16],
-    root_id: [u8; 8],
-    /// The node span ids of the execution (SHA-256 has taken their common prefix).
-    ids: NodeSpanIds,
-    /// The span ids of runs this fold has needed, by run `seq`: a run's id is wanted for its
-    /// own span and again by each run that links to it, and each costs two SHA-256 blocks.
-    run_ids: FxHashMap<u64, [u8; 8]>,
-    /// The execution's ARN and flow id, one allocation for all the spans of the fold.
-    arn: Text,
-    flow_id: Text,
+    ids: &'a mut ExecutionIds,
 }
 
 impl Converter<'_> {
@@ -987,9 +1001,10 @@ impl Converter<'_> {
         Conversion { spans, problems: self.problems }
     }
 
-    /// The span id of run `seq` (run `k` of `node`), hashed once a fold.
+    /// The span id of run `seq` (run `k` of `node`), hashed once for the folds sharing `ExecutionIds`.
     fn run_id(&mut self, seq: u64, node: &str, k: usize) -> [u8; 8] {
-        *self.run_ids.entry(seq).or_insert_with(|| self.ids.id(node, k))
+        let ids = &mut *self.ids;
+        *ids.runs.entry(seq).or_insert_with(|| ids.nodes.id(node, k))
     }
 
     fn span_of(&mut self, r: Run) -> SpanRecord {
@@ -997,15 +1012,15 @@ impl Converter<'_> {
         let view = self.view;
         let kind = if &*r.kind == "unknown" { node_type_text(self.node_type(&r.node)) } else { r.kind };
         let end = r.end.unwrap_or(r.start);
-        let parent = r.parent.as_ref().map(|p| self.ids.id(&p.node, p.k)).unwrap_or(self.root_id);
+        let parent = r.parent.as_ref().map(|p| self.ids.nodes.id(&p.node, p.k)).unwrap_or(self.ids.root_id);
         let (operation, span_kind) = operation_for(&kind);
         // Sized for the most a span carries: growing it would copy it once more.
         let mut attributes: Attributes = Vec::with_capacity(SPAN_ATTRIBUTES_MAX);
         attributes.extend([
             ("aws.bedrock.flow.node.name".into(), r.node.clone().into()),
             ("aws.bedrock.flow.node.type".into(), kind.clone().into()),
-            ("aws.bedrock.flow.execution.arn".into(), self.arn.clone().into()),
-            ("aws.bedrock.flow.id".into(), self.flow_id.clone().into()),
+            ("aws.bedrock.flow.execution.arn".into(), self.ids.arn.clone().into()),
+            ("aws.bedrock.flow.id".into(), self.ids.flow_id.clone().into()),
             ("openinference.span.kind".into(), Text::Static(span_kind).into()),
         ]);
         if let Some(op) = operation {
@@ -1058,7 +1073,7 @@ impl Converter<'_> {
         };
         debug_assert!(attributes.len() <= SPAN_ATTRIBUTES_MAX, "SPAN_ATTRIBUTES_MAX is {SPAN_ATTRIBUTES_MAX}: {attributes:?}");
         SpanRecord {
-            trace_id: self.trace_id,
+            trace_id: self.ids.trace_id,
             span_id: id,
             parent_span_id: Some(parent),
             name: [kind.as_str(), " ", r.node.as_str()].concat(),
@@ -1129,8 +1144,8 @@ impl Converter<'_> {
         let dropped = events.len().saturating_sub(MAX_EVENTS_PER_SPAN);
         events.truncate(MAX_EVENTS_PER_SPAN);
         SpanRecord {
-            trace_id: self.trace_id,
-            span_id: self.root_id,
+            trace_id: self.ids.trace_id,
+            span_id: self.ids.root_id,
             parent_span_id: None,
             name: format!("invoke_workflow {}", view.flow_name),
             start,

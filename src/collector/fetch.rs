@@ -1,6 +1,8 @@
 //! Reading an execution's events: both streams from their cursors (the tail page again, then
 //! what follows), the full re-read when a token is rejected, and GetFlowExecution at the end.
-//! It touches no shared state: it takes an execution's state and returns it advanced.
+//! It touches no shared state: it takes an execution's state and returns it advanced, and
+//! hands each page's new events to a `Pages` as it arrives (the pipeline folds them at once,
+//! while they are in the cache, so a read holds one page of events, never the history).
 
 use super::lifecycle::{Cursor, Tracked};
 use super::plan::Work;
@@ -8,14 +10,42 @@ use crate::model::{Event, ExecutionStatus};
 use crate::source::{ActionDocuments, ApiError, ErrorKind, EventStream, FlowSource};
 use crate::timefmt::now_nanos;
 
-/// What one read brought: the advanced state and the new events of each stream, which start at
-/// the stream totals before the read (`first_seq`: node, flow).
-pub struct Fetched {
+/// Where a read's new events go, a page at a time as the pages arrive.
+pub trait Pages {
+    /// The new events of one page of `stream` (never empty), the first of them being the
+    /// stream's event `first` (its position in the whole stream); `t` is the execution as it
+    /// was before the read.
+    fn page(&mut self, t: &Tracked, stream: EventStream, first: usize, events: Vec<Event>);
+}
+
+/// The pages of a read kept as they came (tests): each stream's new events in order, and each
+/// page as (stream, position of its first event, events).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub node: Vec<Event>,
+    pub flow: Vec<Event>,
+    pub pages: Vec<(EventStream, usize, usize)>,
+}
+
+#[cfg(test)]
+impl Pages for Gathered {
+    fn page(&mut self, _: &Tracked, stream: EventStream, first: usize, events: Vec<Event>) {
+        self.pages.push((stream, first, events.len()));
+        match stream {
+            EventStream::Node => self.node.extend(events),
+            EventStream::Flow => self.flow.extend(events),
+        }
+    }
+}
+
+/// What one read brought: the advanced state and the pages given to `pages`.
+pub struct Fetched<P> {
     pub arn: String,
     pub tracked: Tracked,
-    pub new_node: Vec<Event>,
-    pub new_flow: Vec<Event>,
-    pub first_seq: (usize, usize),
+    pub pages: P,
+    /// New events given to `pages` (both streams).
+    pub new_events: usize,
 }
 
 /// Whether this read takes the Flow stream too. While an execution runs, its Flow stream
@@ -28,14 +58,20 @@ pub fn reads_flow_stream(t: &Tracked, work: Work, has_definition: bool) -> bool 
     work == Work::Final || !has_definition || t.flow_cursor.total == 0
 }
 
-/// Reads one execution's new events (and errors at the end) without touching shared state;
-/// the Flow stream only when `flow_stream` (see `reads_flow_stream`); action events with the
-/// `documents` given.
-pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work, flow_stream: bool, documents: ActionDocuments) -> Result<Fetched, (String, ApiError)> {
+/// Reads one execution's new events (and errors at the end) without touching shared state,
+/// giving them to `pages` page by page; the Flow stream only when `flow_stream` (see
+/// `reads_flow_stream`); action events with the `documents` given.
+pub async fn fetch<P: Pages>(
+    source: FlowSource,
+    mut t: Tracked,
+    work: Work,
+    flow_stream: bool,
+    documents: ActionDocuments,
+    mut pages: P,
+) -> Result<Fetched<P>, (String, ApiError)> {
     let arn = t.arn.clone();
-    let first_seq = (t.node_cursor.total, t.flow_cursor.total);
-    let mut new_node = Vec::new();
-    let mut new_flow = Vec::new();
+    let before = t.clone();
+    let mut new_events = 0;
     if !(work == Work::Final && t.final_read) {
         let mut vanished = false;
         let streams: &[EventStream] = if flow_stream { &[EventStream::Node, EventStream::Flow] } else { &[EventStream::Node] };
@@ -44,11 +80,15 @@ pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work, flow_stream: 
                 EventStream::Node => t.node_cursor.clone(),
                 EventStream::Flow => t.flow_cursor.clone(),
             };
-            match read_stream(&source, &t, stream, cursor, documents).await {
-                Ok((events, cursor)) => match stream {
-                    EventStream::Node => (new_node, t.node_cursor) = (events, cursor),
-                    EventStream::Flow => (new_flow, t.flow_cursor) = (events, cursor),
-                },
+            let mut sink = Counted { pages: &mut pages, t: &before, stream, next: cursor.total };
+            match read_stream(&source, &before, stream, cursor, documents, &mut sink).await {
+                Ok(cursor) => {
+                    new_events += sink.next - cursor_total(&before, stream);
+                    match stream {
+                        EventStream::Node => t.node_cursor = cursor,
+                        EventStream::Flow => t.flow_cursor = cursor,
+                    }
+                }
                 Err(e) if e.kind == ErrorKind::NotFound => vanished = true,
                 Err(e) => return Err((arn, e)),
             }
@@ -75,19 +115,47 @@ pub async fn fetch(source: FlowSource, mut t: Tracked, work: Work, flow_stream: 
             t.final_read = true;
         }
     }
-    Ok(Fetched { arn, tracked: t, new_node, new_flow, first_seq })
+    Ok(Fetched { arn, tracked: t, pages, new_events })
 }
 
-/// Pages one stream from its cursor: re-requests the tail page and keeps only what is new;
-/// falls back to a full re-read (skipping what was read) when the token is rejected.
-async fn read_stream(
+fn cursor_total(t: &Tracked, stream: EventStream) -> usize {
+    match stream {
+        EventStream::Node => t.node_cursor.total,
+        EventStream::Flow => t.flow_cursor.total,
+    }
+}
+
+/// A stream's pages on their way to `Pages`, numbered: `next` is the position in the stream
+/// of the next new event.
+struct Counted<'a, P> {
+    pages: &'a mut P,
+    t: &'a Tracked,
+    stream: EventStream,
+    next: usize,
+}
+
+impl<P: Pages> Counted<'_, P> {
+    fn give(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let first = self.next;
+        self.next += events.len();
+        self.pages.page(self.t, self.stream, first, events);
+    }
+}
+
+/// Pages one stream from its cursor, giving each page's new events to `sink`: re-requests the
+/// tail page and gives only what is new; falls back to a full re-read (skipping what was read,
+/// in this pass too) when the token is rejected. Returns the advanced cursor.
+async fn read_stream<P: Pages>(
     source: &FlowSource,
     t: &Tracked,
     stream: EventStream,
     mut cursor: Cursor,
     documents: ActionDocuments,
-) -> Result<(Vec<Event>, Cursor), ApiError> {
-    let mut new = Vec::new();
+    sink: &mut Counted<'_, P>,
+) -> Result<Cursor, ApiError> {
     let mut token = cursor.token.clone();
     let mut skip = cursor.consumed;
     loop {
@@ -95,9 +163,9 @@ async fn read_stream(
             Ok((page_len, items, next)) => {
                 if page_len < skip {
                     // The page shrank: the token no longer means what it did.
-                    return reread_all(source, t, stream, cursor.total, documents).await;
+                    return reread_all(source, t, stream, sink.next, documents, sink).await;
                 }
-                new.extend(items);
+                sink.give(items);
                 match next {
                     Some(n) => {
                         token = Some(n);
@@ -106,43 +174,43 @@ async fn read_stream(
                     None => {
                         cursor.token = token;
                         cursor.consumed = page_len;
-                        cursor.total += new.len();
-                        return Ok((new, cursor));
+                        cursor.total = sink.next;
+                        return Ok(cursor);
                     }
                 }
             }
             Err(e) if e.kind == ErrorKind::Validation && token.is_some() => {
                 tracing::debug!(arn = %t.arn, "page token rejected; re-reading the stream from the start");
-                let (mut all_new, cursor) = reread_all(source, t, stream, cursor.total, documents).await?;
-                // Events read on earlier pages of this pass are part of the re-read too.
-                all_new.drain(..new.len().min(all_new.len()));
-                new.extend(all_new);
-                return Ok((new, cursor));
+                // Events given on earlier pages of this pass are skipped in the re-read too.
+                return reread_all(source, t, stream, sink.next, documents, sink).await;
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-/// Reads the whole stream again; the first `already` events (read before) are dropped as the
-/// SDK gave them.
-async fn reread_all(
+/// Reads the whole stream again, giving `sink` the events after the first `already` (read
+/// before) as the SDK gives them.
+async fn reread_all<P: Pages>(
     source: &FlowSource,
     t: &Tracked,
     stream: EventStream,
     already: usize,
     documents: ActionDocuments,
-) -> Result<(Vec<Event>, Cursor), ApiError> {
-    let mut new = Vec::new();
+    sink: &mut Counted<'_, P>,
+) -> Result<Cursor, ApiError> {
     let (mut token, mut total): (Option<String>, usize) = (None, 0);
     loop {
         let skip = already.saturating_sub(total);
         let (page_len, items, next) = source.list_events(&t.flow_id, &t.alias, &t.arn, stream, token.clone(), skip, documents).await?;
         total += page_len;
-        new.extend(items);
+        sink.give(items);
         match next {
             Some(n) => token = Some(n),
-            None => return Ok((new, Cursor { token, consumed: page_len, total: total.max(already) })),
+            None => {
+                sink.next = sink.next.max(already);
+                return Ok(Cursor { token, consumed: page_len, total: total.max(already) });
+            }
         }
     }
 }
@@ -163,7 +231,7 @@ mod tests {
         let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some("http://127.0.0.1:9".into()), ..AwsTarget::default() };
         let credentials = StaticCredentials { access_key_id: "AKIDTEST".into(), secret_access_key: "secret".into() };
         let source = FlowSource::new(&target, Arc::new(RequestBudget::per_second(1000.0)), Some(&credentials), Arc::new(Metrics::new(true))).await;
-        let read = fetch(source, crate::state::tests::tracked("arn:x"), Work::Final, true, ActionDocuments::Keep);
+        let read = fetch(source, crate::state::tests::tracked("arn:x"), Work::Final, true, ActionDocuments::Keep, Gathered::default());
         assert!(std::mem::size_of_val(&read) <= 2048, "{} bytes", std::mem::size_of_val(&read));
     }
 
@@ -186,9 +254,14 @@ mod tests {
         (t.node_cursor, t.flow_cursor) = (Cursor::default(), Cursor::default());
 
         assert!(reads_flow_stream(&t, Work::Fetch, true), "the first read takes both streams");
-        let first = fetch(source.clone(), t, Work::Fetch, true, ActionDocuments::Keep).await.map_err(|(_, e)| e).unwrap();
-        assert_eq!((first.new_node.len(), first.new_flow.len()), (facts.node_events.len(), facts.flow_events.len()));
-        assert_eq!(first.first_seq, (0, 0));
+        let first = fetch(source.clone(), t, Work::Fetch, true, ActionDocuments::Keep, Gathered::default()).await.map_err(|(_, e)| e).unwrap();
+        assert_eq!((first.pages.node.len(), first.pages.flow.len()), (facts.node_events.len(), facts.flow_events.len()));
+        assert_eq!(first.new_events, facts.node_events.len() + facts.flow_events.len());
+        // A page at a time, as they came: each stream's pages in order from its first event.
+        let pages_of = |stream| first.pages.pages.iter().filter(|p| p.0 == stream).map(|p| (p.1, p.2)).collect::<Vec<_>>();
+        let in_tens = |n: usize| (0..n).step_by(10).map(|at| (at, (n - at).min(10))).collect::<Vec<_>>();
+        assert_eq!(pages_of(EventStream::Node), in_tens(facts.node_events.len()));
+        assert_eq!(pages_of(EventStream::Flow), in_tens(facts.flow_events.len()));
         let (node_pages, flow_pages) = (facts.node_events.len().div_ceil(10) as u64, facts.flow_events.len().div_ceil(10) as u64);
         assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages, "every page once");
         assert_eq!(first.tracked.node_cursor.total, facts.node_events.len());
@@ -197,20 +270,20 @@ mod tests {
         // known; without it, the Flow stream names the Input and Output nodes, so both).
         assert!(!reads_flow_stream(&first.tracked, Work::Fetch, true));
         assert!(reads_flow_stream(&first.tracked, Work::Fetch, false) && reads_flow_stream(&first.tracked, Work::Final, true));
-        let poll = fetch(source.clone(), first.tracked, Work::Fetch, false, ActionDocuments::Keep).await.map_err(|(_, e)| e).unwrap();
-        assert!(poll.new_node.is_empty() && poll.new_flow.is_empty());
+        let poll = fetch(source.clone(), first.tracked, Work::Fetch, false, ActionDocuments::Keep, Gathered::default()).await.map_err(|(_, e)| e).unwrap();
+        assert!(poll.pages.node.is_empty() && poll.pages.flow.is_empty() && poll.new_events == 0);
         assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 1, "one call: the Node stream's tail page");
 
-        let again = fetch(source.clone(), poll.tracked, Work::Final, true, ActionDocuments::Keep).await.map_err(|(_, e)| e).unwrap();
-        assert!(again.new_node.is_empty() && again.new_flow.is_empty(), "nothing is read twice");
-        assert_eq!(again.first_seq, (facts.node_events.len(), facts.flow_events.len()));
+        let again = fetch(source.clone(), poll.tracked, Work::Final, true, ActionDocuments::Keep, Gathered::default()).await.map_err(|(_, e)| e).unwrap();
+        assert!(again.pages.node.is_empty() && again.pages.flow.is_empty() && again.new_events == 0, "nothing is read twice");
+        assert_eq!((again.tracked.node_cursor.total, again.tracked.flow_cursor.total), (facts.node_events.len(), facts.flow_events.len()));
         assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 3, "the final read: one tail page per stream");
         assert_eq!(calls()["GetFlowExecution"], 1, "the errors of a Failed execution, at its final read");
         assert!(again.tracked.final_read && again.tracked.errors.is_some());
 
-        let done = fetch(source, again.tracked, Work::Final, true, ActionDocuments::Keep).await.map_err(|(_, e)| e).unwrap();
+        let done = fetch(source, again.tracked, Work::Final, true, ActionDocuments::Keep, Gathered::default()).await.map_err(|(_, e)| e).unwrap();
         assert_eq!(calls()["ListFlowExecutionEvents"], node_pages + flow_pages + 3, "a final read is made once");
-        assert!(done.new_node.is_empty());
+        assert!(done.pages.node.is_empty() && done.new_events == 0);
         emulator.stop().await;
     }
 }

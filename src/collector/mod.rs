@@ -213,13 +213,13 @@ impl Collector {
         self.tracked.insert(t.arn.clone(), t);
     }
 
-    fn labels(&self, t: &Tracked) -> FlowLabels {
-        self.labels_of(&t.flow_id, &t.alias)
+    fn labels_of(&self, flow_id: &str, alias: &str) -> FlowLabels {
+        FlowLabels { flow_id: flow_id.to_string(), flow_name: self.flow_name(flow_id), alias: alias.to_string() }
     }
 
-    fn labels_of(&self, flow_id: &str, alias: &str) -> FlowLabels {
-        let name = self.flow_index(flow_id).map(|i| self.flows[i].name.clone()).unwrap_or_else(|| flow_id.to_string());
-        FlowLabels { flow_id: flow_id.to_string(), flow_name: name, alias: alias.to_string() }
+    /// The flow's name as configured, or its id.
+    fn flow_name(&self, flow_id: &str) -> String {
+        self.flow_index(flow_id).map(|i| self.flows[i].name.clone()).unwrap_or_else(|| flow_id.to_string())
     }
 
     /// After a start: what waits in the outbox refused for good shows as parked again.

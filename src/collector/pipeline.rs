@@ -1,5 +1,6 @@
 //! The pipeline of a chunk of executions: their snapshots, their reads (concurrently), the fold
-//! of the new events into each execution's state, delivery of the spans the fold closed, then
+//! of each page of new events into the execution's state as it arrives, delivery of the spans
+//! the folds closed, then
 //! one checkpoint transaction: cursors and fold states, with the spans not accepted put in the
 //! outbox in the same transaction. Only then is anything counted.
 
@@ -9,15 +10,16 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt};
 
 use super::delivery::{Delivery, PARK_RETRY};
+use super::events::Instruments;
 use super::events::{CheckpointWritten, EventsReceived, ProblemFound, ReadDenied, StoreFailed};
-use super::fetch::{self, fetch, Fetched};
+use super::fetch::{self, fetch, Fetched, Pages};
 use super::lifecycle::Tracked;
 use super::outbox::{Accepted, ParcelBody};
 use super::plan::Work;
 use super::Collector;
-use crate::convert::{self, ExecutionState, ExecutionView, NewEvents, NodeTypes, Problem};
-use crate::model::{ExecutionStatus, FlowDefinition, Timestamp};
-use crate::source::{ActionDocuments, ApiError, ErrorKind, FlowSource};
+use crate::convert::{self, ContentPolicy, ExecutionIds, ExecutionState, ExecutionView, NewEvents, NodeTypes, Problem};
+use crate::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
+use crate::source::{ActionDocuments, ApiError, ErrorKind, EventStream, FlowSource};
 use crate::span::SpanEventRecord;
 use crate::span::SpanRecord;
 use crate::state::{Checkpoint, Parcel, RunEventRow, RunEvents};
@@ -120,6 +122,60 @@ struct Folded {
     done: bool,
 }
 
+/// An execution's read folded page by page as the pages arrive (`fetch::Pages`): each page's
+/// events are counted and folded into (a copy of) the execution's state while they are in the
+/// cache, then freed; the spans they closed wait for the chunk's delivery. The registry
+/// changes only once the checkpoint is written.
+struct FoldPages<'a> {
+    state: ExecutionState,
+    ids: ExecutionIds,
+    types: Option<Arc<NodeTypes>>,
+    flow_name: String,
+    policy: &'a ContentPolicy,
+    events: &'a Instruments,
+    /// When the chunk began (the events' lag is measured to it).
+    now: i64,
+    spans: Vec<SpanRecord>,
+    problems: Vec<Problem>,
+}
+
+impl FoldPages<'_> {
+    fn fold(&mut self, t: &Tracked, finished: bool, new: NewEvents<'_>) {
+        let view = ExecutionView {
+            arn: &t.arn,
+            flow_id: &t.flow_id,
+            flow_name: &self.flow_name,
+            alias: &t.alias,
+            version: &t.version,
+            status: &t.status,
+            created_at: Timestamp(t.created_at),
+            ended_at: t.ended_at.map(Timestamp),
+            finished,
+            types: self.types.as_deref(),
+            errors: t.errors.as_deref().unwrap_or(&[]),
+        };
+        let conversion = convert::fold_with(&mut self.ids, &mut self.state, &view, new, self.policy);
+        if self.spans.is_empty() {
+            self.spans = conversion.spans;
+        } else {
+            self.spans.extend(conversion.spans);
+        }
+        self.problems.extend(conversion.problems);
+    }
+}
+
+impl Pages for FoldPages<'_> {
+    fn page(&mut self, t: &Tracked, stream: EventStream, first: usize, events: Vec<Event>) {
+        self.events.emit(EventsReceived { events: &events, now: self.now });
+        // Until the read ends the execution is not finished: only its final fold closes it.
+        let new = match stream {
+            EventStream::Node => NewEvents { node: &events, flow: &[], first: (first, t.flow_cursor.total) },
+            EventStream::Flow => NewEvents { node: &[], flow: &events, first: (t.node_cursor.total, first) },
+        };
+        self.fold(t, false, new);
+    }
+}
+
 impl Collector {
     pub(super) async fn definition_for(&mut self, t: &Tracked) -> Result<Option<Arc<NodeTypes>>, ApiError> {
         let key = if t.version == "DRAFT" { format!("DRAFT:{}", t.arn) } else { t.version.clone() };
@@ -200,60 +256,58 @@ impl Collector {
                 Some((t, *w, self.flows[f].source.clone(), flow_stream, documents))
             })
             .collect();
-        // Each read is folded as it arrives, while its events are still in the cache, and the
-        // events go; the spans wait for the chunk's delivery.
+        // Each page of a read is folded as it arrives, while its events are still in the cache,
+        // and the events go; the spans wait for the chunk's delivery.
+        let this = &*self;
         let mut reads = stream::iter(jobs)
-            .map(|(t, w, source, flow_stream, documents)| fetch(source, t, w, flow_stream, documents))
-            .buffer_unordered(self.poll.concurrency);
+            .map(|(t, w, source, flow_stream, documents)| {
+                let pages = FoldPages {
+                    state: this.folds.get(&t.arn).cloned().unwrap_or_default(),
+                    ids: ExecutionIds::new(&t.arn, &t.flow_id),
+                    types: definitions.get(&t.arn).cloned().flatten(),
+                    flow_name: this.flow_name(&t.flow_id),
+                    policy: &this.policy,
+                    events: &this.events,
+                    now,
+                    spans: Vec::new(),
+                    problems: Vec::new(),
+                };
+                fetch(source, t, w, flow_stream, documents, pages)
+            })
+            .buffer_unordered(this.poll.concurrency);
         let mut folded = Vec::with_capacity(chunk.len());
         while let Some(result) = reads.next().await {
             let f = match result {
                 Ok(f) => f,
                 Err((arn, e)) => {
                     tracing::debug!(arn = %arn, error = %e, "reading events failed; retried next cycle");
-                    if let Some(t) = self.tracked.get(&arn).filter(|_| e.kind == ErrorKind::AccessDenied) {
-                        self.events.emit(ReadDenied { flow_id: &t.flow_id, error: &e });
+                    if let Some(t) = this.tracked.get(&arn).filter(|_| e.kind == ErrorKind::AccessDenied) {
+                        this.events.emit(ReadDenied { flow_id: &t.flow_id, error: &e });
                     }
                     continue;
                 }
             };
-            self.events.emit(EventsReceived { events: &f.new_node, now });
-            self.events.emit(EventsReceived { events: &f.new_flow, now });
             // A read that brought nothing (a running execution without new events) changes
             // neither the state nor the spans: no fold, no write.
-            if self.tracked.get(&f.arn) == Some(&f.tracked) && f.new_node.is_empty() && f.new_flow.is_empty() {
+            if this.tracked.get(&f.arn) == Some(&f.tracked) && f.new_events == 0 {
                 continue;
             }
-            let types = definitions.get(&f.arn).cloned().flatten();
-            folded.push(self.fold(f, types.as_deref()));
+            folded.push(Self::finish_read(f));
         }
+        drop(reads);
         if !folded.is_empty() {
             self.checkpoint(folded).await;
         }
     }
 
-    /// Folds one read into (a copy of) the execution's state; the registry changes only once
-    /// the checkpoint is written.
-    fn fold(&self, f: Fetched, types: Option<&NodeTypes>) -> Folded {
-        let t = f.tracked;
-        let mut state = self.folds.get(&t.arn).cloned().unwrap_or_default();
+    /// The end of a read folded page by page: an execution finished with it has its final
+    /// fold (the open runs close, the root span comes out).
+    fn finish_read(f: Fetched<FoldPages<'_>>) -> Folded {
+        let (mut t, mut pages) = (f.tracked, f.pages);
         let done = t.status.is_terminal() && t.final_read;
-        let labels = self.labels(&t);
-        let view = ExecutionView {
-            arn: &t.arn,
-            flow_id: &t.flow_id,
-            flow_name: &labels.flow_name,
-            alias: &t.alias,
-            version: &t.version,
-            status: &t.status,
-            created_at: Timestamp(t.created_at),
-            ended_at: t.ended_at.map(Timestamp),
-            finished: done,
-            types,
-            errors: t.errors.as_deref().unwrap_or(&[]),
-        };
-        let conversion = convert::fold(&mut state, &view, NewEvents { node: &f.new_node, flow: &f.new_flow, first: f.first_seq }, &self.policy);
-        let mut t = t;
+        if done {
+            pages.fold(&t, true, NewEvents { node: &[], flow: &[], first: (t.node_cursor.total, t.flow_cursor.total) });
+        }
         let mut unknown_status = None;
         if let ExecutionStatus::Unknown(s) = &t.status {
             if !t.unknown_status_counted {
@@ -261,7 +315,7 @@ impl Collector {
                 t.unknown_status_counted = true;
             }
         }
-        Folded { execution: t, state, spans: conversion.spans, problems: conversion.problems, unknown_status, done }
+        Folded { execution: t, state: pages.state, spans: pages.spans, problems: pages.problems, unknown_status, done }
     }
 
     /// Delivers the spans of the folded executions, then writes every checkpoint in one
