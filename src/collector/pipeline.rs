@@ -112,11 +112,12 @@ pub(super) fn restore_run_events(state: &mut ExecutionState, rows: &[RunEventRow
     Ok(counts)
 }
 
-/// One execution after its fold: the state to checkpoint and the spans it closed.
+/// One execution after its fold: the state to checkpoint and the spans it closed (those of
+/// each fold apart, see `FoldPages::spans`).
 struct Folded {
     execution: Tracked,
     state: ExecutionState,
-    spans: Vec<SpanRecord>,
+    spans: Vec<Vec<SpanRecord>>,
     problems: Vec<Problem>,
     unknown_status: Option<String>,
     done: bool,
@@ -135,7 +136,10 @@ struct FoldPages<'a> {
     events: &'a Instruments,
     /// When the chunk began (the events' lag is measured to it).
     now: i64,
-    spans: Vec<SpanRecord>,
+    /// The spans of each fold as it made them: appending them to one vector would copy the
+    /// earlier ones, out of the cache by then, each time it grows. They are copied once, into
+    /// the chunk's list for delivery.
+    spans: Vec<Vec<SpanRecord>>,
     problems: Vec<Problem>,
 }
 
@@ -155,10 +159,8 @@ impl FoldPages<'_> {
             errors: t.errors.as_deref().unwrap_or(&[]),
         };
         let conversion = convert::fold_with(&mut self.ids, &mut self.state, &view, new, self.policy);
-        if self.spans.is_empty() {
-            self.spans = conversion.spans;
-        } else {
-            self.spans.extend(conversion.spans);
+        if !conversion.spans.is_empty() {
+            self.spans.push(conversion.spans);
         }
         self.problems.extend(conversion.problems);
     }
@@ -322,13 +324,13 @@ impl Collector {
     /// transaction, with what the endpoint did not accept put in the outbox. Then counts.
     async fn checkpoint(&mut self, folded: Vec<Folded>) {
         // Sized once: growing it would copy every span of the chunk again at each doubling.
-        let mut spans: Vec<SpanRecord> = Vec::with_capacity(folded.iter().map(|f| f.spans.len()).sum());
+        let mut spans: Vec<SpanRecord> = Vec::with_capacity(folded.iter().flat_map(|f| &f.spans).map(Vec::len).sum());
         let mut bounds: Vec<usize> = Vec::with_capacity(folded.len() + 1);
         let mut rest = Vec::with_capacity(folded.len());
         for f in folded {
             bounds.push(spans.len());
             let Folded { execution, state, spans: closed, problems, unknown_status, done } = f;
-            spans.extend(closed);
+            closed.into_iter().for_each(|part| spans.extend(part));
             rest.push((execution, state, problems, unknown_status, done));
         }
         bounds.push(spans.len());
