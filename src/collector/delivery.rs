@@ -6,13 +6,35 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::events::{ExecutionParked, ExecutionUnparked, ExportBackedOff, ExportRequestFailed, SpanCut};
+use super::events::{ExecutionParked, ExecutionUnparked, ExportBackedOff, ExportRequestFailed, Instruments, SpanCut};
 use super::Collector;
 use crate::export::ExportError;
 use crate::span::SpanRecord;
 
 /// How long an execution refused for good waits before its spans are offered again.
 pub(super) const PARK_RETRY: Duration = Duration::from_secs(15 * 60);
+
+/// What a request holds at most besides its spans, and its bound in bytes: a span is measured
+/// against them (`measure`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Room {
+    /// The bytes a span may take in a request (the bound less the request's overhead).
+    pub spans: usize,
+    /// `traces.max_batch_bytes`.
+    pub max_bytes: usize,
+}
+
+/// A span's encoded length (`export::span_len`), the span cut down first (and counted) when it
+/// is larger than a request. Measured once, where it is made (while it is in the cache), or
+/// as it is read back from the outbox.
+pub(super) fn measure(span: &mut SpanRecord, room: Room, events: &Instruments) -> usize {
+    let len = crate::export::span_len(span);
+    if crate::export::framed_len(len) > room.spans && crate::export::cut_to_fit(span, room.spans) {
+        events.emit(SpanCut { span, max_bytes: room.max_bytes });
+        return crate::export::span_len(span);
+    }
+    len
+}
 
 /// What became of one execution's spans in one export.
 #[derive(Clone, Debug)]
@@ -30,12 +52,12 @@ pub(super) enum Delivery {
 impl Collector {
     /// `send`, unless the export is backing off (then nothing is sent); a retryable failure
     /// starts or doubles the backoff. An execution without spans counts as accepted.
-    pub(super) async fn send_now(&mut self, spans: &mut [SpanRecord], bounds: &[usize]) -> Vec<Delivery> {
+    pub(super) async fn send_now(&mut self, spans: &[SpanRecord], lens: &[usize], bounds: &[usize]) -> Vec<Delivery> {
         let backing_off = self.export_backoff.is_some_and(|(until, _)| Instant::now() < until);
         let mut deliveries = if backing_off || spans.is_empty() {
             vec![Delivery::NotSent; bounds.len() - 1]
         } else {
-            let (deliveries, retry_error) = self.send(spans, bounds).await;
+            let (deliveries, retry_error) = self.send(spans, lens, bounds).await;
             match retry_error {
                 Some(e) => {
                     let delay = self.export_backoff.map(|(_, d)| (d * 2).min(Duration::from_secs(60))).unwrap_or(Duration::from_secs(1));
@@ -54,27 +76,21 @@ impl Collector {
         deliveries
     }
 
+    /// The room a span has in a request.
+    pub(super) fn room(&self) -> Room {
+        let (max_bytes, overhead) = (self.exporter.max_batch_bytes(), self.exporter.request_overhead());
+        Room { spans: max_bytes.saturating_sub(overhead), max_bytes }
+    }
+
     /// Sends the spans of several executions (`spans[bounds[i]..bounds[i + 1]]` is execution
-    /// i's) in requests bounded by span count and encoded bytes, cutting down any span larger
-    /// than a request. A permanent refusal is narrowed down by halving the executions sent
-    /// together until the one responsible is found; a retryable failure stops the sending (the
-    /// rest waits for the backoff). Returns each execution's delivery and the retryable error.
-    pub(super) async fn send(&self, spans: &mut [SpanRecord], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
+    /// i's; `lens` their `measure`s, so none is larger than a request) in requests bounded by
+    /// span count and encoded bytes. A permanent refusal is narrowed down by halving the
+    /// executions sent together until the one responsible is found; a retryable failure stops
+    /// the sending (the rest waits for the backoff). Returns each execution's delivery and the
+    /// retryable error.
+    pub(super) async fn send(&self, spans: &[SpanRecord], lens: &[usize], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
+        debug_assert_eq!(spans.len(), lens.len());
         let (max_spans, max_bytes, overhead) = (self.exporter.batch_size(), self.exporter.max_batch_bytes(), self.exporter.request_overhead());
-        // Each span measured once (the spans of a chunk are no longer in the cache: every pass
-        // over them costs), and cut down only when it is larger than a request.
-        let room = max_bytes.saturating_sub(overhead);
-        let lens: Vec<usize> = spans
-            .iter_mut()
-            .map(|span| {
-                let len = crate::export::span_len(span);
-                if crate::export::framed_len(len) > room && crate::export::cut_to_fit(span, room) {
-                    self.events.emit(SpanCut { span, max_bytes });
-                    return crate::export::span_len(span);
-                }
-                len
-            })
-            .collect();
         let executions = bounds.len() - 1;
         let mut deliveries = vec![Delivery::NotSent; executions];
         let mut queue: VecDeque<std::ops::Range<usize>> = VecDeque::new();

@@ -193,7 +193,9 @@ impl Collector {
             if owners.is_empty() {
                 continue;
             }
-            let (deliveries, retry_error) = self.send(&mut spans, &bounds).await;
+            let room = self.room();
+            let lens: Vec<usize> = spans.iter_mut().map(|span| super::delivery::measure(span, room, &self.events)).collect();
+            let (deliveries, retry_error) = self.send(&spans, &lens, &bounds).await;
             let mut delivered = Vec::new();
             let mut accepted = Vec::new();
             for (i, ((id, mut owner), delivery)) in owners.into_iter().zip(deliveries).enumerate() {

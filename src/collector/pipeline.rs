@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 
-use super::delivery::{Delivery, PARK_RETRY};
+use super::delivery::{self, Delivery, Room, PARK_RETRY};
 use super::events::Instruments;
 use super::events::{CheckpointWritten, EventsReceived, ProblemFound, ReadDenied, StoreFailed};
 use super::fetch::{self, fetch, Fetched, Pages};
@@ -118,6 +118,8 @@ struct Folded {
     execution: Tracked,
     state: ExecutionState,
     spans: Vec<Vec<SpanRecord>>,
+    /// The spans' encoded lengths (`delivery::measure`), in order.
+    lens: Vec<usize>,
     problems: Vec<Problem>,
     unknown_status: Option<String>,
     done: bool,
@@ -140,6 +142,9 @@ struct FoldPages<'a> {
     /// earlier ones, out of the cache by then, each time it grows. They are copied once, into
     /// the chunk's list for delivery.
     spans: Vec<Vec<SpanRecord>>,
+    /// Each span's encoded length, measured (and the span cut to fit a request) as it is made.
+    lens: Vec<usize>,
+    room: Room,
     problems: Vec<Problem>,
 }
 
@@ -158,7 +163,8 @@ impl FoldPages<'_> {
             types: self.types.as_deref(),
             errors: t.errors.as_deref().unwrap_or(&[]),
         };
-        let conversion = convert::fold_with(&mut self.ids, &mut self.state, &view, new, self.policy);
+        let mut conversion = convert::fold_with(&mut self.ids, &mut self.state, &view, new, self.policy);
+        self.lens.extend(conversion.spans.iter_mut().map(|span| delivery::measure(span, self.room, self.events)));
         if !conversion.spans.is_empty() {
             self.spans.push(conversion.spans);
         }
@@ -261,6 +267,7 @@ impl Collector {
         // Each page of a read is folded as it arrives, while its events are still in the cache,
         // and the events go; the spans wait for the chunk's delivery.
         let this = &*self;
+        let room = this.room();
         let mut reads = stream::iter(jobs)
             .map(|(t, w, source, flow_stream, documents)| {
                 let pages = FoldPages {
@@ -272,6 +279,8 @@ impl Collector {
                     events: &this.events,
                     now,
                     spans: Vec::new(),
+                    lens: Vec::new(),
+                    room,
                     problems: Vec::new(),
                 };
                 fetch(source, t, w, flow_stream, documents, pages)
@@ -317,7 +326,7 @@ impl Collector {
                 t.unknown_status_counted = true;
             }
         }
-        Folded { execution: t, state: pages.state, spans: pages.spans, problems: pages.problems, unknown_status, done }
+        Folded { execution: t, state: pages.state, spans: pages.spans, lens: pages.lens, problems: pages.problems, unknown_status, done }
     }
 
     /// Delivers the spans of the folded executions, then writes every checkpoint in one
@@ -325,16 +334,18 @@ impl Collector {
     async fn checkpoint(&mut self, folded: Vec<Folded>) {
         // Sized once: growing it would copy every span of the chunk again at each doubling.
         let mut spans: Vec<SpanRecord> = Vec::with_capacity(folded.iter().flat_map(|f| &f.spans).map(Vec::len).sum());
+        let mut lens: Vec<usize> = Vec::with_capacity(spans.capacity());
         let mut bounds: Vec<usize> = Vec::with_capacity(folded.len() + 1);
         let mut rest = Vec::with_capacity(folded.len());
         for f in folded {
             bounds.push(spans.len());
-            let Folded { execution, state, spans: closed, problems, unknown_status, done } = f;
+            let Folded { execution, state, spans: closed, lens: measured, problems, unknown_status, done } = f;
             closed.into_iter().for_each(|part| spans.extend(part));
+            lens.extend(measured);
             rest.push((execution, state, problems, unknown_status, done));
         }
         bounds.push(spans.len());
-        let deliveries = self.send_now(&mut spans, &bounds).await;
+        let deliveries = self.send_now(&spans, &lens, &bounds).await;
         // Checkpoints for all; parcels for the spans not accepted.
         let now = now_nanos();
         let mut checkpoints = Vec::with_capacity(rest.len());
