@@ -320,7 +320,7 @@ impl Exporter {
     /// Exports `spans` (of encoded lengths `lens`, from `span_len`) as one OTLP request; the
     /// caller keeps it within the batch bounds. A failure worth retrying is retried once after
     /// `RETRY_DELAY` when the timeout leaves room.
-    pub async fn export(&self, spans: &[SpanRecord], lens: &[usize]) -> Result<(), ExportError> {
+    pub async fn export<S: std::borrow::Borrow<SpanRecord>>(&self, spans: &[S], lens: &[usize]) -> Result<(), ExportError> {
         let Some(transport) = &self.transport else {
             return Ok(());
         };
@@ -577,7 +577,7 @@ mod tests {
             assert_eq!(encoded_len(&s), 1 + prost::length_delimiter_len(real) + real, "{content} bytes x {events}: with its key and length");
         }
         let envelope = envelope(&resource("svc", Some("us-east-1"), None));
-        let request = encode::request(&envelope, &[], &[]);
+        let request = encode::request::<SpanRecord>(&envelope, &[], &[]);
         assert!(request.len() <= envelope.overhead(), "a request without spans: {} bytes, overhead {}", request.len(), envelope.overhead());
     }
 
@@ -623,6 +623,8 @@ mod tests {
             let lens: Vec<usize> = spans.iter().map(span_len).collect();
             let ours = encode::request(&envelope, spans, &lens);
             assert_eq!(ours, reference_request(spans, &resource), "{} spans", spans.len());
+            let borrowed: Vec<&SpanRecord> = spans.iter().collect();
+            assert_eq!(encode::request(&envelope, &borrowed, &lens), ours, "{} spans borrowed", spans.len());
             let framed: usize = spans.iter().map(encoded_len).sum();
             assert!(ours.len() <= envelope.overhead() + framed, "{} spans: {} bytes, counted {}", spans.len(), ours.len(), envelope.overhead() + framed);
         }

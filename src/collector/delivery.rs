@@ -3,6 +3,7 @@
 //! (whose spans are parked in the outbox), a retryable failure that stops the sending until the
 //! backoff (what was not sent waits in the outbox).
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -52,7 +53,7 @@ pub(super) enum Delivery {
 impl Collector {
     /// `send`, unless the export is backing off (then nothing is sent); a retryable failure
     /// starts or doubles the backoff. An execution without spans counts as accepted.
-    pub(super) async fn send_now(&mut self, spans: &[SpanRecord], lens: &[usize], bounds: &[usize]) -> Vec<Delivery> {
+    pub(super) async fn send_now<S: Borrow<SpanRecord>>(&mut self, spans: &[S], lens: &[usize], bounds: &[usize]) -> Vec<Delivery> {
         let backing_off = self.export_backoff.is_some_and(|(until, _)| Instant::now() < until);
         let mut deliveries = if backing_off || spans.is_empty() {
             vec![Delivery::NotSent; bounds.len() - 1]
@@ -88,7 +89,7 @@ impl Collector {
     /// executions sent together until the one responsible is found; a retryable failure stops
     /// the sending (the rest waits for the backoff). Returns each execution's delivery and the
     /// retryable error.
-    pub(super) async fn send(&self, spans: &[SpanRecord], lens: &[usize], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
+    pub(super) async fn send<S: Borrow<SpanRecord>>(&self, spans: &[S], lens: &[usize], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
         debug_assert_eq!(spans.len(), lens.len());
         let (max_spans, max_bytes, overhead) = (self.exporter.batch_size(), self.exporter.max_batch_bytes(), self.exporter.request_overhead());
         let executions = bounds.len() - 1;

@@ -253,18 +253,18 @@ impl Collector {
     /// Counts spans accepted and recorded (`spans` holds them at each one's range): node
     /// metrics once per flow and alias (each series looked up once), the execution once when
     /// it finished with them.
-    pub(super) fn observe_accepted(&mut self, accepted: &[Accepted], spans: &[SpanRecord]) {
+    pub(super) fn observe_accepted<S: std::borrow::Borrow<SpanRecord>>(&mut self, accepted: &[Accepted], spans: &[S]) {
         let now = now_nanos();
         // Per flow and alias: its labels and its node spans, for one metrics batch each.
         let mut flows: Vec<((&str, &str), FlowBatch)> = Vec::new();
         for a in accepted {
             let (labels, node_spans) = add(&mut flows, (a.flow_id.as_str(), a.alias.as_str()), || (self.labels_of(&a.flow_id, &a.alias), Vec::new()));
             let range = &spans[a.spans.clone()];
-            node_spans.extend(range.iter().filter(|s| s.parent_span_id.is_some()));
+            node_spans.extend(range.iter().map(|s| s.borrow()).filter(|s| s.parent_span_id.is_some()));
             self.events.emit(SpansExported(range.len()));
             self.spans_here += range.len() as u64;
             if a.done {
-                if let Some(root) = range.iter().find(|s| s.parent_span_id.is_none()) {
+                if let Some(root) = range.iter().map(|s| s.borrow()).find(|s| s.parent_span_id.is_none()) {
                     self.events.emit(ExecutionFinished { labels, arn: &a.arn, status: &a.status, root, spans: a.spans_total as usize });
                 }
                 *self.finished_here.entry(a.status.clone()).or_default() += 1;

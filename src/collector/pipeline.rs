@@ -332,19 +332,24 @@ impl Collector {
     /// Delivers the spans of the folded executions, then writes every checkpoint in one
     /// transaction, with what the endpoint did not accept put in the outbox. Then counts.
     async fn checkpoint(&mut self, folded: Vec<Folded>) {
-        // Sized once: growing it would copy every span of the chunk again at each doubling.
-        let mut spans: Vec<SpanRecord> = Vec::with_capacity(folded.iter().flat_map(|f| &f.spans).map(Vec::len).sum());
-        let mut lens: Vec<usize> = Vec::with_capacity(spans.capacity());
+        // The spans stay where their folds made them (out of the cache by now: copying them
+        // into one list would cost a pass); the chunk's list borrows them, in order.
+        let total = folded.iter().flat_map(|f| &f.spans).map(Vec::len).sum();
+        let mut parts: Vec<Vec<SpanRecord>> = Vec::with_capacity(folded.iter().map(|f| f.spans.len()).sum());
+        let mut lens: Vec<usize> = Vec::with_capacity(total);
         let mut bounds: Vec<usize> = Vec::with_capacity(folded.len() + 1);
         let mut rest = Vec::with_capacity(folded.len());
+        let mut count = 0;
         for f in folded {
-            bounds.push(spans.len());
+            bounds.push(count);
             let Folded { execution, state, spans: closed, lens: measured, problems, unknown_status, done } = f;
-            closed.into_iter().for_each(|part| spans.extend(part));
+            count += closed.iter().map(Vec::len).sum::<usize>();
+            parts.extend(closed);
             lens.extend(measured);
             rest.push((execution, state, problems, unknown_status, done));
         }
-        bounds.push(spans.len());
+        bounds.push(count);
+        let spans: Vec<&SpanRecord> = parts.iter().flatten().collect();
         let deliveries = self.send_now(&spans, &lens, &bounds).await;
         // Checkpoints for all; parcels for the spans not accepted.
         let now = now_nanos();
@@ -366,7 +371,7 @@ impl Collector {
                 Delivery::NotSent => 0,
                 Delivery::Refused { .. } => now + PARK_RETRY.as_nanos() as i64,
             };
-            let body = ParcelBody::new(t, state.spans, *done, spans[range].to_vec());
+            let body = ParcelBody::new(t, state.spans, *done, spans[range].iter().map(|s| (*s).clone()).collect());
             parcel_of.push(Some(parcels.len()));
             parcels.push(Parcel { arn: t.arn.clone(), body: body.encode(), not_before });
         }

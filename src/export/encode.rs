@@ -256,8 +256,9 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
 
 /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource, scope_spans:
 /// [ScopeSpans { scope, spans }] }] }`, in one buffer of the exact size; `span_lens` are the
-/// spans' `span_len`s.
-pub fn request(envelope: &Envelope, spans: &[SpanRecord], span_lens: &[usize]) -> Vec<u8> {
+/// spans' `span_len`s. The spans may be owned or borrowed (a chunk's spans stay where their
+/// folds made them).
+pub fn request<S: std::borrow::Borrow<SpanRecord>>(envelope: &Envelope, spans: &[S], span_lens: &[usize]) -> Vec<u8> {
     debug_assert_eq!(spans.len(), span_lens.len());
     let scope_spans_len = if spans.is_empty() {
         0
@@ -277,7 +278,7 @@ pub fn request(envelope: &Envelope, spans: &[SpanRecord], span_lens: &[usize]) -
         for (span, len) in spans.iter().zip(span_lens) {
             put_delimited(&mut buf, 0x12, *len);
             let before = buf.len();
-            put_span(&mut buf, span);
+            put_span(&mut buf, span.borrow());
             debug_assert_eq!(buf.len() - before, *len, "span length");
         }
         put_bytes(&mut buf, 0x1a, envelope.scope_schema_url.as_bytes());
