@@ -13,8 +13,9 @@ use crate::timefmt::now_nanos;
 /// Where a read's new events go, a page at a time as the pages arrive.
 pub trait Pages {
     /// The new events of one page of `stream` (never empty), the first of them being the
-    /// stream's event `first` (its position in the whole stream); `t` is the execution as it
-    /// was before the read.
+    /// stream's event `first` (its position in the whole stream); `t` is the execution being
+    /// read (its status and errors as before the read, the cursors of the streams read before
+    /// this one advanced).
     fn page(&mut self, t: &Tracked, stream: EventStream, first: usize, events: Vec<Event>);
 }
 
@@ -70,7 +71,6 @@ pub async fn fetch<P: Pages>(
     mut pages: P,
 ) -> Result<Fetched<P>, (String, ApiError)> {
     let arn = t.arn.clone();
-    let before = t.clone();
     let mut new_events = 0;
     if !(work == Work::Final && t.final_read) {
         let mut vanished = false;
@@ -80,10 +80,11 @@ pub async fn fetch<P: Pages>(
                 EventStream::Node => t.node_cursor.clone(),
                 EventStream::Flow => t.flow_cursor.clone(),
             };
-            let mut sink = Counted { pages: &mut pages, t: &before, stream, next: cursor.total };
-            match read_stream(&source, &before, stream, cursor, documents, &mut sink).await {
+            let start = cursor.total;
+            let mut sink = Counted { pages: &mut pages, t: &t, stream, next: start };
+            match read_stream(&source, &t, stream, cursor, documents, &mut sink).await {
                 Ok(cursor) => {
-                    new_events += sink.next - cursor_total(&before, stream);
+                    new_events += sink.next - start;
                     match stream {
                         EventStream::Node => t.node_cursor = cursor,
                         EventStream::Flow => t.flow_cursor = cursor,
@@ -116,13 +117,6 @@ pub async fn fetch<P: Pages>(
         }
     }
     Ok(Fetched { arn, tracked: t, pages, new_events })
-}
-
-fn cursor_total(t: &Tracked, stream: EventStream) -> usize {
-    match stream {
-        EventStream::Node => t.node_cursor.total,
-        EventStream::Flow => t.flow_cursor.total,
-    }
 }
 
 /// A stream's pages on their way to `Pages`, numbered: `next` is the position in the stream

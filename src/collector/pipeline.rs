@@ -1,8 +1,7 @@
 //! The pipeline of a chunk of executions: their snapshots, their reads (concurrently), the fold
 //! of each page of new events into the execution's state as it arrives, delivery of the spans
-//! the folds closed, then
-//! one checkpoint transaction: cursors and fold states, with the spans not accepted put in the
-//! outbox in the same transaction. Only then is anything counted.
+//! the folds closed, then one checkpoint transaction: cursors and fold states, with the spans
+//! not accepted put in the outbox in the same transaction. Only then is anything counted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -139,8 +138,8 @@ struct FoldPages<'a> {
     /// When the chunk began (the events' lag is measured to it).
     now: i64,
     /// The spans of each fold as it made them: appending them to one vector would copy the
-    /// earlier ones, out of the cache by then, each time it grows. They are copied once, into
-    /// the chunk's list for delivery.
+    /// earlier ones, out of the cache by then, each time it grows. The chunk's delivery
+    /// borrows them where they are.
     spans: Vec<Vec<SpanRecord>>,
     /// Each span's encoded length, measured (and the span cut to fit a request) as it is made.
     lens: Vec<usize>,
@@ -334,21 +333,19 @@ impl Collector {
     async fn checkpoint(&mut self, folded: Vec<Folded>) {
         // The spans stay where their folds made them (out of the cache by now: copying them
         // into one list would cost a pass); the chunk's list borrows them, in order.
-        let total = folded.iter().flat_map(|f| &f.spans).map(Vec::len).sum();
+        // `lens` holds one length a span: execution i's spans are `bounds[i]..bounds[i + 1]`.
         let mut parts: Vec<Vec<SpanRecord>> = Vec::with_capacity(folded.iter().map(|f| f.spans.len()).sum());
-        let mut lens: Vec<usize> = Vec::with_capacity(total);
+        let mut lens: Vec<usize> = Vec::with_capacity(folded.iter().map(|f| f.lens.len()).sum());
         let mut bounds: Vec<usize> = Vec::with_capacity(folded.len() + 1);
         let mut rest = Vec::with_capacity(folded.len());
-        let mut count = 0;
         for f in folded {
-            bounds.push(count);
+            bounds.push(lens.len());
             let Folded { execution, state, spans: closed, lens: measured, problems, unknown_status, done } = f;
-            count += closed.iter().map(Vec::len).sum::<usize>();
             parts.extend(closed);
             lens.extend(measured);
             rest.push((execution, state, problems, unknown_status, done));
         }
-        bounds.push(count);
+        bounds.push(lens.len());
         let spans: Vec<&SpanRecord> = parts.iter().flatten().collect();
         let deliveries = self.send_now(&spans, &lens, &bounds).await;
         // Checkpoints for all; parcels for the spans not accepted.
