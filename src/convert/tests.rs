@@ -235,8 +235,9 @@ fn canonical(mut spans: Vec<SpanRecord>, mut problems: Vec<Problem>) -> (Vec<Spa
 }
 
 /// Folds the history in random splits (each stream cut at its own points, the same number of
-/// chunks; empty chunks included; the execution finished only with the last chunk) and
-/// compares with the fold in one piece. The state goes through its saved form between chunks.
+/// chunks; empty chunks included; the execution finished only with the last chunk), and as the
+/// collector folds a read (each stream's pages of ten, then the final fold), and compares with
+/// the fold in one piece. The state goes through its saved form between random chunks.
 fn assert_split_invariant(
     view: &ExecutionView<'_>,
     node: &[Event],
@@ -278,6 +279,23 @@ fn assert_split_invariant(
             assert_eq!(a, e, "{what}: a span differs with cuts {node_cuts:?} / {flow_cuts:?}");
         }
     }
+    // And as the collector folds a read: the Node stream's pages of ten, then the Flow
+    // stream's, one fold each, then the execution's final fold with nothing new.
+    let mut ids = ExecutionIds::new(view.arn, view.flow_id);
+    let mut state = ExecutionState::default();
+    let mut spans = Vec::new();
+    let mut problems = Vec::new();
+    let pages = node.chunks(10).enumerate().map(|(i, page)| NewEvents { node: page, flow: &[], first: (10 * i, 0) });
+    let pages = pages.chain(flow.chunks(10).enumerate().map(|(i, page)| NewEvents { node: &[], flow: page, first: (node.len(), 10 * i) }));
+    for new in pages.chain([NewEvents { node: &[], flow: &[], first: (node.len(), flow.len()) }]) {
+        let finished = view.finished && new.node.is_empty() && new.flow.is_empty();
+        let out = fold_with(&mut ids, &mut state, &ExecutionView { finished, ..*view }, new, policy);
+        spans.extend(out.spans);
+        problems.extend(out.problems);
+    }
+    let actual = canonical(spans, problems);
+    assert_eq!(actual.1, expected.1, "{what}: problems differ folded page by page");
+    assert_eq!(actual.0, expected.0, "{what}: the spans differ folded page by page");
 }
 
 /// The emulator's generator: every flow, every outcome, every malformation, in random splits.
