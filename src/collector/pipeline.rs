@@ -129,8 +129,11 @@ struct Folded {
 /// cache, then freed; the spans they closed wait for the chunk's delivery. The registry
 /// changes only once the checkpoint is written.
 struct FoldPages<'a> {
-    state: ExecutionState,
-    ids: ExecutionIds,
+    /// The execution's state as checkpointed; copied (with the ids made) only at the first
+    /// page: a read that brings nothing, each poll of a quiet execution, costs neither.
+    saved: Option<&'a ExecutionState>,
+    state: Option<ExecutionState>,
+    ids: Option<ExecutionIds>,
     types: Option<Arc<NodeTypes>>,
     flow_name: String,
     policy: &'a ContentPolicy,
@@ -162,7 +165,9 @@ impl FoldPages<'_> {
             types: self.types.as_deref(),
             errors: t.errors.as_deref().unwrap_or(&[]),
         };
-        let mut conversion = convert::fold_with(&mut self.ids, &mut self.state, &view, new, self.policy);
+        let state = self.state.get_or_insert_with(|| self.saved.cloned().unwrap_or_default());
+        let ids = self.ids.get_or_insert_with(|| ExecutionIds::new(&t.arn, &t.flow_id));
+        let mut conversion = convert::fold_with(ids, state, &view, new, self.policy);
         self.lens.extend(conversion.spans.iter_mut().map(|span| delivery::measure(span, self.room, self.events)));
         if !conversion.spans.is_empty() {
             self.spans.push(conversion.spans);
@@ -270,8 +275,9 @@ impl Collector {
         let mut reads = stream::iter(jobs)
             .map(|(t, w, source, flow_stream, documents)| {
                 let pages = FoldPages {
-                    state: this.folds.get(&t.arn).cloned().unwrap_or_default(),
-                    ids: ExecutionIds::new(&t.arn, &t.flow_id),
+                    saved: this.folds.get(&t.arn),
+                    state: None,
+                    ids: None,
                     types: definitions.get(&t.arn).cloned().flatten(),
                     flow_name: this.flow_name(&t.flow_id),
                     policy: &this.policy,
@@ -325,7 +331,8 @@ impl Collector {
                 t.unknown_status_counted = true;
             }
         }
-        Folded { execution: t, state: pages.state, spans: pages.spans, lens: pages.lens, problems: pages.problems, unknown_status, done }
+        let state = pages.state.unwrap_or_else(|| pages.saved.cloned().unwrap_or_default());
+        Folded { execution: t, state, spans: pages.spans, lens: pages.lens, problems: pages.problems, unknown_status, done }
     }
 
     /// Delivers the spans of the folded executions, then writes every checkpoint in one
