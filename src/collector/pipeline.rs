@@ -135,7 +135,8 @@ struct FoldPages<'a> {
     state: Option<ExecutionState>,
     ids: Option<ExecutionIds>,
     types: Option<Arc<NodeTypes>>,
-    flow_name: String,
+    /// Borrowed from the configured flows (a flow not configured goes by its id).
+    flow_name: std::borrow::Cow<'a, str>,
     policy: &'a ContentPolicy,
     events: &'a Instruments,
     /// When the chunk began (the events' lag is measured to it).
@@ -279,7 +280,10 @@ impl Collector {
                     state: None,
                     ids: None,
                     types: definitions.get(&t.arn).cloned().flatten(),
-                    flow_name: this.flow_name(&t.flow_id),
+                    flow_name: match this.flow_index(&t.flow_id) {
+                        Some(i) => this.flows[i].name.as_str().into(),
+                        None => t.flow_id.clone().into(),
+                    },
                     policy: &this.policy,
                     events: &this.events,
                     now,
