@@ -5,6 +5,8 @@
 
 mod encode;
 
+pub use encode::SpanBytes;
+
 use std::time::Duration;
 
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -317,10 +319,11 @@ impl Exporter {
         self.envelope.overhead()
     }
 
-    /// Exports `spans` (of encoded lengths `lens`, from `span_len`) as one OTLP request; the
-    /// caller keeps it within the batch bounds. A failure worth retrying is retried once after
-    /// `RETRY_DELAY` when the timeout leaves room.
-    pub async fn export<S: std::borrow::Borrow<SpanRecord>>(&self, spans: &[S], lens: &[usize]) -> Result<(), ExportError> {
+    /// Exports `spans` (records, or their bytes from `SpanBytes::put_framed`; of encoded
+    /// lengths `lens`, from `span_len`) as one OTLP request; the caller keeps it within the
+    /// batch bounds. A failure worth retrying is retried once after `RETRY_DELAY` when the
+    /// timeout leaves room.
+    pub async fn export<S: SpanBytes + Sync>(&self, spans: &[S], lens: &[usize]) -> Result<(), ExportError> {
         let Some(transport) = &self.transport else {
             return Ok(());
         };
@@ -625,6 +628,20 @@ mod tests {
             assert_eq!(ours, reference_request(spans, &resource), "{} spans", spans.len());
             let borrowed: Vec<&SpanRecord> = spans.iter().collect();
             assert_eq!(encode::request(&envelope, &borrowed, &lens), ours, "{} spans borrowed", spans.len());
+            // Encoded before, end to end in one buffer as a fold leaves them, then copied.
+            let mut bytes = Vec::new();
+            for (span, len) in spans.iter().zip(&lens) {
+                span.put_framed(&mut bytes, *len);
+            }
+            assert_eq!(bytes.len(), spans.iter().map(encoded_len).sum::<usize>());
+            let mut framed: Vec<&[u8]> = Vec::new();
+            let mut rest = &bytes[..];
+            for len in &lens {
+                let (span, after) = rest.split_at(framed_len(*len));
+                framed.push(span);
+                rest = after;
+            }
+            assert_eq!(encode::request(&envelope, &framed, &lens), ours, "{} spans encoded before", spans.len());
             let framed: usize = spans.iter().map(encoded_len).sum();
             assert!(ours.len() <= envelope.overhead() + framed, "{} spans: {} bytes, counted {}", spans.len(), ours.len(), envelope.overhead() + framed);
         }

@@ -169,6 +169,34 @@ impl SpanRecord {
     }
 }
 
+/// What counting a span needs once the endpoint has accepted it (the node and execution
+/// metrics), taken from the span where it is made, encoded and dropped: delivery and the
+/// outbox keep this beside the span's bytes, not the span.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpanTally {
+    pub trace_id: [u8; 16],
+    /// The execution's root span (no parent).
+    pub root: bool,
+    pub start: i64,
+    pub end: i64,
+    /// The root's `error.type` (a string), the failure code of a failed execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    pub facts: SpanFacts,
+}
+
+impl SpanTally {
+    /// The tally of `span`, its facts moved out (the span is about to go).
+    pub fn take(span: &mut SpanRecord) -> SpanTally {
+        let root = span.parent_span_id.is_none();
+        let error_type = match span.attribute("error.type") {
+            Some(AttrValue::Str(code)) if root => Some(code.to_string()),
+            _ => None,
+        };
+        SpanTally { trace_id: span.trace_id, root, start: span.start, end: span.end, error_type, facts: std::mem::take(&mut span.facts) }
+    }
+}
+
 /// `trace_id` = the first 16 bytes of SHA-256(execution ARN) (SPEC §5).
 pub fn trace_id(execution_arn: &str) -> [u8; 16] {
     let digest = Sha256::digest(execution_arn.as_bytes());

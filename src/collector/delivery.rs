@@ -3,14 +3,13 @@
 //! (whose spans are parked in the outbox), a retryable failure that stops the sending until the
 //! backoff (what was not sent waits in the outbox).
 
-use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::events::{ExecutionParked, ExecutionUnparked, ExportBackedOff, ExportRequestFailed, Instruments, SpanCut};
 use super::Collector;
-use crate::export::ExportError;
-use crate::span::SpanRecord;
+use crate::export::{ExportError, SpanBytes};
+use crate::span::{SpanRecord, SpanTally};
 
 /// How long an execution refused for good waits before its spans are offered again.
 pub(super) const PARK_RETRY: Duration = Duration::from_secs(15 * 60);
@@ -37,6 +36,54 @@ pub(super) fn measure(span: &mut SpanRecord, room: Room, events: &Instruments) -
     len
 }
 
+/// Spans made ready to send where a fold made them, while they are in the cache: each
+/// measured (`measure`), encoded as its request will hold it (`SpanBytes::put_framed`) into
+/// one buffer, and its tally taken; then the span is dropped. What waits for the chunk's
+/// delivery is these bytes, copied into a request, and the tallies, counted once accepted:
+/// nothing walks or frees the spans again out of the cache.
+#[derive(Debug, Default)]
+pub(super) struct Ready {
+    /// The spans, framed, end to end.
+    pub bytes: Vec<u8>,
+    pub tallies: Vec<SpanTally>,
+}
+
+impl Ready {
+    /// Makes `spans` ready, appending each one's encoded length (`span_len`) to `lens`.
+    pub fn new(mut spans: Vec<SpanRecord>, room: Room, events: &Instruments, lens: &mut Vec<usize>) -> Ready {
+        let first = lens.len();
+        lens.extend(spans.iter_mut().map(|span| measure(span, room, events)));
+        let lens = &lens[first..];
+        let mut bytes = Vec::with_capacity(lens.iter().map(|len| crate::export::framed_len(*len)).sum());
+        let tallies = spans
+            .iter_mut()
+            .zip(lens)
+            .map(|(span, len)| {
+                span.put_framed(&mut bytes, *len);
+                SpanTally::take(span)
+            })
+            .collect();
+        Ready { bytes, tallies }
+    }
+}
+
+/// The spans of `parts` (in order, of lengths `lens`) as a chunk's delivery sends them and
+/// counts them: each one's bytes, each one's tally.
+pub(super) fn lay_out<'a>(parts: &'a [Ready], lens: &[usize]) -> (Vec<&'a [u8]>, Vec<&'a SpanTally>) {
+    let mut bytes = Vec::with_capacity(lens.len());
+    let mut lens = lens.iter();
+    for part in parts {
+        let mut rest = &part.bytes[..];
+        for _ in 0..part.tallies.len() {
+            let (span, after) = rest.split_at(lens.next().map_or(0, |len| crate::export::framed_len(*len)).min(rest.len()));
+            bytes.push(span);
+            rest = after;
+        }
+        debug_assert!(rest.is_empty(), "a part's bytes are its spans'");
+    }
+    (bytes, parts.iter().flat_map(|part| &part.tallies).collect())
+}
+
 /// What became of one execution's spans in one export.
 #[derive(Clone, Debug)]
 pub(super) enum Delivery {
@@ -53,7 +100,7 @@ pub(super) enum Delivery {
 impl Collector {
     /// `send`, unless the export is backing off (then nothing is sent); a retryable failure
     /// starts or doubles the backoff. An execution without spans counts as accepted.
-    pub(super) async fn send_now<S: Borrow<SpanRecord>>(&mut self, spans: &[S], lens: &[usize], bounds: &[usize]) -> Vec<Delivery> {
+    pub(super) async fn send_now<S: SpanBytes + Sync>(&mut self, spans: &[S], lens: &[usize], bounds: &[usize]) -> Vec<Delivery> {
         let backing_off = self.export_backoff.is_some_and(|(until, _)| Instant::now() < until);
         let mut deliveries = if backing_off || spans.is_empty() {
             vec![Delivery::NotSent; bounds.len() - 1]
@@ -89,7 +136,7 @@ impl Collector {
     /// executions sent together until the one responsible is found; a retryable failure stops
     /// the sending (the rest waits for the backoff). Returns each execution's delivery and the
     /// retryable error.
-    pub(super) async fn send<S: Borrow<SpanRecord>>(&self, spans: &[S], lens: &[usize], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
+    pub(super) async fn send<S: SpanBytes + Sync>(&self, spans: &[S], lens: &[usize], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
         debug_assert_eq!(spans.len(), lens.len());
         let (max_spans, max_bytes, overhead) = (self.exporter.batch_size(), self.exporter.max_batch_bytes(), self.exporter.request_overhead());
         let executions = bounds.len() - 1;

@@ -11,7 +11,7 @@ use super::board::{FinishedExecution, FinishedHook, StatusBoard};
 use super::SECOND;
 use crate::metrics::{FlowLabels, Metrics, STATUSES};
 use crate::model::Event;
-use crate::span::{hex, AttrValue, SpanRecord};
+use crate::span::{hex, SpanRecord, SpanTally};
 use crate::timefmt::now_nanos;
 
 /// Where events go: the metrics registry, the status board, the demo's console.
@@ -387,7 +387,7 @@ impl InternalEvent for SpansExported {
 /// hashes and compares the whole label set.
 pub struct NodeSpansExported<'a> {
     pub labels: &'a FlowLabels,
-    pub spans: &'a [&'a SpanRecord],
+    pub spans: &'a [&'a SpanTally],
 }
 
 impl InternalEvent for NodeSpansExported<'_> {
@@ -464,7 +464,7 @@ pub struct ExecutionFinished<'a> {
     pub labels: &'a FlowLabels,
     pub arn: &'a str,
     pub status: &'a str,
-    pub root: &'a SpanRecord,
+    pub root: &'a SpanTally,
     pub spans: usize,
 }
 
@@ -484,10 +484,7 @@ impl InternalEvent for ExecutionFinished<'_> {
         }
         let failure_code = match status {
             "TimedOut" => Some("ExecutionTimedOut".to_string()),
-            "Failed" => Some(match root.attribute("error.type") {
-                Some(AttrValue::Str(code)) => code.to_string(),
-                _ => "Failed".to_string(),
-            }),
+            "Failed" => Some(root.error_type.clone().unwrap_or_else(|| "Failed".to_string())),
             _ => None,
         };
         if let Some(code) = failure_code {
@@ -531,7 +528,7 @@ impl InternalEvent for StoreFailed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::SpanStatus;
+    use crate::span::{AttrValue, SpanStatus};
 
     fn instruments(hook: Option<FinishedHook>) -> Instruments {
         let board = Arc::new(StatusBoard::new(&[("ABCDEFGHIJ".into(), "flow".into())]));
@@ -574,7 +571,7 @@ mod tests {
         assert!(to.board.parked().is_empty());
         assert_eq!(sample(&to, "bedrock_flow_exporter_executions_parked"), Some(0.0));
         let labels = FlowLabels { flow_id: "ABCDEFGHIJ".into(), flow_name: "flow".into(), alias: "A".into() };
-        let root = SpanRecord {
+        let mut root = SpanRecord {
             trace_id: [1; 16],
             span_id: [2; 8],
             parent_span_id: None,
@@ -588,6 +585,8 @@ mod tests {
             status: SpanStatus::Error("failed".into()),
             facts: Default::default(),
         };
+        let root = SpanTally::take(&mut root);
+        assert_eq!(root.error_type.as_deref(), Some("NODE_EXECUTION_FAILED"), "the root's failure code goes with its tally");
         to.emit(ExecutionFinished { labels: &labels, arn: "arn:y", status: "Failed", root: &root, spans: 7 });
         let series = "{flow_id=\"ABCDEFGHIJ\",flow_name=\"flow\",alias=\"A\"";
         assert_eq!(sample(&to, &format!("bedrock_flow_executions_total{series},status=\"Failed\"}}")), Some(1.0));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 
-use super::delivery::{self, Delivery, Room, PARK_RETRY};
+use super::delivery::{self, Delivery, Ready, Room, PARK_RETRY};
 use super::events::Instruments;
 use super::events::{CheckpointWritten, EventsReceived, ProblemFound, ReadDenied, StoreFailed};
 use super::fetch::{self, fetch, Fetched, Pages};
@@ -20,7 +20,6 @@ use crate::convert::{self, ContentPolicy, ExecutionIds, ExecutionState, Executio
 use crate::model::{Event, ExecutionStatus, FlowDefinition, Timestamp};
 use crate::source::{ActionDocuments, ApiError, ErrorKind, EventStream, FlowSource};
 use crate::span::SpanEventRecord;
-use crate::span::SpanRecord;
 use crate::state::{Checkpoint, Parcel, RunEventRow, RunEvents};
 use crate::timefmt::now_nanos;
 
@@ -111,12 +110,12 @@ pub(super) fn restore_run_events(state: &mut ExecutionState, rows: &[RunEventRow
     Ok(counts)
 }
 
-/// One execution after its fold: the state to checkpoint and the spans it closed (those of
-/// each fold apart, see `FoldPages::spans`).
+/// One execution after its fold: the state to checkpoint and the spans it closed, made ready
+/// to send (those of each fold apart, see `FoldPages::spans`).
 struct Folded {
     execution: Tracked,
     state: ExecutionState,
-    spans: Vec<Vec<SpanRecord>>,
+    spans: Vec<Ready>,
     /// The spans' encoded lengths (`delivery::measure`), in order.
     lens: Vec<usize>,
     problems: Vec<Problem>,
@@ -141,11 +140,12 @@ struct FoldPages<'a> {
     events: &'a Instruments,
     /// When the chunk began (the events' lag is measured to it).
     now: i64,
-    /// The spans of each fold as it made them: appending them to one vector would copy the
-    /// earlier ones, out of the cache by then, each time it grows. The chunk's delivery
+    /// The spans of each fold, made ready to send (measured, cut to fit a request, encoded,
+    /// their tallies taken) as the fold made them, while they are in the cache: appending
+    /// them to one vector would copy the earlier ones, cold by then. The chunk's delivery
     /// borrows them where they are.
-    spans: Vec<Vec<SpanRecord>>,
-    /// Each span's encoded length, measured (and the span cut to fit a request) as it is made.
+    spans: Vec<Ready>,
+    /// Each span's encoded length, in order.
     lens: Vec<usize>,
     room: Room,
     problems: Vec<Problem>,
@@ -168,10 +168,9 @@ impl FoldPages<'_> {
         };
         let state = self.state.get_or_insert_with(|| self.saved.cloned().unwrap_or_default());
         let ids = self.ids.get_or_insert_with(|| ExecutionIds::new(&t.arn, &t.flow_id));
-        let mut conversion = convert::fold_with(ids, state, &view, new, self.policy);
-        self.lens.extend(conversion.spans.iter_mut().map(|span| delivery::measure(span, self.room, self.events)));
+        let conversion = convert::fold_with(ids, state, &view, new, self.policy);
         if !conversion.spans.is_empty() {
-            self.spans.push(conversion.spans);
+            self.spans.push(Ready::new(conversion.spans, self.room, self.events, &mut self.lens));
         }
         self.problems.extend(conversion.problems);
     }
@@ -342,10 +341,11 @@ impl Collector {
     /// Delivers the spans of the folded executions, then writes every checkpoint in one
     /// transaction, with what the endpoint did not accept put in the outbox. Then counts.
     async fn checkpoint(&mut self, folded: Vec<Folded>) {
-        // The spans stay where their folds made them (out of the cache by now: copying them
-        // into one list would cost a pass); the chunk's list borrows them, in order.
-        // `lens` holds one length a span: execution i's spans are `bounds[i]..bounds[i + 1]`.
-        let mut parts: Vec<Vec<SpanRecord>> = Vec::with_capacity(folded.iter().map(|f| f.spans.len()).sum());
+        // The spans' bytes and tallies stay where their folds made them (out of the cache by
+        // now: copying them into one list would cost a pass); the chunk's lists borrow them,
+        // in order. `lens` holds one length a span: execution i's spans are
+        // `bounds[i]..bounds[i + 1]`.
+        let mut parts: Vec<Ready> = Vec::with_capacity(folded.iter().map(|f| f.spans.len()).sum());
         let mut lens: Vec<usize> = Vec::with_capacity(folded.iter().map(|f| f.lens.len()).sum());
         let mut bounds: Vec<usize> = Vec::with_capacity(folded.len() + 1);
         let mut rest = Vec::with_capacity(folded.len());
@@ -357,7 +357,7 @@ impl Collector {
             rest.push((execution, state, problems, unknown_status, done));
         }
         bounds.push(lens.len());
-        let spans: Vec<&SpanRecord> = parts.iter().flatten().collect();
+        let (spans, tallies) = delivery::lay_out(&parts, &lens);
         let deliveries = self.send_now(&spans, &lens, &bounds).await;
         // Checkpoints for all; parcels for the spans not accepted.
         let now = now_nanos();
@@ -379,7 +379,7 @@ impl Collector {
                 Delivery::NotSent => 0,
                 Delivery::Refused { .. } => now + PARK_RETRY.as_nanos() as i64,
             };
-            let body = ParcelBody::new(t, state.spans, *done, spans[range].iter().map(|s| (*s).clone()).collect());
+            let body = ParcelBody::new(t, state.spans, *done, &spans[range.clone()], &lens[range.clone()], &tallies[range]);
             parcel_of.push(Some(parcels.len()));
             parcels.push(Parcel { arn: t.arn.clone(), body: body.encode(), not_before });
         }
@@ -442,7 +442,7 @@ impl Collector {
             }
         }
         self.outbox_changed();
-        self.observe_accepted(&accepted, &spans);
+        self.observe_accepted(&accepted, &tallies);
     }
 }
 

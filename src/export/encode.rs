@@ -254,11 +254,42 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
     buf.extend_from_slice(&SPAN_FLAGS.to_le_bytes());
 }
 
+/// A span as a request takes it: a record, encoded there, or the bytes a record was encoded
+/// to before (`put_framed`, where the fold made it), copied.
+pub trait SpanBytes {
+    /// Writes the span as its request's `ScopeSpans` holds it: key, length, `Span` of `len`
+    /// bytes (its `span_len`).
+    fn put_framed(&self, buf: &mut Vec<u8>, len: usize);
+}
+
+impl SpanBytes for SpanRecord {
+    fn put_framed(&self, buf: &mut Vec<u8>, len: usize) {
+        put_delimited(buf, 0x12, len);
+        let before = buf.len();
+        put_span(buf, self);
+        debug_assert_eq!(buf.len() - before, len, "span length");
+    }
+}
+
+/// A span's bytes as `SpanRecord::put_framed` wrote them.
+impl SpanBytes for [u8] {
+    fn put_framed(&self, buf: &mut Vec<u8>, len: usize) {
+        debug_assert_eq!(self.len(), framed_len(len), "framed span length");
+        buf.extend_from_slice(self);
+    }
+}
+
+impl<T: SpanBytes + ?Sized> SpanBytes for &T {
+    fn put_framed(&self, buf: &mut Vec<u8>, len: usize) {
+        (**self).put_framed(buf, len)
+    }
+}
+
 /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource, scope_spans:
 /// [ScopeSpans { scope, spans }] }] }`, in one buffer of the exact size; `span_lens` are the
-/// spans' `span_len`s. The spans may be owned or borrowed (a chunk's spans stay where their
-/// folds made them).
-pub fn request<S: std::borrow::Borrow<SpanRecord>>(envelope: &Envelope, spans: &[S], span_lens: &[usize]) -> Vec<u8> {
+/// spans' `span_len`s. The spans may be records (owned or borrowed) or their bytes encoded
+/// before (a chunk's spans are encoded where their folds made them).
+pub fn request<S: SpanBytes>(envelope: &Envelope, spans: &[S], span_lens: &[usize]) -> Vec<u8> {
     debug_assert_eq!(spans.len(), span_lens.len());
     let scope_spans_len = if spans.is_empty() {
         0
@@ -276,10 +307,7 @@ pub fn request<S: std::borrow::Borrow<SpanRecord>>(envelope: &Envelope, spans: &
         put_delimited(&mut buf, 0x0a, envelope.scope.len());
         buf.extend_from_slice(&envelope.scope);
         for (span, len) in spans.iter().zip(span_lens) {
-            put_delimited(&mut buf, 0x12, *len);
-            let before = buf.len();
-            put_span(&mut buf, span.borrow());
-            debug_assert_eq!(buf.len() - before, *len, "span length");
+            span.put_framed(&mut buf, *len);
         }
         put_bytes(&mut buf, 0x1a, envelope.scope_schema_url.as_bytes());
     }
