@@ -5,7 +5,7 @@
 
 mod encode;
 
-pub use encode::SpanBytes;
+pub use encode::{holds_framed, SpanBytes};
 
 use std::time::Duration;
 

@@ -169,9 +169,8 @@ impl ParcelBody {
         let head = rest.get(4..4 + head_len).ok_or_else(|| format!("a head of {head_len} bytes in a parcel of {}", body.len()))?;
         let mut parcel: ParcelBody = serde_json::from_slice(head).map_err(|e| e.to_string())?;
         parcel.bytes = rest[4 + head_len..].to_vec();
-        let framed: usize = parcel.lens.iter().map(|len| crate::export::framed_len(*len)).sum();
-        if parcel.lens.len() != parcel.tallies.len() || framed != parcel.bytes.len() || !parcel.spans.is_empty() {
-            return Err(format!("{} spans' bytes ({framed}) and {} tallies in {} bytes", parcel.lens.len(), parcel.tallies.len(), parcel.bytes.len()));
+        if parcel.lens.len() != parcel.tallies.len() || !crate::export::holds_framed(&parcel.bytes, &parcel.lens) || !parcel.spans.is_empty() {
+            return Err(format!("{} spans' lengths and {} tallies do not match its {} bytes", parcel.lens.len(), parcel.tallies.len(), parcel.bytes.len()));
         }
         Ok(parcel)
     }
@@ -429,9 +428,18 @@ mod tests {
         }
         assert!(second.len() < first.len(), "the second form is the smaller: {} bytes against {}", second.len(), first.len());
         // Cut short, or lengths that do not add up: refused (the parcel stays in the store).
-        assert!(ParcelBody::decode(&second[..second.len() - 1]).unwrap_err().contains("bytes"));
+        assert!(ParcelBody::decode(&second[..second.len() - 1]).unwrap_err().contains("do not match"));
         assert!(ParcelBody::decode(&second[..3]).unwrap_err().contains("head length"));
         assert!(ParcelBody::decode(&second[..40]).unwrap_err().contains("a head of"));
         assert!(ParcelBody::decode(b"").is_err());
+        // Lengths that add up to the bytes but are not the spans' (two swapped), or a length
+        // as large as can be: refused, never sent or summed.
+        let mut swapped = lens.clone();
+        let (a, b) = (swapped.iter().position(|l| *l != lens[0]).unwrap(), 0);
+        swapped.swap(a, b);
+        for wrong in [swapped, vec![usize::MAX; lens.len()]] {
+            let body = ParcelBody { lens: wrong, tallies: tallies.clone(), bytes: bytes.concat(), ..ParcelBody::default() }.encode();
+            assert!(ParcelBody::decode(&body).unwrap_err().contains("do not match"));
+        }
     }
 }

@@ -285,6 +285,22 @@ impl<T: SpanBytes + ?Sized> SpanBytes for &T {
     }
 }
 
+/// Whether `bytes` are spans of encoded lengths `lens` end to end, each framed as
+/// `SpanBytes::put_framed` writes it: what bytes read back from the store must be before a
+/// request copies them.
+pub fn holds_framed(mut bytes: &[u8], lens: &[usize]) -> bool {
+    let mut head = Vec::with_capacity(11);
+    for len in lens {
+        head.clear();
+        put_delimited(&mut head, 0x12, *len);
+        match bytes.strip_prefix(&head[..]) {
+            Some(rest) if rest.len() >= *len => bytes = &rest[*len..],
+            _ => return false,
+        }
+    }
+    bytes.is_empty()
+}
+
 /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource, scope_spans:
 /// [ScopeSpans { scope, spans }] }] }`, in one buffer of the exact size; `span_lens` are the
 /// spans' `span_len`s. The spans may be records (owned or borrowed) or their bytes encoded
