@@ -319,11 +319,11 @@ impl Exporter {
         self.envelope.overhead()
     }
 
-    /// Exports `spans` (records, or their bytes from `SpanBytes::put_framed`; of encoded
-    /// lengths `lens`, from `span_len`) as one OTLP request; the caller keeps it within the
-    /// batch bounds. A failure worth retrying is retried once after `RETRY_DELAY` when the
-    /// timeout leaves room.
-    pub async fn export<S: SpanBytes + Sync>(&self, spans: &[S], lens: &[usize]) -> Result<(), ExportError> {
+    /// Exports `spans` (each one's bytes from `SpanBytes::put_framed`, of encoded length
+    /// `lens`, its `span_len`) as one OTLP request; the caller keeps it within the batch
+    /// bounds. A failure worth retrying is retried once after `RETRY_DELAY` when the timeout
+    /// leaves room.
+    pub async fn export(&self, spans: &[&[u8]], lens: &[usize]) -> Result<(), ExportError> {
         let Some(transport) = &self.transport else {
             return Ok(());
         };

@@ -27,7 +27,7 @@ pub(super) struct Room {
 /// A span's encoded length (`export::span_len`), the span cut down first (and counted) when it
 /// is larger than a request. Measured once, where it is made (while it is in the cache), or
 /// as it is read back from the outbox.
-pub(super) fn measure(span: &mut SpanRecord, room: Room, events: &Instruments) -> usize {
+fn measure(span: &mut SpanRecord, room: Room, events: &Instruments) -> usize {
     let len = crate::export::span_len(span);
     if crate::export::framed_len(len) > room.spans && crate::export::cut_to_fit(span, room.spans) {
         events.emit(SpanCut { span, max_bytes: room.max_bytes });
@@ -100,7 +100,7 @@ pub(super) enum Delivery {
 impl Collector {
     /// `send`, unless the export is backing off (then nothing is sent); a retryable failure
     /// starts or doubles the backoff. An execution without spans counts as accepted.
-    pub(super) async fn send_now<S: SpanBytes + Sync>(&mut self, spans: &[S], lens: &[usize], bounds: &[usize]) -> Vec<Delivery> {
+    pub(super) async fn send_now(&mut self, spans: &[&[u8]], lens: &[usize], bounds: &[usize]) -> Vec<Delivery> {
         let backing_off = self.export_backoff.is_some_and(|(until, _)| Instant::now() < until);
         let mut deliveries = if backing_off || spans.is_empty() {
             vec![Delivery::NotSent; bounds.len() - 1]
@@ -136,7 +136,7 @@ impl Collector {
     /// executions sent together until the one responsible is found; a retryable failure stops
     /// the sending (the rest waits for the backoff). Returns each execution's delivery and the
     /// retryable error.
-    pub(super) async fn send<S: SpanBytes + Sync>(&self, spans: &[S], lens: &[usize], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
+    pub(super) async fn send(&self, spans: &[&[u8]], lens: &[usize], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
         debug_assert_eq!(spans.len(), lens.len());
         let (max_spans, max_bytes, overhead) = (self.exporter.batch_size(), self.exporter.max_batch_bytes(), self.exporter.request_overhead());
         let executions = bounds.len() - 1;
