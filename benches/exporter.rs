@@ -5,6 +5,9 @@
 //! BENCH_STEADY_SECS (60), BENCH_STARTUP_ROWS (100000), BENCH_GROWING_SECS (180),
 //! BENCH_GROWING_ITEMS (1000), BENCH_CHAIN_EVENTS (6000); BENCH_DRAIN_ROUNDS (3) alternating
 //! drains and floors; BENCH_GROWING_INTERVALS (1,15) the poll intervals of the growing runs.
+//! The drain's and the growing runs' receiver keeps span ids only (BENCH_RECEIVER=full: the
+//! tests' receiver, which decodes every span); the drain's table gives this harness's own CPU
+//! beside each run (the emulator serving it, the receiver taking its spans).
 //!
 //! The SDK floor: this harness runs itself as a child (BENCH_FLOOR_ENDPOINT set) that makes the
 //! drain's API calls through the product's SDK client (`FlowSource`: same connector, request
@@ -38,6 +41,9 @@ struct Usage {
     system_secs: f64,
     minor_faults: i64,
     switches: i64,
+    /// CPU seconds of this harness (the emulator serving the child, the receiver taking its
+    /// spans) while the child ran: work beside the child on the same two cores.
+    beside_secs: f64,
 }
 
 impl Usage {
@@ -72,6 +78,7 @@ fn measure(binary: &Path, args: &[&str], stop_after: Option<Duration>, log: &Pat
 #[allow(clippy::zombie_processes)]
 fn measure_with(binary: &Path, args: &[&str], envs: &[(&str, String)], stop_after: Option<Duration>, log: &Path) -> Usage {
     let started = Instant::now();
+    let beside_before = own_cpu_secs();
     let child = Command::new(binary)
         .args(args)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
@@ -117,7 +124,16 @@ fn measure_with(binary: &Path, args: &[&str], envs: &[(&str, String)], stop_afte
         system_secs: system,
         minor_faults: usage.ru_minflt as i64,
         switches: usage.ru_nvcsw as i64,
+        beside_secs: own_cpu_secs() - beside_before,
     }
+}
+
+/// This process's CPU seconds so far, user and system, all its threads.
+fn own_cpu_secs() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn config(dir: &Path, emulator: &str, otlp: &str, flows: &[(&str, &str)], interval: u64, extra: &str) -> String {
@@ -359,10 +375,10 @@ async fn growing(report: &mut String, binary: &Path, interval: u64, drain: Optio
     let items = env_or("BENCH_GROWING_ITEMS", 1000);
     let chain_events = env_or("BENCH_CHAIN_EVENTS", 6000);
     let emulator = support::emulator(Scenario::growing(items, chain_events, secs)).await;
-    let otlp = support::OtlpServer::start().await;
+    let otlp = BenchReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), &format!("http://{}", otlp.grpc), &GROWING_FLOWS);
+    let mut c = support::TestConfig::new(dir.path(), &emulator.endpoint(), &otlp.endpoint(), &GROWING_FLOWS);
     (c.rate, c.concurrency, c.interval_secs, c.settle_secs, c.listen) = (100_000.0, 32, interval, 0, format!("127.0.0.1:{port}"));
     let state_path = c.state.clone();
     let path = dir.path().join("config.toml");
@@ -405,7 +421,7 @@ async fn growing(report: &mut String, binary: &Path, interval: u64, drain: Optio
     }
     // Then until every execution is done.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while otlp.receiver.roots().len() < 3 && Instant::now() < deadline {
+    while otlp.roots() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let end = (support::cpu_seconds(pid), scrape());
@@ -432,7 +448,7 @@ async fn growing(report: &mut String, binary: &Path, interval: u64, drain: Optio
             15 => " (the product's default, `poll.interval_secs = 15`)",
             _ => "",
         },
-        otlp.receiver.unique().len()
+        otlp.unique()
     )
     .unwrap();
     writeln!(report, "| quarter | events | CPU-s | CPU-s per 1,000 events | CPU-s per poll | checkpoint bytes | bytes per event | fold states saved (largest, total) |\n|---|---|---|---|---|---|---|---|").unwrap();
@@ -723,6 +739,56 @@ async fn floor_once(emulator: String, workers: Option<usize>, log: std::path::Pa
     usage
 }
 
+/// The OTLP receiver of the drain and the growing runs: by default one that keeps only span
+/// ids (`SpanIds`), so that what it does beside the collector is little, as a backend on
+/// another host; with BENCH_RECEIVER=full the tests' receiver, which decodes every span into
+/// strings and keeps them (until 2026-12-03 12:00 UTC the only one).
+enum BenchReceiver {
+    Ids(support::SpanIds, std::net::SocketAddr, tokio::sync::watch::Sender<bool>),
+    Full(support::OtlpServer),
+}
+
+impl BenchReceiver {
+    async fn start() -> BenchReceiver {
+        if std::env::var("BENCH_RECEIVER").as_deref() == Ok("full") {
+            return BenchReceiver::Full(support::OtlpServer::start().await);
+        }
+        let ids = support::SpanIds::default();
+        let (address, stop) = ids.serve().await;
+        BenchReceiver::Ids(ids, address, stop)
+    }
+
+    fn endpoint(&self) -> String {
+        match self {
+            BenchReceiver::Ids(_, address, _) => format!("http://{address}"),
+            BenchReceiver::Full(otlp) => format!("http://{}", otlp.grpc),
+        }
+    }
+
+    fn unique(&self) -> usize {
+        match self {
+            BenchReceiver::Ids(ids, _, _) => ids.unique(),
+            BenchReceiver::Full(otlp) => otlp.receiver.unique().len(),
+        }
+    }
+
+    fn roots(&self) -> usize {
+        match self {
+            BenchReceiver::Ids(ids, _, _) => ids.roots(),
+            BenchReceiver::Full(otlp) => otlp.receiver.roots().len(),
+        }
+    }
+
+    fn stop(&self) {
+        match self {
+            BenchReceiver::Ids(_, _, stop) => {
+                let _ = stop.send(true);
+            }
+            BenchReceiver::Full(otlp) => otlp.stop(),
+        }
+    }
+}
+
 async fn bench() {
     let binary = release_binary();
     let executions = env_or("BENCH_EXECUTIONS", 10_000);
@@ -747,9 +813,9 @@ async fn bench() {
     if section("drain") {
         // 1. Backlog drain with run --once.
         let emulator = support::emulator(Scenario::backlog(executions, 45)).await;
-        let otlp = support::OtlpServer::start().await;
+        let otlp = BenchReceiver::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let otlp_endpoint = format!("http://{}", otlp.grpc);
+        let otlp_endpoint = otlp.endpoint();
         let drain = drain_once(&binary, dir.path(), &emulator.endpoint(), &otlp_endpoint, &[]).await;
         let facts = emulator.executions(now_nanos());
         let events: usize = facts.iter().map(|f| f.node_events.len() + f.flow_events.len()).sum();
@@ -758,7 +824,7 @@ async fn bench() {
             + 1;
         let stats = emulator.stats();
         let calls = stats["total_requests"].as_u64().unwrap();
-        let spans = otlp.receiver.unique().len();
+        let spans = otlp.unique();
         writeln!(
             report,
             "## Backlog drain (`run --once`)\n\n{} finished executions, {events} events ({:.1} per execution), {spans} spans received over OTLP/gRPC.\n",
@@ -823,6 +889,7 @@ async fn bench() {
             ("system CPU seconds", 2, &|u: &Usage| u.system_secs),
             ("minor page faults", 0, &|u: &Usage| u.minor_faults as f64),
             ("voluntary context switches", 0, &|u: &Usage| u.switches as f64),
+            ("harness CPU seconds beside the run (emulator, receiver)", 2, &|u: &Usage| u.beside_secs),
         ] {
             let (c, fl) = (sum(&drain_runs, f), sum(&floor_runs, f));
             writeln!(report, "| {what}, all rounds: collector, floor, ratio | {c:.decimals$}, {fl:.decimals$}, {:.2}x |", c / fl.max(f64::MIN_POSITIVE))

@@ -670,3 +670,165 @@ impl Drop for PgServer {
         let _ = command.args(["-D", &data, "-m", "immediate", "-w", "stop"]).output();
     }
 }
+
+/// An OTLP/gRPC receiver that keeps only the id of each span it takes and whether it is a
+/// root: what a bench needs to check that every span arrived, at a fraction of [`Receiver`]'s
+/// cost (which decodes every attribute into strings), so that the receiver working beside the
+/// process measured takes as little of the machine as a backend on another host would.
+#[derive(Clone, Default)]
+pub struct SpanIds {
+    /// Span id -> whether it is a root (no parent).
+    ids: Arc<Mutex<std::collections::HashMap<u64, bool>>>,
+    requests: Arc<AtomicUsize>,
+}
+
+/// The parts of an export request [`SpanIds`] decodes; every other field is skipped.
+mod ids_only {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Request {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Span>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Span {
+        #[prost(bytes = "vec", tag = "2")]
+        pub span_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "4")]
+        pub parent_span_id: Vec<u8>,
+    }
+}
+
+impl SpanIds {
+    /// Distinct spans received.
+    pub fn unique(&self) -> usize {
+        self.ids.lock().unwrap().len()
+    }
+
+    /// Distinct root spans received.
+    pub fn roots(&self) -> usize {
+        self.ids.lock().unwrap().values().filter(|root| **root).count()
+    }
+
+    /// Export requests received.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    fn take(&self, request: ids_only::Request) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let mut ids = self.ids.lock().unwrap();
+        for span in request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
+            let id = u64::from_be_bytes(span.span_id.as_slice().try_into().unwrap_or([0; 8]));
+            ids.insert(id, span.parent_span_id.iter().all(|b| *b == 0));
+        }
+    }
+
+    /// Serves OTLP/gRPC trace exports on a loopback port until `stop` is sent true.
+    pub async fn serve(&self) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let service = SpanIdsServer(self.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tokio_stream_listener(listener), async move {
+                    let _ = stop_rx.changed().await;
+                })
+                .await;
+        });
+        (address, stop)
+    }
+}
+
+/// The gRPC service of [`SpanIds`]: the route and codec `TraceServiceServer` has, with a
+/// request type that decodes span ids only.
+#[derive(Clone)]
+struct SpanIdsServer(SpanIds);
+
+impl tonic::server::NamedService for SpanIdsServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tonic::server::UnaryService<ids_only::Request> for SpanIdsServer {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<ids_only::Request>) -> Self::Future {
+        self.0.take(request.into_inner());
+        std::future::ready(Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None })))
+    }
+}
+
+impl<B> tonic::codegen::Service<hyper::Request<B>> for SpanIdsServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = hyper::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: hyper::Request<B>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            if request.uri().path() != "/opentelemetry.proto.collector.trace.v1.TraceService/Export" {
+                return Ok(tonic::Status::unimplemented("only Export").into_http());
+            }
+            let codec = tonic_prost::ProstCodec::<ExportTraceServiceResponse, ids_only::Request>::default();
+            let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(256 << 20), None);
+            Ok(grpc.unary(service, request).await)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue as Any, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn span(id: u64, parent: Option<u64>) -> Span {
+        Span {
+            trace_id: vec![7; 16],
+            span_id: id.to_be_bytes().to_vec(),
+            parent_span_id: parent.map(|p| p.to_be_bytes().to_vec()).unwrap_or_default(),
+            name: format!("span {id}"),
+            attributes: vec![KeyValue { key: "k".into(), value: Some(Any { value: Some(AnyValue::StringValue("v".repeat(40))) }), ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn span_ids_counts_the_distinct_spans_and_roots_of_real_export_requests() {
+        let ids = SpanIds::default();
+        let (address, stop) = ids.serve().await;
+        let mut client = TraceServiceClient::connect(format!("http://{address}")).await.unwrap();
+        let request = |spans: Vec<Span>| ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }, ScopeSpans { spans: vec![span(90, Some(1))], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        // Two roots (no parent; an all-zero parent), four children, one span sent twice.
+        client.export(request(vec![span(1, None), span(2, Some(1)), span(3, Some(1))])).await.unwrap();
+        client.export(request(vec![span(3, Some(1)), span(4, Some(0)), span(5, Some(4))])).await.unwrap();
+        assert_eq!((ids.unique(), ids.roots(), ids.requests()), (6, 2, 2));
+        let _ = stop.send(true);
+    }
+}
