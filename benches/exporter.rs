@@ -12,7 +12,9 @@
 //! The SDK floor: this harness runs itself as a child (BENCH_FLOOR_ENDPOINT set) that makes the
 //! drain's API calls through the product's SDK client (`FlowSource`: same connector, request
 //! budget, retry and timeout config) and does nothing with the answers; under
-//! BENCH_FLOOR_WRAPPER (a profiler's script) when that is set.
+//! BENCH_FLOOR_WRAPPER (a profiler's script) when that is set; with BENCH_FLOOR_SDK
+//! (`no-stalled-stream-protection`, `no-identity-cache`) the client with that SDK setting
+//! changed, to measure what the setting costs.
 //!
 //! The `instructions` section runs a drain of BENCH_INSTR_EXECUTIONS (1000) by the collector
 //! and by the floor under `valgrind --tool=callgrind` (when valgrind is installed): counts
@@ -199,7 +201,16 @@ async fn floor_client(endpoint: String) -> aws_sdk_bedrockagentruntime::Client {
     let credentials = StaticCredentials { access_key_id: "AKIDBENCH".into(), secret_access_key: "secret".into() };
     let metrics = std::sync::Arc::new(bedrock_flow_exporter::metrics::Metrics::new(true));
     let source = FlowSource::new(&target, std::sync::Arc::new(RequestBudget::per_second(100_000.0)), Some(&credentials), metrics).await;
-    source.sdk_client().clone()
+    let client = source.sdk_client().clone();
+    // BENCH_FLOOR_SDK: the same client with one SDK setting changed, to measure what it costs.
+    use aws_sdk_bedrockagentruntime::config;
+    let changed = match std::env::var("BENCH_FLOOR_SDK").as_deref() {
+        Ok("no-stalled-stream-protection") => client.config().to_builder().stalled_stream_protection(config::StalledStreamProtectionConfig::disabled()),
+        Ok("no-identity-cache") => client.config().to_builder().identity_cache(config::IdentityCache::no_cache()),
+        Ok(other) => panic!("BENCH_FLOOR_SDK={other}: not one of no-stalled-stream-protection, no-identity-cache"),
+        Err(_) => return client,
+    };
+    aws_sdk_bedrockagentruntime::Client::from_conf(changed.build())
 }
 
 /// The flows of the growing executions (id, name): the collector's config and its floor's.
