@@ -761,8 +761,10 @@ enum BenchReceiver {
 
 impl BenchReceiver {
     async fn start() -> BenchReceiver {
-        if std::env::var("BENCH_RECEIVER").as_deref() == Ok("full") {
-            return BenchReceiver::Full(support::OtlpServer::start().await);
+        match std::env::var("BENCH_RECEIVER").as_deref() {
+            Ok("full") => return BenchReceiver::Full(support::OtlpServer::start().await),
+            Ok("ids") | Err(_) => {}
+            Ok(other) => panic!("BENCH_RECEIVER={other}: not one of ids, full"),
         }
         let ids = support::SpanIds::default();
         let (address, stop) = ids.serve().await;
