@@ -825,7 +825,8 @@ mod tests {
                 ..Default::default()
             }],
         };
-        // Two roots (no parent; an all-zero parent), four children, one span sent twice.
+        // Six distinct spans: two roots (no parent; an all-zero parent) and four children (2, 3,
+        // 5, 90), 3 and 90 sent twice, each request with two scope spans.
         client.export(request(vec![span(1, None), span(2, Some(1)), span(3, Some(1))])).await.unwrap();
         client.export(request(vec![span(3, Some(1)), span(4, Some(0)), span(5, Some(4))])).await.unwrap();
         assert_eq!((ids.unique(), ids.roots(), ids.requests()), (6, 2, 2));
