@@ -5,7 +5,7 @@
 
 mod encode;
 
-pub use encode::{holds_framed, SpanBytes};
+pub use encode::{holds_framed, put_framed_measured, SpanBytes};
 
 use std::time::Duration;
 
@@ -321,13 +321,13 @@ impl Exporter {
 
     /// Exports `spans` (each one's bytes from `SpanBytes::put_framed`, of encoded length
     /// `lens`, its `span_len`) as one OTLP request; the caller keeps it within the batch
-    /// bounds. A failure worth retrying is retried once after `RETRY_DELAY` when the timeout
-    /// leaves room.
-    pub async fn export(&self, spans: &[&[u8]], lens: &[usize]) -> Result<(), ExportError> {
+    /// bounds. The spans' bytes are copied once, into the buffer the transport sends. A
+    /// failure worth retrying is retried once after `RETRY_DELAY` when the timeout leaves room.
+    pub async fn export(&self, spans: &[bytes::Bytes], lens: &[usize]) -> Result<(), ExportError> {
         let Some(transport) = &self.transport else {
             return Ok(());
         };
-        let body = bytes::Bytes::from(encode::request(&self.envelope, spans, lens));
+        let body = encode::Parts::new(&self.envelope, spans, lens);
         let started = std::time::Instant::now();
         match send(transport, body.clone()).await {
             Err(ExportError::Retryable(_)) if started.elapsed() + RETRY_DELAY < self.timeout => {
@@ -340,7 +340,7 @@ impl Exporter {
 }
 
 /// One request, its failure classified.
-async fn send(transport: &Transport, body: bytes::Bytes) -> Result<(), ExportError> {
+async fn send(transport: &Transport, body: encode::Parts) -> Result<(), ExportError> {
     match transport {
         Transport::Grpc { client, metadata } => {
             let mut client = client.clone();
@@ -369,10 +369,14 @@ async fn send(transport: &Transport, body: bytes::Bytes) -> Result<(), ExportErr
             request = if *gzip {
                 use std::io::Write as _;
                 let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::default());
-                let compressed = encoder.write_all(&body).and_then(|()| encoder.finish()).map_err(|e| ExportError::Retryable(format!("gzip: {e}")))?;
+                let compressed = body
+                    .slices()
+                    .try_for_each(|slice| encoder.write_all(slice))
+                    .and_then(|()| encoder.finish())
+                    .map_err(|e| ExportError::Retryable(format!("gzip: {e}")))?;
                 request.header(http::header::CONTENT_ENCODING, "gzip").body(compressed)
             } else {
-                request.body(body)
+                request.body(body.to_vec())
             };
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
@@ -390,8 +394,9 @@ async fn send(transport: &Transport, body: bytes::Bytes) -> Result<(), ExportErr
     }
 }
 
-/// The gRPC codec of `TraceService/Export` for a request already encoded; the response (an
-/// optional partial success, which OTLP says not to retry) is read and left.
+/// The gRPC codec of `TraceService/Export` for a request already encoded (in its parts, which
+/// the encoder copies into tonic's buffer); the response (an optional partial success, which
+/// OTLP says not to retry) is read and left.
 struct RawCodec;
 
 struct RawEncoder;
@@ -399,7 +404,7 @@ struct RawEncoder;
 struct RawDecoder;
 
 impl tonic::codec::Codec for RawCodec {
-    type Encode = bytes::Bytes;
+    type Encode = encode::Parts;
     type Decode = ();
     type Encoder = RawEncoder;
     type Decoder = RawDecoder;
@@ -414,12 +419,12 @@ impl tonic::codec::Codec for RawCodec {
 }
 
 impl tonic::codec::Encoder for RawEncoder {
-    type Item = bytes::Bytes;
+    type Item = encode::Parts;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        use bytes::BufMut as _;
-        dst.put_slice(&item);
+    fn encode(&mut self, item: encode::Parts, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.reserve(item.len());
+        item.put(dst);
         Ok(())
     }
 }
@@ -642,11 +647,62 @@ mod tests {
                 rest = after;
             }
             assert_eq!(encode::request(&envelope, &framed, &lens), ours, "{} spans encoded before", spans.len());
+            // As the exporter sends them: in parts, sharing the spans' bytes, copied once.
+            let shared = bytes::Bytes::from(bytes.clone());
+            let mut at = 0;
+            let parts: Vec<bytes::Bytes> = lens
+                .iter()
+                .map(|len| {
+                    at += framed_len(*len);
+                    shared.slice(at - framed_len(*len)..at)
+                })
+                .collect();
+            let request = encode::Parts::new(&envelope, &parts, &lens);
+            assert_eq!((request.len(), request.to_vec()), (ours.len(), ours.clone()), "{} spans in parts", spans.len());
+            let mut sent = bytes::BytesMut::new();
+            request.clone().put(&mut sent);
+            assert_eq!(&sent[..], &ours[..], "{} spans in parts, put", spans.len());
             let framed: usize = spans.iter().map(encoded_len).sum();
             assert!(ours.len() <= envelope.overhead() + framed, "{} spans: {} bytes, counted {}", spans.len(), ours.len(), envelope.overhead() + framed);
         }
         for s in &all {
             assert_eq!(encode::span_len(s), real_len(s), "{}", s.name);
+        }
+    }
+
+    /// A span measured as it is written has the bytes and the length of one measured first,
+    /// whatever its length's varint takes (1 to 4 bytes here) and however much room was left
+    /// for it (less than it takes too), after what the buffer held.
+    #[test]
+    fn a_span_measured_as_it_is_written_is_framed_as_one_measured_first() {
+        // Spans of lengths on either side of each varint step (128, 2^14, 2^21 bytes), by name.
+        let mut bare = span(0, 0);
+        (bare.attributes, bare.links, bare.parent_span_id) = (Vec::new(), Vec::new(), None);
+        let sized = |target: usize| {
+            let mut s = bare.clone();
+            for _ in 0..3 {
+                let name_len = (s.name.len() + target).saturating_sub(span_len(&s));
+                s.name = "n".repeat(name_len);
+            }
+            s
+        };
+        let spans: Vec<SpanRecord> = [100, 127, 129, 200, 16_383, 16_386, (1 << 21) - 1, (1 << 21) + 3].into_iter().map(sized).collect();
+        let lens: Vec<usize> = spans.iter().map(span_len).collect();
+        for limit in [128, 1 << 14, 1 << 21] {
+            assert!(
+                lens.iter().any(|l| *l < limit && *l > limit - 10) && lens.iter().any(|l| *l >= limit && *l < limit + 10),
+                "the lengths {lens:?} cross {limit}"
+            );
+        }
+        for (s, len) in spans.iter().zip(lens) {
+            let mut expected = b"before".to_vec();
+            s.put_framed(&mut expected, len);
+            for room in 0..=6 {
+                let mut buf = b"before".to_vec();
+                let measured = if room == 5 { put_framed_measured(&mut buf, s) } else { encode::put_framed_in(&mut buf, s, room) };
+                assert_eq!(measured, len, "a span of {len} bytes, room {room}");
+                assert!(buf == expected, "a span of {len} bytes, room {room}: the bytes differ");
+            }
         }
     }
 

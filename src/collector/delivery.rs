@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use super::events::{ExecutionParked, ExecutionUnparked, ExportBackedOff, ExportRequestFailed, Instruments, SpanCut};
 use super::Collector;
-use crate::export::{ExportError, SpanBytes};
+use crate::export::ExportError;
 use crate::span::{SpanRecord, SpanTally};
 
 /// How long an execution refused for good waits before its spans are offered again.
 pub(super) const PARK_RETRY: Duration = Duration::from_secs(15 * 60);
 
 /// What a request holds at most besides its spans, and its bound in bytes: a span is measured
-/// against them (`measure`).
+/// against them (`Ready::new`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Room {
     /// The bytes a span may take in a request (the bound less the request's overhead).
@@ -24,62 +24,72 @@ pub(super) struct Room {
     pub max_bytes: usize,
 }
 
-/// A span's encoded length (`export::span_len`), the span cut down first (and counted) when it
-/// is larger than a request. Measured once, where it is made (while it is in the cache), or
-/// as it is read back from the outbox.
-fn measure(span: &mut SpanRecord, room: Room, events: &Instruments) -> usize {
-    let len = crate::export::span_len(span);
-    if crate::export::framed_len(len) > room.spans && crate::export::cut_to_fit(span, room.spans) {
-        events.emit(SpanCut { span, max_bytes: room.max_bytes });
-        return crate::export::span_len(span);
-    }
-    len
+thread_local! {
+    /// Where `Ready::new` writes a fold's spans before they are copied into bytes of their size.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The scratch buffer a thread keeps between folds, at most (a larger one, grown by a fold
+/// of large spans, is let go).
+const SCRATCH_KEPT: usize = 1 << 20;
+
 /// Spans made ready to send where a fold made them, while they are in the cache: each
-/// measured (`measure`), encoded as its request will hold it (`SpanBytes::put_framed`) into
-/// one buffer, and its tally taken; then the span is dropped. What waits for the chunk's
-/// delivery is these bytes, copied into a request, and the tallies, counted once accepted:
-/// nothing walks or frees the spans again out of the cache.
+/// encoded as its request will hold it (`export::put_framed_measured`, measured as it is
+/// written) into one buffer, cut down first (and counted) when it is larger than a request,
+/// and its tally taken; then the span is dropped. What waits for the chunk's delivery is
+/// these bytes, copied once into the buffer a request is sent from, and the tallies, counted
+/// once accepted: nothing walks or frees the spans again out of the cache.
 #[derive(Debug, Default)]
 pub(super) struct Ready {
     /// The spans, framed, end to end.
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     pub tallies: Vec<SpanTally>,
 }
 
 impl Ready {
     /// Makes `spans` ready, appending each one's encoded length (`span_len`) to `lens`.
-    pub fn new(mut spans: Vec<SpanRecord>, room: Room, events: &Instruments, lens: &mut Vec<usize>) -> Ready {
-        let first = lens.len();
-        lens.extend(spans.iter_mut().map(|span| measure(span, room, events)));
-        let lens = &lens[first..];
-        let mut bytes = Vec::with_capacity(lens.iter().map(|len| crate::export::framed_len(*len)).sum());
-        let tallies = spans
-            .iter_mut()
-            .zip(lens)
-            .map(|(span, len)| {
-                span.put_framed(&mut bytes, *len);
-                SpanTally::take(span)
-            })
-            .collect();
-        Ready { bytes, tallies }
+    pub fn new(spans: Vec<SpanRecord>, room: Room, events: &Instruments, lens: &mut Vec<usize>) -> Ready {
+        // Written into this thread's scratch buffer (its size unknown until written; growing
+        // a buffer of its own would copy it as often as it doubles), then copied once, hot,
+        // into bytes of their size.
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            let tallies = spans
+                .into_iter()
+                .map(|mut span| {
+                    let start = scratch.len();
+                    let mut len = crate::export::put_framed_measured(scratch, &span);
+                    if crate::export::framed_len(len) > room.spans && crate::export::cut_to_fit(&mut span, room.spans) {
+                        events.emit(SpanCut { span: &span, max_bytes: room.max_bytes });
+                        scratch.truncate(start);
+                        len = crate::export::put_framed_measured(scratch, &span);
+                    }
+                    lens.push(len);
+                    SpanTally::take(&mut span)
+                })
+                .collect();
+            let bytes = bytes::Bytes::copy_from_slice(scratch);
+            if scratch.capacity() > SCRATCH_KEPT {
+                *scratch = Vec::new();
+            }
+            Ready { bytes, tallies }
+        })
     }
 }
 
 /// The spans of `parts` (in order, of lengths `lens`) as a chunk's delivery sends them and
-/// counts them: each one's bytes, each one's tally.
-pub(super) fn lay_out<'a>(parts: &'a [Ready], lens: &[usize]) -> (Vec<&'a [u8]>, Vec<&'a SpanTally>) {
+/// counts them: each one's bytes (shared with its part, not copied), each one's tally.
+pub(super) fn lay_out<'a>(parts: &'a [Ready], lens: &[usize]) -> (Vec<bytes::Bytes>, Vec<&'a SpanTally>) {
     let mut bytes = Vec::with_capacity(lens.len());
     let mut lens = lens.iter();
     for part in parts {
-        let mut rest = &part.bytes[..];
+        let mut at = 0;
         for _ in 0..part.tallies.len() {
-            let (span, after) = rest.split_at(lens.next().map_or(0, |len| crate::export::framed_len(*len)).min(rest.len()));
-            bytes.push(span);
-            rest = after;
+            let end = (at + lens.next().map_or(0, |len| crate::export::framed_len(*len))).min(part.bytes.len());
+            bytes.push(part.bytes.slice(at..end));
+            at = end;
         }
-        debug_assert!(rest.is_empty(), "a part's bytes are its spans'");
+        debug_assert_eq!(at, part.bytes.len(), "a part's bytes are its spans'");
     }
     (bytes, parts.iter().flat_map(|part| &part.tallies).collect())
 }
@@ -100,7 +110,7 @@ pub(super) enum Delivery {
 impl Collector {
     /// `send`, unless the export is backing off (then nothing is sent); a retryable failure
     /// starts or doubles the backoff. An execution without spans counts as accepted.
-    pub(super) async fn send_now(&mut self, spans: &[&[u8]], lens: &[usize], bounds: &[usize]) -> Vec<Delivery> {
+    pub(super) async fn send_now(&mut self, spans: &[bytes::Bytes], lens: &[usize], bounds: &[usize]) -> Vec<Delivery> {
         let backing_off = self.export_backoff.is_some_and(|(until, _)| Instant::now() < until);
         let mut deliveries = if backing_off || spans.is_empty() {
             vec![Delivery::NotSent; bounds.len() - 1]
@@ -131,12 +141,12 @@ impl Collector {
     }
 
     /// Sends the spans of several executions (`spans[bounds[i]..bounds[i + 1]]` is execution
-    /// i's; `lens` their `measure`s, so none is larger than a request) in requests bounded by
+    /// i's; `lens` their lengths from `Ready::new`, so none is larger than a request) in requests bounded by
     /// span count and encoded bytes. A permanent refusal is narrowed down by halving the
     /// executions sent together until the one responsible is found; a retryable failure stops
     /// the sending (the rest waits for the backoff). Returns each execution's delivery and the
     /// retryable error.
-    pub(super) async fn send(&self, spans: &[&[u8]], lens: &[usize], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
+    pub(super) async fn send(&self, spans: &[bytes::Bytes], lens: &[usize], bounds: &[usize]) -> (Vec<Delivery>, Option<ExportError>) {
         debug_assert_eq!(spans.len(), lens.len());
         let (max_spans, max_bytes, overhead) = (self.exporter.batch_size(), self.exporter.max_batch_bytes(), self.exporter.request_overhead());
         let executions = bounds.len() - 1;

@@ -135,7 +135,7 @@ pub(super) struct ParcelBody {
 impl ParcelBody {
     /// A parcel of the second form: `spans` encoded (`SpanBytes::put_framed`), of `lens`, with
     /// their `tallies`.
-    pub(super) fn new(t: &Tracked, spans_total: u64, done: bool, spans: &[&[u8]], lens: &[usize], tallies: &[&SpanTally]) -> ParcelBody {
+    pub(super) fn new(t: &Tracked, spans_total: u64, done: bool, spans: &[bytes::Bytes], lens: &[usize], tallies: &[&SpanTally]) -> ParcelBody {
         ParcelBody {
             arn: t.arn.clone(),
             flow_id: t.flow_id.clone(),
@@ -181,7 +181,7 @@ impl ParcelBody {
         let ParcelBody { arn, flow_id, alias, status, spans_total, done, spans, lens: parcel_lens, tallies, bytes } = self;
         let ready = if spans.is_empty() {
             lens.extend(parcel_lens);
-            Ready { bytes, tallies }
+            Ready { bytes: bytes.into(), tallies }
         } else {
             Ready::new(spans, room, events, lens)
         };

@@ -116,7 +116,7 @@ struct Folded {
     execution: Tracked,
     state: ExecutionState,
     spans: Vec<Ready>,
-    /// The spans' encoded lengths (`delivery::measure`), in order.
+    /// The spans' encoded lengths (from `delivery::Ready::new`), in order.
     lens: Vec<usize>,
     problems: Vec<Problem>,
     unknown_status: Option<String>,

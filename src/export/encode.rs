@@ -271,6 +271,41 @@ impl SpanBytes for SpanRecord {
     }
 }
 
+/// Writes `span` as `SpanRecord::put_framed` does, measured as it is written rather than in a
+/// pass before: the span goes after room for its key and length, which are written once its
+/// length is known, the room left over taken out (the span, just written, moved back by at
+/// most four bytes). Returns the span's encoded length (its `span_len`).
+pub fn put_framed_measured(buf: &mut Vec<u8>, span: &SpanRecord) -> usize {
+    // The key and a length of up to 2^28 - 1 bytes.
+    put_framed_in(buf, span, 5)
+}
+
+/// `put_framed_measured` with `room` bytes for the key and length (less room than they take
+/// makes room for them after).
+pub(super) fn put_framed_in(buf: &mut Vec<u8>, span: &SpanRecord, room: usize) -> usize {
+    let start = buf.len();
+    buf.resize(start + room, 0);
+    put_span(buf, span);
+    let len = buf.len() - start - room;
+    // The key (a repeated field's, 2) and the length as a varint, as `put_delimited` writes them.
+    let (mut head, mut n, mut value) = ([0x12u8; 11], 1, len as u64);
+    while value >= 0x80 {
+        head[n] = (value as u8) | 0x80;
+        value >>= 7;
+        n += 1;
+    }
+    head[n] = value as u8;
+    let head = &head[..n + 1];
+    match room.checked_sub(head.len()) {
+        Some(spare) => {
+            buf[start + spare..start + room].copy_from_slice(head);
+            buf.drain(start..start + spare);
+        }
+        None => drop(buf.splice(start..start + room, head.iter().copied())),
+    }
+    len
+}
+
 /// A span's bytes as `SpanRecord::put_framed` wrote them.
 impl SpanBytes for [u8] {
     fn put_framed(&self, buf: &mut Vec<u8>, len: usize) {
@@ -301,35 +336,93 @@ pub fn holds_framed(mut bytes: &[u8], lens: &[usize]) -> bool {
     bytes.is_empty()
 }
 
+/// What a request holds before its spans (the keys and lengths of `ResourceSpans` and
+/// `ScopeSpans`, the resource, the scope) and after them (the schema URLs), for spans of
+/// encoded lengths `span_lens`.
+fn frame(envelope: &Envelope, span_lens: &[usize]) -> (Vec<u8>, Vec<u8>) {
+    let spans_len: usize = span_lens.iter().map(|len| delimited_len(*len)).sum();
+    let scope_spans_len =
+        if span_lens.is_empty() { 0 } else { delimited_len(envelope.scope.len()) + spans_len + bytes_len(envelope.scope_schema_url.as_bytes()) };
+    let scope_spans_field = if span_lens.is_empty() { 0 } else { delimited_len(scope_spans_len) };
+    let resource_spans_len = delimited_len(envelope.resource.len()) + scope_spans_field + bytes_len(envelope.resource_schema_url.as_bytes());
+    // Four keys and lengths (at most 11 bytes each), the resource and the scope.
+    let mut head = Vec::with_capacity(44 + envelope.resource.len() + envelope.scope.len());
+    put_delimited(&mut head, 0x0a, resource_spans_len);
+    put_delimited(&mut head, 0x0a, envelope.resource.len());
+    head.extend_from_slice(&envelope.resource);
+    let mut tail = Vec::new();
+    if !span_lens.is_empty() {
+        put_delimited(&mut head, 0x12, scope_spans_len);
+        put_delimited(&mut head, 0x0a, envelope.scope.len());
+        head.extend_from_slice(&envelope.scope);
+        put_bytes(&mut tail, 0x1a, envelope.scope_schema_url.as_bytes());
+    }
+    put_bytes(&mut tail, 0x1a, envelope.resource_schema_url.as_bytes());
+    debug_assert_eq!(head.len() + spans_len + tail.len(), delimited_len(resource_spans_len), "request length");
+    (head, tail)
+}
+
 /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource, scope_spans:
 /// [ScopeSpans { scope, spans }] }] }`, in one buffer of the exact size; `span_lens` are the
 /// spans' `span_len`s. The spans may be records (owned or borrowed) or their bytes encoded
-/// before (a chunk's spans are encoded where their folds made them).
+/// before. (What the exporter sends is `Parts`; this is the same request, for the tests.)
+#[cfg(test)]
 pub fn request<S: SpanBytes>(envelope: &Envelope, spans: &[S], span_lens: &[usize]) -> Vec<u8> {
     debug_assert_eq!(spans.len(), span_lens.len());
-    let scope_spans_len = if spans.is_empty() {
-        0
-    } else {
-        delimited_len(envelope.scope.len()) + span_lens.iter().map(|len| delimited_len(*len)).sum::<usize>() + bytes_len(envelope.scope_schema_url.as_bytes())
-    };
-    let scope_spans_field = if spans.is_empty() { 0 } else { delimited_len(scope_spans_len) };
-    let resource_spans_len = delimited_len(envelope.resource.len()) + scope_spans_field + bytes_len(envelope.resource_schema_url.as_bytes());
-    let mut buf = Vec::with_capacity(delimited_len(resource_spans_len));
-    put_delimited(&mut buf, 0x0a, resource_spans_len);
-    put_delimited(&mut buf, 0x0a, envelope.resource.len());
-    buf.extend_from_slice(&envelope.resource);
-    if !spans.is_empty() {
-        put_delimited(&mut buf, 0x12, scope_spans_len);
-        put_delimited(&mut buf, 0x0a, envelope.scope.len());
-        buf.extend_from_slice(&envelope.scope);
-        for (span, len) in spans.iter().zip(span_lens) {
-            span.put_framed(&mut buf, *len);
-        }
-        put_bytes(&mut buf, 0x1a, envelope.scope_schema_url.as_bytes());
+    let (head, tail) = frame(envelope, span_lens);
+    let mut buf = Vec::with_capacity(head.len() + span_lens.iter().map(|len| delimited_len(*len)).sum::<usize>() + tail.len());
+    buf.extend_from_slice(&head);
+    for (span, len) in spans.iter().zip(span_lens) {
+        span.put_framed(&mut buf, *len);
     }
-    put_bytes(&mut buf, 0x1a, envelope.resource_schema_url.as_bytes());
+    buf.extend_from_slice(&tail);
     debug_assert_eq!(buf.len(), buf.capacity(), "request length");
     buf
+}
+
+/// The same request as `request` writes, kept in its parts: the spans' bytes where their
+/// folds encoded them (shared, not copied) between the framing before and after them. It is
+/// copied once, into the buffer the transport sends from (`put`); cloning it (to retry) copies
+/// no span.
+#[derive(Clone, Debug)]
+pub struct Parts {
+    head: bytes::Bytes,
+    spans: std::sync::Arc<[bytes::Bytes]>,
+    tail: bytes::Bytes,
+}
+
+impl Parts {
+    /// `spans` are framed spans (`SpanBytes::put_framed`) of encoded lengths `span_lens`.
+    pub fn new(envelope: &Envelope, spans: &[bytes::Bytes], span_lens: &[usize]) -> Parts {
+        debug_assert_eq!(spans.len(), span_lens.len());
+        debug_assert!(spans.iter().zip(span_lens).all(|(span, len)| span.len() == framed_len(*len)), "framed span lengths");
+        let (head, tail) = frame(envelope, span_lens);
+        Parts { head: head.into(), spans: spans.into(), tail: tail.into() }
+    }
+
+    /// The request's encoded length.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.spans.iter().map(bytes::Bytes::len).sum::<usize>() + self.tail.len()
+    }
+
+    /// The request's bytes, part by part.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(&self.head[..]).chain(self.spans.iter().map(|span| &span[..])).chain(std::iter::once(&self.tail[..]))
+    }
+
+    /// Writes the request, end to end.
+    pub fn put(&self, buf: &mut impl bytes::BufMut) {
+        for slice in self.slices() {
+            buf.put_slice(slice);
+        }
+    }
+
+    /// The request in one buffer of its size.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.len());
+        self.put(&mut buf);
+        buf
+    }
 }
 
 #[cfg(test)]
