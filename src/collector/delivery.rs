@@ -141,8 +141,8 @@ impl Collector {
     }
 
     /// Sends the spans of several executions (`spans[bounds[i]..bounds[i + 1]]` is execution
-    /// i's; `lens` their lengths from `Ready::new`, so none is larger than a request) in requests bounded by
-    /// span count and encoded bytes. A permanent refusal is narrowed down by halving the
+    /// i's; `lens` their lengths from `Ready::new`, so none is larger than a request) in
+    /// requests bounded by span count and encoded bytes. A permanent refusal is narrowed down by halving the
     /// executions sent together until the one responsible is found; a retryable failure stops
     /// the sending (the rest waits for the backoff). Returns each execution's delivery and the
     /// retryable error.

@@ -280,8 +280,8 @@ pub fn put_framed_measured(buf: &mut Vec<u8>, span: &SpanRecord) -> usize {
     put_framed_in(buf, span, 5)
 }
 
-/// `put_framed_measured` with `room` bytes for the key and length (less room than they take
-/// makes room for them after).
+/// `put_framed_measured` with `room` bytes left for the key and length (when they take more,
+/// the span is moved forward to make room for them).
 pub(super) fn put_framed_in(buf: &mut Vec<u8>, span: &SpanRecord, room: usize) -> usize {
     let start = buf.len();
     buf.resize(start + room, 0);
