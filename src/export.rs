@@ -5,7 +5,9 @@
 
 mod encode;
 
-pub use encode::{holds_framed, put_framed_measured, SpanBytes};
+#[cfg(test)]
+pub use encode::put_framed;
+pub use encode::{holds_framed, put_framed_measured};
 
 use std::time::Duration;
 
@@ -319,7 +321,7 @@ impl Exporter {
         self.envelope.overhead()
     }
 
-    /// Exports `spans` (each one's bytes from `SpanBytes::put_framed`, of encoded length
+    /// Exports `spans` (each one's bytes from `put_framed_measured`, of encoded length
     /// `lens`, its `span_len`) as one OTLP request; the caller keeps it within the batch
     /// bounds. The spans' bytes are copied once, into the buffer the transport sends. A
     /// failure worth retrying is retried once after `RETRY_DELAY` when the timeout leaves room.
@@ -585,7 +587,7 @@ mod tests {
             assert_eq!(encoded_len(&s), 1 + prost::length_delimiter_len(real) + real, "{content} bytes x {events}: with its key and length");
         }
         let envelope = envelope(&resource("svc", Some("us-east-1"), None));
-        let request = encode::request::<SpanRecord>(&envelope, &[], &[]);
+        let request = encode::Parts::new(&envelope, &[], &[]);
         assert!(request.len() <= envelope.overhead(), "a request without spans: {} bytes, overhead {}", request.len(), envelope.overhead());
     }
 
@@ -628,27 +630,13 @@ mod tests {
         let mut all = vec![span(0, 0), span(10, 1), span(1000, 3), span(200_000, 2), bare, ok];
         all.extend(converted);
         for spans in [&all[..0], &all[..1], &all[4..6], &all[..]] {
-            let lens: Vec<usize> = spans.iter().map(span_len).collect();
-            let ours = encode::request(&envelope, spans, &lens);
-            assert_eq!(ours, reference_request(spans, &resource), "{} spans", spans.len());
-            let borrowed: Vec<&SpanRecord> = spans.iter().collect();
-            assert_eq!(encode::request(&envelope, &borrowed, &lens), ours, "{} spans borrowed", spans.len());
-            // Encoded before, end to end in one buffer as a fold leaves them, then copied.
+            // Encoded as a fold leaves them: end to end in one buffer, each measured as written.
             let mut bytes = Vec::new();
-            for (span, len) in spans.iter().zip(&lens) {
-                span.put_framed(&mut bytes, *len);
-            }
+            let lens: Vec<usize> = spans.iter().map(|span| put_framed_measured(&mut bytes, span)).collect();
+            assert_eq!(lens, spans.iter().map(span_len).collect::<Vec<_>>());
             assert_eq!(bytes.len(), spans.iter().map(encoded_len).sum::<usize>());
-            let mut framed: Vec<&[u8]> = Vec::new();
-            let mut rest = &bytes[..];
-            for len in &lens {
-                let (span, after) = rest.split_at(framed_len(*len));
-                framed.push(span);
-                rest = after;
-            }
-            assert_eq!(encode::request(&envelope, &framed, &lens), ours, "{} spans encoded before", spans.len());
             // As the exporter sends them: in parts, sharing the spans' bytes, copied once.
-            let shared = bytes::Bytes::from(bytes.clone());
+            let shared = bytes::Bytes::from(bytes);
             let mut at = 0;
             let parts: Vec<bytes::Bytes> = lens
                 .iter()
@@ -658,10 +646,12 @@ mod tests {
                 })
                 .collect();
             let request = encode::Parts::new(&envelope, &parts, &lens);
-            assert_eq!((request.len(), request.to_vec()), (ours.len(), ours.clone()), "{} spans in parts", spans.len());
+            let ours = request.to_vec();
+            assert_eq!(ours.len(), request.len(), "{} spans", spans.len());
+            assert_eq!(ours, reference_request(spans, &resource), "{} spans", spans.len());
             let mut sent = bytes::BytesMut::new();
             request.clone().put(&mut sent);
-            assert_eq!(&sent[..], &ours[..], "{} spans in parts, put", spans.len());
+            assert_eq!(&sent[..], &ours[..], "{} spans, put", spans.len());
             let framed: usize = spans.iter().map(encoded_len).sum();
             assert!(ours.len() <= envelope.overhead() + framed, "{} spans: {} bytes, counted {}", spans.len(), ours.len(), envelope.overhead() + framed);
         }
@@ -696,7 +686,7 @@ mod tests {
         }
         for (s, len) in spans.iter().zip(lens) {
             let mut expected = b"before".to_vec();
-            s.put_framed(&mut expected, len);
+            put_framed(&mut expected, s);
             for room in 0..=6 {
                 let mut buf = b"before".to_vec();
                 let measured = if room == 5 { put_framed_measured(&mut buf, s) } else { encode::put_framed_in(&mut buf, s, room) };

@@ -133,7 +133,7 @@ pub(super) struct ParcelBody {
 }
 
 impl ParcelBody {
-    /// A parcel of the second form: `spans` encoded (`SpanBytes::put_framed`), of `lens`, with
+    /// A parcel of the second form: `spans` encoded (`export::put_framed_measured`), of `lens`, with
     /// their `tallies`.
     pub(super) fn new(t: &Tracked, spans_total: u64, done: bool, spans: &[bytes::Bytes], lens: &[usize], tallies: &[&SpanTally]) -> ParcelBody {
         ParcelBody {
@@ -349,7 +349,6 @@ mod tests {
     use crate::collector::board::StatusBoard;
     use crate::collector::delivery::{lay_out, Room};
     use crate::collector::events::Instruments;
-    use crate::export::SpanBytes;
 
     /// The spans of a finished doc-batch Iterator over 20 documents, and each one's bytes as a
     /// request holds it.
@@ -364,7 +363,7 @@ mod tests {
             .iter()
             .map(|span| {
                 let mut bytes = Vec::new();
-                span.put_framed(&mut bytes, crate::export::span_len(span));
+                crate::export::put_framed(&mut bytes, span);
                 bytes
             })
             .collect();

@@ -254,27 +254,22 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
     buf.extend_from_slice(&SPAN_FLAGS.to_le_bytes());
 }
 
-/// A span as a request takes it: a record, encoded there, or the bytes a record was encoded
-/// to before (`put_framed`, where the fold made it), copied.
-pub trait SpanBytes {
-    /// Writes the span as its request's `ScopeSpans` holds it: key, length, `Span` of `len`
-    /// bytes (its `span_len`).
-    fn put_framed(&self, buf: &mut Vec<u8>, len: usize);
+/// Writes `span` as its request's `ScopeSpans` holds it (key, length, `Span`), measured in a
+/// pass before (`span_len`): what `put_framed_measured` must write, for the tests.
+#[cfg(test)]
+pub fn put_framed(buf: &mut Vec<u8>, span: &SpanRecord) {
+    let len = span_len(span);
+    put_delimited(buf, 0x12, len);
+    let before = buf.len();
+    put_span(buf, span);
+    assert_eq!(buf.len() - before, len, "span length");
 }
 
-impl SpanBytes for SpanRecord {
-    fn put_framed(&self, buf: &mut Vec<u8>, len: usize) {
-        put_delimited(buf, 0x12, len);
-        let before = buf.len();
-        put_span(buf, self);
-        debug_assert_eq!(buf.len() - before, len, "span length");
-    }
-}
-
-/// Writes `span` as `SpanRecord::put_framed` does, measured as it is written rather than in a
-/// pass before: the span goes after room for its key and length, which are written once its
-/// length is known, the room left over taken out (the span, just written, moved back by at
-/// most four bytes). Returns the span's encoded length (its `span_len`).
+/// Writes `span` as its request's `ScopeSpans` holds it (key, length, `Span`), measured as it
+/// is written rather than in a pass before: the span goes after room for its key and length,
+/// which are written once its length is known, the room left over taken out (the span, just
+/// written, moved back by at most four bytes). Returns the span's encoded length (its
+/// `span_len`).
 pub fn put_framed_measured(buf: &mut Vec<u8>, span: &SpanRecord) -> usize {
     // The key and a length of up to 2^28 - 1 bytes.
     put_framed_in(buf, span, 5)
@@ -306,22 +301,8 @@ pub(super) fn put_framed_in(buf: &mut Vec<u8>, span: &SpanRecord, room: usize) -
     len
 }
 
-/// A span's bytes as `SpanRecord::put_framed` wrote them.
-impl SpanBytes for [u8] {
-    fn put_framed(&self, buf: &mut Vec<u8>, len: usize) {
-        debug_assert_eq!(self.len(), framed_len(len), "framed span length");
-        buf.extend_from_slice(self);
-    }
-}
-
-impl<T: SpanBytes + ?Sized> SpanBytes for &T {
-    fn put_framed(&self, buf: &mut Vec<u8>, len: usize) {
-        (**self).put_framed(buf, len)
-    }
-}
-
 /// Whether `bytes` are spans of encoded lengths `lens` end to end, each framed as
-/// `SpanBytes::put_framed` writes it: what bytes read back from the store must be before a
+/// `put_framed_measured` writes it: what bytes read back from the store must be before a
 /// request copies them.
 pub fn holds_framed(mut bytes: &[u8], lens: &[usize]) -> bool {
     let mut head = Vec::with_capacity(11);
@@ -363,25 +344,8 @@ fn frame(envelope: &Envelope, span_lens: &[usize]) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource, scope_spans:
-/// [ScopeSpans { scope, spans }] }] }`, in one buffer of the exact size; `span_lens` are the
-/// spans' `span_len`s. The spans may be records (owned or borrowed) or their bytes encoded
-/// before. (What the exporter sends is `Parts`; this is the same request, for the tests.)
-#[cfg(test)]
-pub fn request<S: SpanBytes>(envelope: &Envelope, spans: &[S], span_lens: &[usize]) -> Vec<u8> {
-    debug_assert_eq!(spans.len(), span_lens.len());
-    let (head, tail) = frame(envelope, span_lens);
-    let mut buf = Vec::with_capacity(head.len() + span_lens.iter().map(|len| delimited_len(*len)).sum::<usize>() + tail.len());
-    buf.extend_from_slice(&head);
-    for (span, len) in spans.iter().zip(span_lens) {
-        span.put_framed(&mut buf, *len);
-    }
-    buf.extend_from_slice(&tail);
-    debug_assert_eq!(buf.len(), buf.capacity(), "request length");
-    buf
-}
-
-/// The same request as `request` writes, kept in its parts: the spans' bytes where their
-/// folds encoded them (shared, not copied) between the framing before and after them. It is
+/// [ScopeSpans { scope, spans }] }] }`, kept in its parts: the spans' bytes where their folds
+/// encoded them (shared, not copied) between the framing before and after them. It is
 /// copied once, into the buffer the transport sends from (`put`); cloning it (to retry) copies
 /// no span.
 #[derive(Clone, Debug)]
@@ -392,7 +356,7 @@ pub struct Parts {
 }
 
 impl Parts {
-    /// `spans` are framed spans (`SpanBytes::put_framed`) of encoded lengths `span_lens`.
+    /// `spans` are framed spans (`put_framed_measured`) of encoded lengths `span_lens`.
     pub fn new(envelope: &Envelope, spans: &[bytes::Bytes], span_lens: &[usize]) -> Parts {
         debug_assert_eq!(spans.len(), span_lens.len());
         debug_assert!(spans.iter().zip(span_lens).all(|(span, len)| span.len() == framed_len(*len)), "framed span lengths");
