@@ -35,8 +35,9 @@ const SCRATCH_KEPT: usize = 1 << 20;
 
 /// Spans made ready to send where a fold made them, while they are in the cache: each
 /// encoded as its request will hold it (`export::put_framed_measured`, measured as it is
-/// written) into one buffer, cut down first (and counted) when it is larger than a request,
-/// and its tally taken; then the span is dropped. What waits for the chunk's delivery is
+/// written) into the thread's scratch buffer, cut down first (and counted) when it is larger
+/// than a request, and its tally taken; then the span is dropped, and the fold's spans are
+/// copied from the scratch buffer into bytes of their size. What waits for the chunk's delivery is
 /// these bytes, copied once into the buffer a request is sent from, and the tallies, counted
 /// once accepted: nothing walks or frees the spans again out of the cache.
 #[derive(Debug, Default)]

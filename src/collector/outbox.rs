@@ -133,8 +133,8 @@ pub(super) struct ParcelBody {
 }
 
 impl ParcelBody {
-    /// A parcel of the second form: `spans` encoded (`export::put_framed_measured`), of `lens`, with
-    /// their `tallies`.
+    /// A parcel of the second form: `spans` encoded (`export::put_framed_measured`), of
+    /// `lens`, with their `tallies`.
     pub(super) fn new(t: &Tracked, spans_total: u64, done: bool, spans: &[bytes::Bytes], lens: &[usize], tallies: &[&SpanTally]) -> ParcelBody {
         ParcelBody {
             arn: t.arn.clone(),

@@ -282,16 +282,9 @@ pub(super) fn put_framed_in(buf: &mut Vec<u8>, span: &SpanRecord, room: usize) -
     buf.resize(start + room, 0);
     put_span(buf, span);
     let len = buf.len() - start - room;
-    // The key (a repeated field's, 2) and the length as a varint, as `put_delimited` writes them.
-    let (mut head, mut n, mut value) = ([0x12u8; 11], 1, len as u64);
-    while value >= 0x80 {
-        head[n] = (value as u8) | 0x80;
-        value >>= 7;
-        n += 1;
-    }
-    head[n] = value as u8;
-    let head = &head[..n + 1];
-    match room.checked_sub(head.len()) {
+    let (head, n) = framing(len);
+    let head = &head[..n];
+    match room.checked_sub(n) {
         Some(spare) => {
             buf[start + spare..start + room].copy_from_slice(head);
             buf.drain(start..start + spare);
@@ -301,15 +294,26 @@ pub(super) fn put_framed_in(buf: &mut Vec<u8>, span: &SpanRecord, room: usize) -
     len
 }
 
+/// A span's key and length in its request (`ScopeSpans.spans`, field 2) as `put_delimited`
+/// writes them, in a buffer of the most they take, and how many bytes they take.
+fn framing(len: usize) -> ([u8; 11], usize) {
+    let (mut head, mut n, mut value) = ([0x12u8; 11], 1, len as u64);
+    while value >= 0x80 {
+        head[n] = (value as u8) | 0x80;
+        value >>= 7;
+        n += 1;
+    }
+    head[n] = value as u8;
+    (head, n + 1)
+}
+
 /// Whether `bytes` are spans of encoded lengths `lens` end to end, each framed as
 /// `put_framed_measured` writes it: what bytes read back from the store must be before a
 /// request copies them.
 pub fn holds_framed(mut bytes: &[u8], lens: &[usize]) -> bool {
-    let mut head = Vec::with_capacity(11);
     for len in lens {
-        head.clear();
-        put_delimited(&mut head, 0x12, *len);
-        match bytes.strip_prefix(&head[..]) {
+        let (head, n) = framing(*len);
+        match bytes.strip_prefix(&head[..n]) {
             Some(rest) if rest.len() >= *len => bytes = &rest[*len..],
             _ => return false,
         }
@@ -399,6 +403,9 @@ mod tests {
             let mut buf = Vec::new();
             put_varint(&mut buf, value);
             assert_eq!(buf.len(), varint_len(value), "{value}");
+            let (mut delimited, (head, n)) = (Vec::new(), framing(value as usize));
+            put_delimited(&mut delimited, 0x12, value as usize);
+            assert_eq!(&head[..n], &delimited[..], "{value}: a span's key and length");
         }
     }
 }
