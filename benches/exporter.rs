@@ -20,7 +20,8 @@
 //! and by the floor under `valgrind --tool=callgrind` (when valgrind is installed): counts
 //! that do not move with the machine's load, to compare builds or the two processes.
 //! BENCH_KEEP_PROFILES=DIR keeps both profiles there (for `callgrind_annotate --inclusive=yes`);
-//! BENCH_CALLGRIND_OPTIONS adds callgrind options to both (`--cache-sim=yes` for a cache model).
+//! BENCH_CALLGRIND_OPTIONS adds callgrind options to both (`--cache-sim=yes` for a cache model,
+//! `--branch-sim=yes` for a branch model).
 
 use bedrock_flow_exporter::state::StateStore as _;
 use bedrock_flow_test_support as support;
@@ -693,7 +694,12 @@ async fn instructions(binary: &Path, report: &mut String) {
     let sha = |costs: &std::collections::HashMap<String, u64>| costs.iter().filter(|(k, _)| k.starts_with("sha2::")).map(|(_, v)| *v).sum::<u64>();
     let (c_sha, f_sha) = (sha(c_costs), sha(f_costs));
     let per_event = |n: u64| n as f64 / events as f64;
-    let model = if collector.events.contains_key("DLmr") { "cache misses in a model of the caches, no branch effects" } else { "no cache or branch effects" };
+    let model = match (collector.events.contains_key("DLmr"), collector.events.contains_key("Bcm")) {
+        (true, true) => "cache misses and mispredicted branches in models of the caches and the branch predictors",
+        (true, false) => "cache misses in a model of the caches, no branch effects",
+        (false, true) => "mispredicted branches in a model of the branch predictors, no cache effects",
+        (false, false) => "no cache or branch effects",
+    };
     writeln!(report, "{n} finished executions, {events} events, `run --once` and the one-thread floor each under `valgrind --tool=callgrind` (user-space instructions of all threads; no kernel time, {model}).\n").unwrap();
     writeln!(report, "| figure | collector | floor | collector / floor |\n|---|---|---|---|").unwrap();
     writeln!(report, "| instructions per event | {:.0} | {:.0} | **{:.3}x** |", per_event(c_total), per_event(f_total), c_total as f64 / f_total as f64)
@@ -717,6 +723,33 @@ async fn instructions(binary: &Path, report: &mut String) {
         {
             let (c, f) = (collector.sum(names), floor.sum(names));
             writeln!(report, "| {what} | {:.1} | {:.1} | **{:.2}x** |", per_event(c), per_event(f), c as f64 / f.max(1) as f64).unwrap();
+        }
+        // Callgrind's own estimate of cycles: an instruction 1, a first-level miss 10, a
+        // last-level miss 100.
+        let cycles = |p: &Profile| p.total + 10 * p.sum(&first) + 100 * p.sum(&last);
+        let (c, f) = (cycles(&collector), cycles(&floor));
+        writeln!(
+            report,
+            "| cycles, estimated (instructions + 10 x first level + 100 x last level) | {:.0} | {:.0} | **{:.3}x** |",
+            per_event(c),
+            per_event(f),
+            c as f64 / f as f64
+        )
+        .unwrap();
+        writeln!(report).unwrap();
+    }
+    // Under `--branch-sim=yes`, the branch model's counts.
+    if collector.events.contains_key("Bcm") {
+        writeln!(report, "Branch model: branches and mispredictions per event.\n").unwrap();
+        writeln!(report, "| per event | collector | floor | collector / floor |\n|---|---|---|---|").unwrap();
+        for (what, name) in [
+            ("conditional branches (Bc)", "Bc"),
+            ("conditional, mispredicted (Bcm)", "Bcm"),
+            ("indirect branches (Bi)", "Bi"),
+            ("indirect, mispredicted (Bim)", "Bim"),
+        ] {
+            let (c, f) = (collector.sum(&[name]), floor.sum(&[name]));
+            writeln!(report, "| {what} | {:.1} | {:.1} | {:.2}x |", per_event(c), per_event(f), c as f64 / f.max(1) as f64).unwrap();
         }
         writeln!(report).unwrap();
     }
