@@ -713,43 +713,39 @@ async fn instructions(binary: &Path, report: &mut String) {
         (c_total - c_sha) as f64 / (f_total - f_sha) as f64
     )
     .unwrap();
-    // Under `--cache-sim=yes` (BENCH_CALLGRIND_OPTIONS), the cache model's misses.
+    // Under `--cache-sim=yes` and `--branch-sim=yes` (BENCH_CALLGRIND_OPTIONS), the models'
+    // counts, each a sum of callgrind's events.
+    let mut rows: Vec<(&str, u64, u64)> = Vec::new();
     if collector.events.contains_key("DLmr") {
         let (first, last) = (["I1mr", "D1mr", "D1mw"], ["ILmr", "DLmr", "DLmw"]);
-        writeln!(report, "Cache model (`{}`): misses per event.\n", extra.join(" ")).unwrap();
-        writeln!(report, "| misses per event | collector | floor | collector / floor |\n|---|---|---|---|").unwrap();
-        for (what, names) in
-            [("first level (I1mr + D1mr + D1mw)", &first[..]), ("last level (ILmr + DLmr + DLmw)", &last[..]), ("last level, instructions (ILmr)", &last[..1])]
-        {
-            let (c, f) = (collector.sum(names), floor.sum(names));
-            writeln!(report, "| {what} | {:.1} | {:.1} | **{:.2}x** |", per_event(c), per_event(f), c as f64 / f.max(1) as f64).unwrap();
-        }
+        let sums = |names: &[&str]| (collector.sum(names), floor.sum(names));
         // Callgrind's own estimate of cycles: an instruction 1, a first-level miss 10, a
         // last-level miss 100.
         let cycles = |p: &Profile| p.total + 10 * p.sum(&first) + 100 * p.sum(&last);
-        let (c, f) = (cycles(&collector), cycles(&floor));
-        writeln!(
-            report,
-            "| cycles, estimated (instructions + 10 x first level + 100 x last level) | {:.0} | {:.0} | **{:.3}x** |",
-            per_event(c),
-            per_event(f),
-            c as f64 / f as f64
-        )
-        .unwrap();
-        writeln!(report).unwrap();
+        for (what, (c, f)) in [
+            ("first-level misses (I1mr + D1mr + D1mw)", sums(&first)),
+            ("last-level misses (ILmr + DLmr + DLmw)", sums(&last)),
+            ("last-level misses, instructions (ILmr)", sums(&last[..1])),
+            ("cycles, estimated (instructions + 10 x first-level + 100 x last-level misses)", (cycles(&collector), cycles(&floor))),
+        ] {
+            rows.push((what, c, f));
+        }
     }
-    // Under `--branch-sim=yes`, the branch model's counts.
     if collector.events.contains_key("Bcm") {
-        writeln!(report, "Branch model: branches and mispredictions per event.\n").unwrap();
-        writeln!(report, "| per event | collector | floor | collector / floor |\n|---|---|---|---|").unwrap();
         for (what, name) in [
             ("conditional branches (Bc)", "Bc"),
-            ("conditional, mispredicted (Bcm)", "Bcm"),
+            ("conditional branches, mispredicted (Bcm)", "Bcm"),
             ("indirect branches (Bi)", "Bi"),
-            ("indirect, mispredicted (Bim)", "Bim"),
+            ("indirect branches, mispredicted (Bim)", "Bim"),
         ] {
-            let (c, f) = (collector.sum(&[name]), floor.sum(&[name]));
-            writeln!(report, "| {what} | {:.1} | {:.1} | {:.2}x |", per_event(c), per_event(f), c as f64 / f.max(1) as f64).unwrap();
+            rows.push((what, collector.sum(&[name]), floor.sum(&[name])));
+        }
+    }
+    if !rows.is_empty() {
+        writeln!(report, "Models (`{}`), per event:\n", extra.join(" ")).unwrap();
+        writeln!(report, "| per event | collector | floor | collector / floor |\n|---|---|---|---|").unwrap();
+        for (what, c, f) in rows {
+            writeln!(report, "| {what} | {:.1} | {:.1} | **{:.3}x** |", per_event(c), per_event(f), c as f64 / f.max(1) as f64).unwrap();
         }
         writeln!(report).unwrap();
     }
