@@ -718,28 +718,25 @@ async fn instructions(binary: &Path, report: &mut String) {
     let mut rows: Vec<(&str, u64, u64)> = Vec::new();
     if collector.events.contains_key("DLmr") {
         let (first, last) = (["I1mr", "D1mr", "D1mw"], ["ILmr", "DLmr", "DLmw"]);
-        let sums = |names: &[&str]| (collector.sum(names), floor.sum(names));
+        let sums = |what, names: &[&str]| (what, collector.sum(names), floor.sum(names));
         // Callgrind's own estimate of cycles: an instruction 1, a first-level miss 10, a
         // last-level miss 100.
         let cycles = |p: &Profile| p.total + 10 * p.sum(&first) + 100 * p.sum(&last);
-        for (what, (c, f)) in [
-            ("first-level misses (I1mr + D1mr + D1mw)", sums(&first)),
-            ("last-level misses (ILmr + DLmr + DLmw)", sums(&last)),
-            ("last-level misses, instructions (ILmr)", sums(&last[..1])),
-            ("cycles, estimated (instructions + 10 x first-level + 100 x last-level misses)", (cycles(&collector), cycles(&floor))),
-        ] {
-            rows.push((what, c, f));
-        }
+        rows.extend([
+            sums("first-level misses (I1mr + D1mr + D1mw)", &first),
+            sums("last-level misses (ILmr + DLmr + DLmw)", &last),
+            sums("last-level misses, instructions (ILmr)", &last[..1]),
+            ("cycles, estimated (instructions + 10 x first-level + 100 x last-level misses)", cycles(&collector), cycles(&floor)),
+        ]);
     }
     if collector.events.contains_key("Bcm") {
-        for (what, name) in [
+        let branches = [
             ("conditional branches (Bc)", "Bc"),
             ("conditional branches, mispredicted (Bcm)", "Bcm"),
             ("indirect branches (Bi)", "Bi"),
             ("indirect branches, mispredicted (Bim)", "Bim"),
-        ] {
-            rows.push((what, collector.sum(&[name]), floor.sum(&[name])));
-        }
+        ];
+        rows.extend(branches.map(|(what, name)| (what, collector.sum(&[name]), floor.sum(&[name]))));
     }
     if !rows.is_empty() {
         writeln!(report, "Models (`{}`), per event:\n", extra.join(" ")).unwrap();
