@@ -242,15 +242,17 @@ struct FlowFailureSeen {
 /// the Flow stream, recent event fingerprints. Never the events. Saved with the cursors.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionState {
-    learned: BTreeMap<String, String>,
-    runs_per_node: BTreeMap<String, usize>,
+    // Node-keyed maps are hashed (FxHash: node names are short), not ordered: a look-up is one
+    // hash and one comparison, not a comparison per level of a tree; nothing iterates them.
+    learned: FxHashMap<String, String>,
+    runs_per_node: FxHashMap<String, usize>,
     next_seq: u64,
     open: Vec<Run>,
     held: Vec<Run>,
     /// Closed runs whose links wait for a source run still open.
     #[serde(default)]
     waiting: Vec<Run>,
-    recent: BTreeMap<String, VecDeque<Recent>>,
+    recent: FxHashMap<String, VecDeque<Recent>>,
     root_events: Vec<RootEvent>,
     last_node_failure: Option<String>,
     flow_failure: Option<FlowFailureSeen>,

@@ -4,6 +4,8 @@
 //! say what happened; only this module says how it shows.
 
 use std::collections::HashSet;
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -393,9 +395,11 @@ pub struct NodeSpansExported<'a> {
 impl InternalEvent for NodeSpansExported<'_> {
     fn emit(self, to: &Instruments) {
         let (labels, metrics) = (self.labels, &to.metrics);
-        // (node, node_type, status) -> durations; (family, node, label value) -> sum.
-        let mut durations: Vec<(DurationSeries, Vec<f64>)> = Vec::new();
-        let mut counts: Vec<((Count, &str, &str), u64)> = Vec::new();
+        // (node, node_type, status) -> durations; (family, node, label value) -> sum. Hashed:
+        // a batch holds a chunk's spans over every node of its flows, and a linear search
+        // compared each span's node with most of the others (17 string comparisons a span).
+        let mut durations: FxHashMap<DurationSeries, Vec<f64>> = FxHashMap::default();
+        let mut counts: FxHashMap<(Count, &str, &str), u64> = FxHashMap::default();
         for span in self.spans {
             let facts = &span.facts;
             let Some(node) = facts.node.as_deref() else {
@@ -405,19 +409,19 @@ impl InternalEvent for NodeSpansExported<'_> {
             let node_type = if metrics.node_labels { facts.node_type.as_str() } else { "" };
             if !facts.incomplete {
                 let status = if facts.failure_code.is_some() { "failed" } else { "ok" };
-                add(&mut durations, (node, node_type, status), Vec::new).push((span.end - span.start) as f64 / 1e9);
+                durations.entry((node, node_type, status)).or_default().push((span.end - span.start) as f64 / 1e9);
             }
             if let Some(code) = &facts.failure_code {
-                *add(&mut counts, (Count::Failure, node, code.as_str()), || 0) += 1;
+                *counts.entry((Count::Failure, node, code.as_str())).or_default() += 1;
             }
             for condition in &facts.satisfied_conditions {
-                *add(&mut counts, (Count::Condition, node, condition.as_str()), || 0) += 1;
+                *counts.entry((Count::Condition, node, condition.as_str())).or_default() += 1;
             }
             if facts.input_tokens > 0 {
-                *add(&mut counts, (Count::Tokens, node, "input"), || 0) += facts.input_tokens as u64;
+                *counts.entry((Count::Tokens, node, "input")).or_default() += facts.input_tokens as u64;
             }
             if facts.output_tokens > 0 {
-                *add(&mut counts, (Count::Tokens, node, "output"), || 0) += facts.output_tokens as u64;
+                *counts.entry((Count::Tokens, node, "output")).or_default() += facts.output_tokens as u64;
             }
         }
         for ((node, node_type, status), values) in durations {
@@ -452,7 +456,7 @@ pub(super) fn add<K: PartialEq, V>(list: &mut Vec<(K, V)>, key: K, new: impl FnO
 }
 
 /// The counters of `NodeSpansExported`.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Count {
     Failure,
     Condition,
