@@ -12,6 +12,8 @@
 //! (`tracked`, `folds`) that change only when a checkpoint is written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rustc_hash::FxHashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,12 +72,15 @@ pub struct Collector {
     events: Instruments,
     policy: ContentPolicy,
     poll: PollConfig,
-    tracked: HashMap<String, Tracked>,
+    /// The executions worked on, by ARN. The maps keyed by ARN hash with FxHash: the keys
+    /// come from the API, not from whoever could choose colliding ones, and SipHash over a
+    /// 100-byte ARN cost more than the look-up it served.
+    tracked: FxHashMap<String, Tracked>,
     /// The fold state of each tracked execution (as checkpointed).
-    folds: HashMap<String, ExecutionState>,
+    folds: FxHashMap<String, ExecutionState>,
     /// How many span events of each held run (by run) the store has, per execution: a
     /// checkpoint appends only the rest.
-    saved_events: HashMap<String, BTreeMap<u64, usize>>,
+    saved_events: FxHashMap<String, BTreeMap<u64, usize>>,
     snapshots: HashMap<(String, String), Option<Arc<NodeTypes>>>,
     export_backoff: Option<(Instant, Duration)>,
     /// Executions the OTLP endpoint refused for good, with when to offer them again.
@@ -137,9 +142,9 @@ impl Collector {
             events,
             policy,
             poll: config.poll.clone(),
-            tracked: HashMap::with_capacity(loaded.len()),
-            folds: HashMap::with_capacity(loaded.len()),
-            saved_events: HashMap::new(),
+            tracked: FxHashMap::with_capacity_and_hasher(loaded.len(), Default::default()),
+            folds: FxHashMap::with_capacity_and_hasher(loaded.len(), Default::default()),
+            saved_events: FxHashMap::default(),
             snapshots: HashMap::new(),
             export_backoff: None,
             parked: HashMap::new(),
