@@ -243,7 +243,8 @@ struct FlowFailureSeen {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionState {
     // Node-keyed maps are hashed (FxHash: node names are short), not ordered: a look-up is one
-    // hash and one comparison, not a comparison per level of a tree; nothing iterates them.
+    // hash and one comparison, not a comparison per level of a tree. No span depends on their
+    // order; saved as JSON objects, they read back the same in whatever order they were written.
     learned: FxHashMap<String, String>,
     runs_per_node: FxHashMap<String, usize>,
     next_seq: u64,

@@ -4,10 +4,10 @@
 //! say what happened; only this module says how it shows.
 
 use std::collections::HashSet;
-
-use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 use super::board::{FinishedExecution, FinishedHook, StatusBoard};
 use super::SECOND;

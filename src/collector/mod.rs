@@ -12,12 +12,11 @@
 //! (`tracked`, `folds`) that change only when a checkpoint is written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-use rustc_hash::FxHashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 
 use crate::config::{Config, PollConfig};
