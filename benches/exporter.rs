@@ -1091,7 +1091,7 @@ async fn bench() {
                     unknown_status_counted: false,
                 })
                 .collect();
-            store.save_all(&rows).await.unwrap();
+            store.save_all(rows.clone()).await.unwrap();
             let done: Vec<bedrock_flow_exporter::state::Checkpoint> = rows
                 .into_iter()
                 .map(|t| bedrock_flow_exporter::state::Checkpoint { execution: t, state: String::new(), done: true, events: Default::default() })

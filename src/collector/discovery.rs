@@ -48,7 +48,9 @@ impl Collector {
             if self.flows[f].aliases.is_empty() { vec![None] } else { self.flows[f].aliases.iter().cloned().map(Some).collect() };
         let flow_id = self.flows[f].id.clone();
         let settle = self.poll.settle_secs as i64 * SECOND;
-        let mut changed: Vec<String> = Vec::new();
+        // What the listing changed, to save: copies of the registry's entries, made as they
+        // change (one copy each, moved to the store).
+        let mut changed: Vec<Tracked> = Vec::new();
         // Taken once per scan: executions only turn terminal during it, so this bound can only
         // be older than the current one, which pages further, never less far.
         let oldest_active = self.tracked.values().filter(|t| t.flow_id == flow_id && !t.status.is_terminal()).map(|t| t.created_at).min();
@@ -85,9 +87,9 @@ impl Collector {
                             if s.status.is_terminal() && t.terminal_seen_at.is_none() {
                                 t.terminal_seen_at = Some(now);
                             }
-                            t.status = s.status.clone();
+                            t.status = s.status;
                             t.ended_at = s.ended_at.map(|e| e.0);
-                            changed.push(t.arn.clone());
+                            changed.push(t.clone());
                         }
                         continue;
                     }
@@ -97,14 +99,15 @@ impl Collector {
                     page_has_new = true;
                     let terminal = s.status.is_terminal();
                     let ended = s.ended_at.map(|e| e.0);
+                    // The summary's strings are moved, not copied: it is not used again.
                     let t = Tracked {
-                        arn: s.execution_arn.clone(),
+                        arn: s.execution_arn,
                         flow_id: flow_id.clone(),
-                        alias: s.flow_alias_identifier.clone(),
-                        version: s.flow_version.clone(),
+                        alias: s.flow_alias_identifier,
+                        version: s.flow_version,
                         created_at: created,
                         ended_at: ended,
-                        status: s.status.clone(),
+                        status: s.status,
                         needs_settle: !terminal || ended.is_none_or(|e| e > now - settle),
                         terminal_seen_at: terminal.then_some(now),
                         errors: None,
@@ -113,7 +116,7 @@ impl Collector {
                         final_read: false,
                         unknown_status_counted: false,
                     };
-                    changed.push(t.arn.clone());
+                    changed.push(t.clone());
                     if self.seen_aliases.insert((flow_id.clone(), t.alias.clone())) {
                         self.events.emit(AliasSeen(&FlowLabels { flow_id: flow_id.clone(), flow_name: self.flows[f].name.clone(), alias: t.alias.clone() }));
                     }
@@ -126,9 +129,8 @@ impl Collector {
                 token = Some(next_token);
             }
         }
-        let items: Vec<Tracked> = changed.iter().filter_map(|a| self.tracked.get(a)).cloned().collect();
-        if !items.is_empty() {
-            if let Err(e) = self.store.save_all(&items).await {
+        if !changed.is_empty() {
+            if let Err(e) = self.store.save_all(changed).await {
                 self.events.emit(StoreFailed { doing: "save the listing", error: &e });
             }
         }

@@ -86,9 +86,9 @@ impl StateStore for MemoryStore {
         Ok(ids)
     }
 
-    async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError> {
+    async fn save_all(&self, executions: Vec<Tracked>) -> Result<(), StateError> {
         let mut m = self.lock();
-        for t in executions {
+        for t in &executions {
             m.upsert(t);
         }
         Ok(())

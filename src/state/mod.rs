@@ -154,8 +154,9 @@ pub trait StateStore: Send + Sync {
     /// the parcels in order.
     async fn checkpoint(&self, checkpoints: &[Checkpoint], parcels: &[Parcel]) -> Result<Vec<i64>, StateError>;
     /// Saves the states of many executions in one transaction (status changes from a listing);
-    /// their fold states stay as they are.
-    async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError>;
+    /// their fold states stay as they are. Taken by value: a store that writes on another
+    /// thread moves them there instead of copying a listing of thousands again.
+    async fn save_all(&self, executions: Vec<Tracked>) -> Result<(), StateError>;
     /// The parcels in the outbox, oldest first, without their bodies.
     async fn outbox(&self) -> Result<Vec<ParcelInfo>, StateError>;
     /// The bodies of these parcels (those still in the outbox), by id.
@@ -250,13 +251,13 @@ pub(crate) mod tests {
         b.status = crate::model::ExecutionStatus::Succeeded;
         b.ended_at = Some(9);
         a.status = crate::model::ExecutionStatus::Failed;
-        store.save_all(&[a.clone(), b.clone()]).await.unwrap();
+        store.save_all(vec![a.clone(), b.clone()]).await.unwrap();
         assert_eq!(by_arn(store.load().await.unwrap()), vec![saved(&a, Some("s2")), saved(&b, None)], "the whole state survives, cursors included");
         // Loading by flow (a replica taking flows over) gives those flows' executions only.
         let mut other = tracked("other-flow");
         other.flow_id = "KLMNOPQRST".into();
         other.created_at = 1 << 60; // never pruned below
-        store.save_all(&[other.clone()]).await.unwrap();
+        store.save_all(vec![other.clone()]).await.unwrap();
         assert_eq!(by_arn(store.load_flows(&["ABCDEFGHIJ".into()]).await.unwrap()), vec![saved(&a, Some("s2")), saved(&b, None)]);
         assert_eq!(store.load_flows(&["KLMNOPQRST".into()]).await.unwrap(), vec![saved(&other, None)]);
         assert!(store.load_flows(&[]).await.unwrap().is_empty());
@@ -315,7 +316,7 @@ pub(crate) mod tests {
         store.checkpoint(&[Checkpoint { execution: a.clone(), state: String::new(), done: true, events: Default::default() }], &[]).await.unwrap();
         assert_eq!(store.load().await.unwrap(), vec![saved(&b, Some("sb"))], "a finished execution is not loaded");
         assert_eq!(store.finished_among(&["a", "b", "c"]).await.unwrap(), HashSet::from(["a".to_string()]));
-        store.save_all(&[a.clone()]).await.unwrap();
+        store.save_all(vec![a.clone()]).await.unwrap();
         assert_eq!(store.finished_among(&["a"]).await.unwrap().len(), 1, "a listing does not revive a finished execution");
         // Snapshots, with the DRAFT one of a finished execution dropped.
         store.put_snapshot("ABCDEFGHIJ", "1", "{\"v\":1}").await.unwrap();

@@ -281,10 +281,10 @@ impl StateStore for PostgresStore {
         Ok(ids)
     }
 
-    async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError> {
+    async fn save_all(&self, executions: Vec<Tracked>) -> Result<(), StateError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(sql)?;
-        for t in executions {
+        for t in &executions {
             Self::upsert(&tx, t).await?;
         }
         tx.commit().await.map_err(sql)

@@ -323,9 +323,8 @@ impl StateStore for SqliteStore {
         self.blocking(move |s| s.checkpoint_blocking(&checkpoints, &parcels)).await
     }
 
-    async fn save_all(&self, executions: &[Tracked]) -> Result<(), StateError> {
-        let items = executions.to_vec();
-        self.blocking(move |s| s.save_all_blocking(&items)).await
+    async fn save_all(&self, executions: Vec<Tracked>) -> Result<(), StateError> {
+        self.blocking(move |s| s.save_all_blocking(&executions)).await
     }
 
     async fn outbox(&self) -> Result<Vec<ParcelInfo>, StateError> {
