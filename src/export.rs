@@ -629,6 +629,12 @@ mod tests {
         assert!(converted.len() > 40, "{}", converted.len());
         let mut all = vec![span(0, 0), span(10, 1), span(1000, 3), span(200_000, 2), bare, ok];
         all.extend(converted);
+        // Events are measured as they are written too: their lengths take one, two and three
+        // bytes of varint here.
+        let event_lens: Vec<usize> = all.iter().flat_map(|s| &s.events).map(encode::event_framed_len).collect();
+        for (low, high) in [(0, 128 + 2), (128 + 3, (1 << 14) + 3), ((1 << 14) + 4, 1 << 21)] {
+            assert!(event_lens.iter().any(|l| (low..high).contains(l)), "no event framed in {low}..{high} bytes: {event_lens:?}");
+        }
         for spans in [&all[..0], &all[..1], &all[4..6], &all[..]] {
             // Encoded as a fold leaves them: end to end in one buffer, each measured as written.
             let mut bytes = Vec::new();
@@ -689,7 +695,7 @@ mod tests {
             put_framed(&mut expected, s);
             for room in 0..=6 {
                 let mut buf = b"before".to_vec();
-                let measured = if room == 5 { put_framed_measured(&mut buf, s) } else { encode::put_framed_in(&mut buf, s, room) };
+                let measured = if room == encode::FRAMING_ROOM { put_framed_measured(&mut buf, s) } else { encode::put_framed_in(&mut buf, s, room) };
                 assert_eq!(measured, len, "a span of {len} bytes, room {room}");
                 assert!(buf == expected, "a span of {len} bytes, room {room}: the bytes differ");
             }

@@ -122,14 +122,17 @@ fn put_any_value(buf: &mut Vec<u8>, value: &AttrValue) {
             buf.push(0x18);
             put_varint(buf, *i as u64);
         }
-        AttrValue::StrArray(items) => {
-            put_delimited(buf, 0x2a, array_len(items));
-            for item in items {
-                put_delimited(buf, 0x0a, delimited_len(item.len()));
-                put_delimited(buf, 0x0a, item.len());
-                buf.extend_from_slice(item.as_bytes());
-            }
-        }
+        AttrValue::StrArray(items) => put_str_array(buf, items, array_len(items)),
+    }
+}
+
+/// `AnyValue.array_value` of strings, whose `ArrayValue` takes `array_len` bytes.
+fn put_str_array(buf: &mut Vec<u8>, items: &[String], array_len: usize) {
+    put_delimited(buf, 0x2a, array_len);
+    for item in items {
+        put_delimited(buf, 0x0a, delimited_len(item.len()));
+        put_delimited(buf, 0x0a, item.len());
+        buf.extend_from_slice(item.as_bytes());
     }
 }
 
@@ -138,14 +141,22 @@ fn key_value_len(key: &str, value: &AttrValue) -> usize {
     bytes_len(key.as_bytes()) + delimited_len(any_value_len(value))
 }
 
-/// Each `KeyValue` in its field `key`; the value's length is measured once for both framings.
+/// Each `KeyValue` in its field `key`; the value's length (and an array's) is measured once
+/// for every framing.
 fn put_attributes(buf: &mut Vec<u8>, key: u8, attributes: &[(std::borrow::Cow<'static, str>, AttrValue)]) {
     for (k, v) in attributes {
-        let value_len = any_value_len(v);
+        let array = match v {
+            AttrValue::StrArray(items) => array_len(items),
+            _ => 0,
+        };
+        let value_len = if let AttrValue::StrArray(_) = v { delimited_len(array) } else { any_value_len(v) };
         put_delimited(buf, key, bytes_len(k.as_bytes()) + delimited_len(value_len));
         put_bytes(buf, 0x0a, k.as_bytes());
         put_delimited(buf, 0x12, value_len);
-        put_any_value(buf, v);
+        match v {
+            AttrValue::StrArray(items) => put_str_array(buf, items, array),
+            _ => put_any_value(buf, v),
+        }
     }
 }
 
@@ -232,8 +243,10 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
     put_fixed64(buf, 0x41, nanos(span.end));
     put_attributes(buf, 0x4a, &span.attributes);
     for event in &span.events {
-        put_delimited(buf, 0x5a, event_len(event));
-        put_event(buf, event);
+        // Measured as written, like the span. Room for a length under 128 bytes: a node's
+        // input and output events (their field names without content) take less; an action's
+        // more, and is moved forward by a byte.
+        put_measured(buf, 0x5a, 2, |buf| put_event(buf, event));
     }
     if span.dropped_events != 0 {
         buf.push(0x60);
@@ -265,39 +278,55 @@ pub fn put_framed(buf: &mut Vec<u8>, span: &SpanRecord) {
     assert_eq!(buf.len() - before, len, "span length");
 }
 
+/// The room `put_framed_measured` leaves for a span's key and length: the key and a length of
+/// 128 to 16,383 bytes (two bytes of varint), what nearly every span takes. A shorter span is
+/// moved back by one byte; a longer one forward.
+pub(super) const FRAMING_ROOM: usize = 3;
+
 /// Writes `span` as its request's `ScopeSpans` holds it (key, length, `Span`), measured as it
 /// is written rather than in a pass before: the span goes after room for its key and length,
-/// which are written once its length is known, the room left over taken out (the span, just
-/// written, moved back by at most four bytes). Returns the span's encoded length (its
+/// which are written once its length is known. When they take less room or more, the span,
+/// just written, is moved by the difference. Returns the span's encoded length (its
 /// `span_len`).
 pub fn put_framed_measured(buf: &mut Vec<u8>, span: &SpanRecord) -> usize {
-    // The key and a length of up to 2^28 - 1 bytes.
-    put_framed_in(buf, span, 5)
+    put_framed_in(buf, span, FRAMING_ROOM)
 }
 
 /// `put_framed_measured` with `room` bytes left for the key and length (when they take more,
 /// the span is moved forward to make room for them).
 pub(super) fn put_framed_in(buf: &mut Vec<u8>, span: &SpanRecord, room: usize) -> usize {
+    put_measured(buf, SCOPE_SPANS_SPAN, room, |buf| put_span(buf, span))
+}
+
+/// `ScopeSpans.spans` (field 2, length-delimited): the key a span is framed with.
+const SCOPE_SPANS_SPAN: u8 = 0x12;
+
+/// Writes a length-delimited field `key` whose message `write` writes, measured as it is
+/// written: the message goes after `room` bytes for the key and length, which are written
+/// once its length is known; the message is moved by the difference when they take less room
+/// or more. Returns the message's length.
+fn put_measured(buf: &mut Vec<u8>, key: u8, room: usize, write: impl FnOnce(&mut Vec<u8>)) -> usize {
     let start = buf.len();
     buf.resize(start + room, 0);
-    put_span(buf, span);
-    let len = buf.len() - start - room;
-    let (head, n) = framing(len);
-    let head = &head[..n];
-    match room.checked_sub(n) {
-        Some(spare) => {
-            buf[start + spare..start + room].copy_from_slice(head);
-            buf.drain(start..start + spare);
-        }
-        None => drop(buf.splice(start..start + room, head.iter().copied())),
+    write(buf);
+    let end = buf.len();
+    let len = end - start - room;
+    let (head, n) = framing(key, len);
+    if n < room {
+        buf.copy_within(start + room..end, start + n);
+        buf.truncate(end - (room - n));
+    } else if n > room {
+        buf.resize(end + (n - room), 0);
+        buf.copy_within(start + room..end, start + n);
     }
+    buf[start..start + n].copy_from_slice(&head[..n]);
     len
 }
 
-/// A span's key and length in its request (`ScopeSpans.spans`, field 2) as `put_delimited`
-/// writes them, in a buffer of the most they take, and how many bytes they take.
-fn framing(len: usize) -> ([u8; 11], usize) {
-    let (mut head, mut n, mut value) = ([0x12u8; 11], 1, len as u64);
+/// A field's key and length as `put_delimited` writes them, in a buffer of the most they
+/// take, and how many bytes they take.
+fn framing(key: u8, len: usize) -> ([u8; 11], usize) {
+    let (mut head, mut n, mut value) = ([key; 11], 1, len as u64);
     while value >= 0x80 {
         head[n] = (value as u8) | 0x80;
         value >>= 7;
@@ -312,7 +341,7 @@ fn framing(len: usize) -> ([u8; 11], usize) {
 /// request copies them.
 pub fn holds_framed(mut bytes: &[u8], lens: &[usize]) -> bool {
     for len in lens {
-        let (head, n) = framing(*len);
+        let (head, n) = framing(SCOPE_SPANS_SPAN, *len);
         match bytes.strip_prefix(&head[..n]) {
             Some(rest) if rest.len() >= *len => bytes = &rest[*len..],
             _ => return false,
@@ -403,7 +432,7 @@ mod tests {
             let mut buf = Vec::new();
             put_varint(&mut buf, value);
             assert_eq!(buf.len(), varint_len(value), "{value}");
-            let (mut delimited, (head, n)) = (Vec::new(), framing(value as usize));
+            let (mut delimited, (head, n)) = (Vec::new(), framing(SCOPE_SPANS_SPAN, value as usize));
             put_delimited(&mut delimited, 0x12, value as usize);
             assert_eq!(&head[..n], &delimited[..], "{value}: a span's key and length");
         }
