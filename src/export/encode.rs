@@ -145,11 +145,13 @@ fn key_value_len(key: &str, value: &AttrValue) -> usize {
 /// for every framing.
 fn put_attributes(buf: &mut Vec<u8>, key: u8, attributes: &[(std::borrow::Cow<'static, str>, AttrValue)]) {
     for (k, v) in attributes {
-        let array = match v {
-            AttrValue::StrArray(items) => array_len(items),
-            _ => 0,
+        let (value_len, array) = match v {
+            AttrValue::StrArray(items) => {
+                let array = array_len(items);
+                (delimited_len(array), array)
+            }
+            _ => (any_value_len(v), 0),
         };
-        let value_len = if let AttrValue::StrArray(_) = v { delimited_len(array) } else { any_value_len(v) };
         put_delimited(buf, key, bytes_len(k.as_bytes()) + delimited_len(value_len));
         put_bytes(buf, 0x0a, k.as_bytes());
         put_delimited(buf, 0x12, value_len);
