@@ -245,10 +245,7 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
     put_fixed64(buf, 0x41, nanos(span.end));
     put_attributes(buf, 0x4a, &span.attributes);
     for event in &span.events {
-        // Measured as written, like the span. Room for a length under 128 bytes: a node's
-        // input and output events (their field names without content) take less; an action's
-        // more, and is moved forward by a byte.
-        put_measured(buf, 0x5a, 2, |buf| put_event(buf, event));
+        put_measured(buf, 0x5a, EVENT_ROOM, |buf| put_event(buf, event));
     }
     if span.dropped_events != 0 {
         buf.push(0x60);
@@ -280,6 +277,11 @@ pub fn put_framed(buf: &mut Vec<u8>, span: &SpanRecord) {
     assert_eq!(buf.len() - before, len, "span length");
 }
 
+/// The room a span event is written after (`put_measured`): its key and a length under 128
+/// bytes. A node's input and output events (their field names, without content) take less; an
+/// action's more, and is moved forward by a byte.
+const EVENT_ROOM: usize = 2;
+
 /// The room `put_framed_measured` leaves for a span's key and length: the key and a length of
 /// 128 to 16,383 bytes (two bytes of varint), what nearly every span takes. A shorter span is
 /// moved back by one byte; a longer one forward.
@@ -294,8 +296,7 @@ pub fn put_framed_measured(buf: &mut Vec<u8>, span: &SpanRecord) -> usize {
     put_framed_in(buf, span, FRAMING_ROOM)
 }
 
-/// `put_framed_measured` with `room` bytes left for the key and length (when they take more,
-/// the span is moved forward to make room for them).
+/// `put_framed_measured` with `room` bytes left for the key and length (`put_measured`).
 pub(super) fn put_framed_in(buf: &mut Vec<u8>, span: &SpanRecord, room: usize) -> usize {
     put_measured(buf, SCOPE_SPANS_SPAN, room, |buf| put_span(buf, span))
 }
