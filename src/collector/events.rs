@@ -122,10 +122,10 @@ impl InternalEvent for EventsReceived<'_> {
                 Some((_, n)) => *n += 1,
                 None => by_kind.push((kind, 1)),
             }
-            if let Some(ts) = event.timestamp() {
-                to.metrics.event_lag.observe(((self.now - ts.0) as f64 / 1e9).max(0.0));
-            }
         }
+        // The read's lags under one lock.
+        let now = self.now;
+        to.metrics.event_lag.observe_many(self.events.iter().filter_map(Event::timestamp).map(|ts| ((now - ts.0) as f64 / 1e9).max(0.0)));
         for (kind, n) in by_kind {
             to.metrics.events_received(kind, n);
         }
@@ -425,11 +425,10 @@ impl InternalEvent for NodeSpansExported<'_> {
             }
         }
         for ((node, node_type, status), values) in durations {
-            let series =
-                metrics.node_duration.get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("node_type", node_type), ("status", status)])));
-            for v in values {
-                series.observe(v);
-            }
+            metrics
+                .node_duration
+                .get_or_create(&metrics.flow_series(labels.with(&[("node", node), ("node_type", node_type), ("status", status)])))
+                .observe_many(values);
         }
         for ((family, node, value), n) in counts {
             let (family, label) = match family {
