@@ -95,6 +95,10 @@ const DEDUP_WINDOW: usize = 64;
 /// The most attributes a node span carries (`Converter::span_of`).
 const SPAN_ATTRIBUTES_MAX: usize = 14;
 
+/// The most nodes a new execution state's per-node maps are made for before its first run
+/// (a flow's definition may have more nodes than an execution runs).
+const PRESIZED_NODES: usize = 32;
+
 /// Closed runs of a node of unknown type held back (until the Flow stream names its type, or
 /// the execution finishes), so that every split of the history gives the same spans.
 const MAX_HELD: usize = 64;
@@ -398,6 +402,19 @@ pub fn fold_with(ids: &mut ExecutionIds, state: &mut ExecutionState, view: &Exec
     debug_assert!(&*ids.arn == view.arn && &*ids.flow_id == view.flow_id, "the ids of another execution");
     if state.finished {
         return Conversion::default();
+    }
+    // A new state's per-node maps are made for the flow's nodes at once (up to
+    // `PRESIZED_NODES`), not grown and rehashed run after run; so are the span ids of a
+    // read's runs.
+    if let Some(types) = view.types {
+        let nodes = types.0.len().min(PRESIZED_NODES);
+        if state.recent.capacity() == 0 {
+            state.runs_per_node.reserve(nodes);
+            state.recent.reserve(nodes);
+        }
+        if ids.runs.capacity() == 0 {
+            ids.runs.reserve(nodes);
+        }
     }
     let mut c = Converter { state, view, policy, problems: Vec::new(), closed: Vec::new(), ids };
     // Without a snapshot, the Flow stream still names the Input and Output nodes.
