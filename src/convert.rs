@@ -95,8 +95,8 @@ const DEDUP_WINDOW: usize = 64;
 /// The most attributes a node span carries (`Converter::span_of`).
 const SPAN_ATTRIBUTES_MAX: usize = 14;
 
-/// The most nodes a new execution state's per-node maps are made for before its first run
-/// (a flow's definition may have more nodes than an execution runs).
+/// The most nodes a new execution state's per-node maps (and a read's span ids) are made
+/// for before the first run.
 const PRESIZED_NODES: usize = 32;
 
 /// Closed runs of a node of unknown type held back (until the Flow stream names its type, or
@@ -282,6 +282,14 @@ impl ExecutionState {
     }
 
     /// Runs open now (for the memory report).
+    /// Lets go of the room the per-node maps were made with (`fold_with`) beyond the nodes
+    /// that ran: the state of a running execution stays in memory between its reads, and it
+    /// may run a few of its flow's nodes.
+    pub fn shrink(&mut self) {
+        self.runs_per_node.shrink_to_fit();
+        self.recent.shrink_to_fit();
+    }
+
     pub fn open_runs(&self) -> usize {
         self.open.len() + self.held.len() + self.waiting.len()
     }
@@ -403,9 +411,9 @@ pub fn fold_with(ids: &mut ExecutionIds, state: &mut ExecutionState, view: &Exec
     if state.finished {
         return Conversion::default();
     }
-    // A new state's per-node maps are made for the flow's nodes at once (up to
-    // `PRESIZED_NODES`), not grown and rehashed run after run; so are the span ids of a
-    // read's runs.
+    // A new state's per-node maps, and the span ids of a read's runs, are made for the
+    // flow's nodes (up to `PRESIZED_NODES`) at once, not grown and rehashed run after run
+    // (`ExecutionState::shrink` lets go of the room not used).
     if let Some(types) = view.types {
         let nodes = types.0.len().min(PRESIZED_NODES);
         if state.recent.capacity() == 0 {

@@ -403,7 +403,7 @@ impl Collector {
             }
         };
         let mut accepted = Vec::new();
-        for (i, ((t, state, problems, unknown_status, done), counts)) in rest.into_iter().zip(counts_after).enumerate() {
+        for (i, ((t, mut state, problems, unknown_status, done), counts)) in rest.into_iter().zip(counts_after).enumerate() {
             for p in &problems {
                 self.events.emit(ProblemFound { reason: p.reason, detail: &p.detail });
             }
@@ -437,6 +437,7 @@ impl Collector {
                 }
             } else {
                 self.saved_events.insert(t.arn.clone(), counts);
+                state.shrink();
                 self.folds.insert(t.arn.clone(), state);
                 self.tracked.insert(t.arn.clone(), t);
             }
