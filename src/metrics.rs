@@ -157,6 +157,19 @@ pub struct Metrics {
     /// Made at the first observation, as the family would: a series without observations
     /// would show an operation never called.
     api_duration_by_operation: Vec<std::sync::OnceLock<Histogram>>,
+    /// The series a finished execution counts in, by their label set (flow, alias, status),
+    /// as handles of the families' own series: each look-up in a family hashes the label set
+    /// with SipHash and takes its lock, three a finished execution, and `flow_series` a fourth.
+    /// `forget_flow` drops a flow's handles with its series.
+    finished: std::sync::Mutex<rustc_hash::FxHashMap<Labels, FinishedSeries>>,
+}
+
+/// The series of `Metrics::finished_series`.
+#[derive(Clone)]
+pub struct FinishedSeries {
+    pub executions: Counter,
+    pub duration: HistogramWithExemplars<TraceExemplar>,
+    pub last_end: FloatGauge,
 }
 
 /// The labels that identify a flow and alias on every flow metric.
@@ -187,9 +200,27 @@ impl Metrics {
         labels
     }
 
+    /// The series a finished execution of this label set (flow, alias, status) counts in:
+    /// `executions_total`, `execution_duration`, `last_execution_end`.
+    pub fn finished_series(&self, labels: Labels) -> FinishedSeries {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(series) = finished.get(&labels) {
+            return series.clone();
+        }
+        let labels = self.flow_series(labels);
+        let series = FinishedSeries {
+            executions: self.executions_total.get_or_create(&labels).clone(),
+            duration: self.execution_duration.get_or_create(&labels).clone(),
+            last_end: self.last_execution_end.get_or_create(&labels).clone(),
+        };
+        finished.insert(labels, series.clone());
+        series
+    }
+
     /// Removes every series of this flow (a replica lost its lease; SPEC §11: its counters start
     /// again from 0 if it takes the flow back).
     pub fn forget_flow(&self, flow_id: &str) {
+        self.finished.lock().unwrap_or_else(|p| p.into_inner()).retain(|labels, _| !labels.iter().any(|(k, v)| *k == "flow_id" && v == flow_id));
         let sets = self.flow_series.lock().unwrap_or_else(|p| p.into_inner()).remove(flow_id).unwrap_or_default();
         for labels in &sets {
             self.executions_total.remove(labels);
@@ -247,6 +278,7 @@ impl Metrics {
             events_received_by_type: Vec::new(),
             api_requests_by_operation: Vec::new(),
             api_duration_by_operation: Vec::new(),
+            finished: Default::default(),
             registry: Registry::default(),
         };
         registry.register("bedrock_flow_executions", "Terminal flow executions, each counted once, by final status.", m.executions_total.clone());

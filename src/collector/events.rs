@@ -474,16 +474,15 @@ pub struct ExecutionFinished<'a> {
 impl InternalEvent for ExecutionFinished<'_> {
     fn emit(self, to: &Instruments) {
         let (labels, status, root, metrics) = (self.labels, self.status, self.root, &to.metrics);
-        let with_status = metrics.flow_series(labels.with(&[("status", status)]));
+        let series = metrics.finished_series(labels.with(&[("status", status)]));
         let duration = (root.end - root.start) as f64 / 1e9;
         let trace_id = hex(&root.trace_id);
-        metrics.executions_total.get_or_create(&with_status).inc();
+        series.executions.inc();
         tracing::debug!(target: "bedrock_flow_exporter::counted", arn = %self.arn, "execution counted");
-        metrics.execution_duration.get_or_create(&with_status).observe(duration, Some(vec![("trace_id", trace_id.clone())]), None);
+        series.duration.observe(duration, Some(vec![("trace_id", trace_id.clone())]), None);
         // The latest end seen: a backlog is processed in ARN order, not in the order it ended.
-        let last_end = metrics.last_execution_end.get_or_create(&with_status);
-        if last_end.get() < root.end as f64 / 1e9 {
-            last_end.set(root.end as f64 / 1e9);
+        if series.last_end.get() < root.end as f64 / 1e9 {
+            series.last_end.set(root.end as f64 / 1e9);
         }
         let failure_code = match status {
             "TimedOut" => Some("ExecutionTimedOut".to_string()),
@@ -596,5 +595,17 @@ mod tests {
         assert_eq!(sample(&to, &format!("bedrock_flow_failures_total{series},error_code=\"NODE_EXECUTION_FAILED\"}}")), Some(1.0));
         assert_eq!(to.board.flows()[0].recent.iter().map(|(_, s)| *s).collect::<Vec<_>>(), vec!["Failed"], "the board's last hour");
         assert_eq!(*seen.lock().unwrap(), vec![("Failed".to_string(), 7)], "the demo's console");
+        // The series' handles are kept for the next execution, and go with the flow's series
+        // (SPEC §11: a flow taken back counts from 0 again).
+        to.emit(ExecutionFinished { labels: &labels, arn: "arn:z", status: "Failed", root: &root, spans: 7 });
+        assert_eq!(sample(&to, &format!("bedrock_flow_executions_total{series},status=\"Failed\"}}")), Some(2.0));
+        assert_eq!(sample(&to, &format!("bedrock_flow_execution_duration_seconds_count{series},status=\"Failed\"}}")), Some(2.0));
+        to.emit(FlowsForgotten(&["ABCDEFGHIJ".to_string()]));
+        assert_eq!(sample(&to, &format!("bedrock_flow_executions_total{series},status=\"Failed\"}}")), None, "forgotten");
+        to.emit(ExecutionFinished { labels: &labels, arn: "arn:w", status: "Failed", root: &root, spans: 7 });
+        assert_eq!(sample(&to, &format!("bedrock_flow_executions_total{series},status=\"Failed\"}}")), Some(1.0), "counted from 0 again");
+        assert_eq!(sample(&to, &format!("bedrock_flow_execution_duration_seconds_count{series},status=\"Failed\"}}")), Some(1.0));
+        let last_end = sample(&to, &format!("bedrock_flow_last_execution_end_timestamp_seconds{series},status=\"Failed\"}}"));
+        assert_eq!(last_end, Some(root.end as f64 / 1e9), "the latest end of the flow taken back");
     }
 }
