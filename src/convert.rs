@@ -281,7 +281,6 @@ impl ExecutionState {
         self.fingerprints.needs_action_documents()
     }
 
-    /// Runs open now (for the memory report).
     /// Lets go of the room the per-node maps were made with (`fold_with`) beyond the nodes
     /// that ran: the state of a running execution stays in memory between its reads, and it
     /// may run a few of its flow's nodes.
@@ -290,6 +289,7 @@ impl ExecutionState {
         self.recent.shrink_to_fit();
     }
 
+    /// Runs open now (for the memory report).
     pub fn open_runs(&self) -> usize {
         self.open.len() + self.held.len() + self.waiting.len()
     }
