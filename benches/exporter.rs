@@ -828,6 +828,38 @@ impl BenchReceiver {
     }
 }
 
+/// The CPU as /proc/cpuinfo and sysfs name it: its model name (which a VM may shorten to the
+/// vendor's brand), family, model and stepping, and the sizes of its caches. Two machines of one
+/// name can differ by a generation, and the drain's ratio with them (BENCHMARKS.md).
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find(|l| l.split(':').next().is_some_and(|k| k.trim() == name)).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string())
+    };
+    let mut caches = Vec::new();
+    for index in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{index}");
+        let read = |file: &str| std::fs::read_to_string(format!("{dir}/{file}")).ok().map(|v| v.trim().to_string());
+        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size")) else {
+            break;
+        };
+        let kind = match kind.as_str() {
+            "Data" => "d",
+            "Instruction" => "i",
+            _ => "",
+        };
+        caches.push(format!("L{level}{kind} {size}"));
+    }
+    format!(
+        "{} (family {}, model {}, stepping {}; caches of cpu0: {})",
+        field("model name").unwrap_or_default(),
+        field("cpu family").unwrap_or_default(),
+        field("model").unwrap_or_default(),
+        field("stepping").unwrap_or_default(),
+        caches.join(", ")
+    )
+}
+
 async fn bench() {
     let binary = release_binary();
     let executions = env_or("BENCH_EXECUTIONS", 10_000);
@@ -835,10 +867,7 @@ async fn bench() {
     let steady_secs = env_or("BENCH_STEADY_SECS", 60) as u64;
     let startup_rows = env_or("BENCH_STARTUP_ROWS", 100_000);
     let mut report = String::new();
-    let machine = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_default();
+    let machine = machine();
     writeln!(
         report,
         "# Benchmark report\n\nMachine: {} cores, {machine}. Date: {}.\n",
