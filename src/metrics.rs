@@ -43,10 +43,6 @@ impl BatchHistogram {
         BatchHistogram { inner: std::sync::Arc::new(std::sync::Mutex::new(BatchInner { sum: 0.0, count: 0, buckets })) }
     }
 
-    pub fn observe(&self, value: f64) {
-        self.observe_many(std::iter::once(value));
-    }
-
     /// Observes every value of `values`, under one lock.
     pub fn observe_many(&self, values: impl IntoIterator<Item = f64>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -586,7 +582,7 @@ mod tests {
         for v in values {
             theirs.observe(v);
         }
-        ours.observe(values[0]);
+        ours.observe_many([values[0]]);
         ours.observe_many(values[1..6].iter().copied());
         ours.observe_many(values[6..].iter().copied());
         ours.observe_many(std::iter::empty());
