@@ -295,13 +295,19 @@ impl SqliteStore {
 
     fn finished_among_blocking(&self, arns: &[String]) -> Result<HashSet<String>, StateError> {
         let c = lock(&self.connection);
-        let mut statement = c.prepare_cached("SELECT 1 FROM executions WHERE arn = ?1 AND done = 1")?;
+        // One read transaction for the page's look-ups: each look-up on its own would take and
+        // release SQLite's locks (file-lock system calls) for itself.
+        let tx = c.unchecked_transaction()?;
         let mut finished = HashSet::new();
-        for arn in arns {
-            if statement.exists([arn])? {
-                finished.insert(arn.to_string());
+        {
+            let mut statement = tx.prepare_cached("SELECT 1 FROM executions WHERE arn = ?1 AND done = 1")?;
+            for arn in arns {
+                if statement.exists([arn])? {
+                    finished.insert(arn.to_string());
+                }
             }
         }
+        tx.commit()?;
         Ok(finished)
     }
 
