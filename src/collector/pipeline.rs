@@ -28,15 +28,17 @@ const SNAPSHOT_CACHE_ENTRIES: usize = 256;
 
 /// The version of the saved fold state (`convert::ExecutionState`). A saved state of another
 /// version is not guessed at: that execution is read again from the start.
-pub(super) const STATE_VERSION: u32 = 4;
+pub(super) const STATE_VERSION: u32 = 5;
 
 /// Saved fold states this build reads: version 1 kept the held runs' span events inline; from
 /// version 2 they are rows of their own (`state::RunEvents`), and the state holds none; from
 /// version 3 the state names how its event fingerprints are made (before, FNV-1a over the
 /// wire text, which a state read from version 1 or 2 goes on making); from version 4 they know
-/// an action event by its call, not its documents (`fingerprint::Scheme::Calls`). A state of
-/// an older scheme goes on with it, and its reads keep the action documents it counts.
-const STATE_VERSIONS_READ: [u32; 4] = [1, 2, 3, 4];
+/// an action event by its call, not its documents (`fingerprint::Scheme::Calls`); from
+/// version 5 they are made by walking the event's parts in place
+/// (`fingerprint::Scheme::Positional`). A state of an older scheme goes on with it, and its
+/// reads keep the action documents it counts.
+const STATE_VERSIONS_READ: [u32; 5] = [1, 2, 3, 4, 5];
 
 #[derive(serde::Serialize)]
 struct SavedStateRef<'a> {

@@ -432,14 +432,41 @@ fn a_state_saved_before_version_3_knows_repeats_by_its_own_fingerprints() {
     let mut misread: ExecutionState = serde_json::from_value(saved).unwrap();
     misread.fingerprints = fingerprint::Scheme::Structural;
     assert_eq!(repeats(&mut misread), 0);
-    // A new state makes the prints of version 4 (structural, an action known by its call),
+    // A new state makes the prints of version 5 (positional, an action known by its call),
     // and needs no action documents; one of version 3 (or older) needs them.
-    assert_eq!(ExecutionState::default().fingerprints, fingerprint::Scheme::Calls);
+    assert_eq!(ExecutionState::default().fingerprints, fingerprint::Scheme::Positional);
     assert!(!ExecutionState::default().needs_action_documents());
     let v3: ExecutionState =
         serde_json::from_value(serde_json::to_value(ExecutionState { fingerprints: fingerprint::Scheme::Structural, ..ExecutionState::default() }).unwrap())
             .unwrap();
     assert!(v3.needs_action_documents() && read.needs_action_documents());
+}
+
+/// A state of version 4 names the `calls` scheme: read after the upgrade it keeps making
+/// those prints, so an event the API sends again across the upgrade is still known; read as
+/// holding positional prints, it would not be. Its reads need no action documents either.
+#[test]
+fn a_state_of_version_4_knows_repeats_by_its_own_fingerprints() {
+    let (flow, node, types) = doc_batch_history(20, 3);
+    let status = ExecutionStatus::Running;
+    let view = running_view("arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/upgrade4", &status, &types);
+    let policy = ContentPolicy::default();
+    let mut old = ExecutionState { fingerprints: fingerprint::Scheme::Calls, ..ExecutionState::default() };
+    let half = node.len() / 2;
+    fold(&mut old, &view, NewEvents { node: &node[..half], flow: &flow, first: (0, 0) }, &policy);
+    let saved = serde_json::to_value(&old).unwrap();
+    assert_eq!(saved["fingerprints"], serde_json::json!("calls"));
+    let repeats = |state: &mut ExecutionState| {
+        let rest = fold(state, &view, NewEvents { node: &node[half - 1..], flow: &[], first: (half - 1, flow.len()) }, &policy);
+        rest.problems.iter().filter(|p| p.reason == "duplicate_event").count()
+    };
+    let mut read: ExecutionState = serde_json::from_value(saved.clone()).unwrap();
+    assert_eq!(read, old);
+    assert!(!read.needs_action_documents());
+    assert_eq!(repeats(&mut read), 1);
+    let mut misread: ExecutionState = serde_json::from_value(saved).unwrap();
+    misread.fingerprints = fingerprint::Scheme::Positional;
+    assert_eq!(repeats(&mut misread), 0);
 }
 
 /// A doc-batch execution over `documents` documents as the emulator generates it (seeded): its
