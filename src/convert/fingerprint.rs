@@ -117,8 +117,8 @@ fn positional(event: &Event) -> u64 {
             for NodeInputField { name, content, kind, category, source, execution_chain } in fields {
                 w.str(name);
                 w.content(content);
-                w.optional_str(kind);
-                w.optional_str(category);
+                w.optional_str(kind.as_deref());
+                w.optional_str(category.as_deref());
                 match source {
                     Some(NodeInputSource { node_name, output_field_name, expression }) => {
                         w.step(tag::SOME, 0);
@@ -144,7 +144,7 @@ fn positional(event: &Event) -> u64 {
             for NodeOutputField { name, content, kind, next } in fields {
                 w.str(name);
                 w.content(content);
-                w.optional_str(kind);
+                w.optional_str(kind.as_deref());
                 w.len(next.len());
                 for NodeOutputNext { node_name, input_field_name } in next {
                     w.str(node_name);
@@ -239,7 +239,7 @@ impl Walk {
         }
     }
 
-    fn optional_str(&mut self, s: &Option<String>) {
+    fn optional_str(&mut self, s: Option<&str>) {
         match s {
             Some(s) => self.str(s),
             None => self.none(),

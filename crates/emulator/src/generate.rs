@@ -298,8 +298,8 @@ impl Walker<'_> {
             fields.push(NodeInputField {
                 name: input.to_string(),
                 content: Some(Content { document: value.clone() }),
-                kind: declared.map(|d| d.kind.clone()),
-                category: declared.and_then(|d| d.category.clone()),
+                kind: declared.map(|d| d.kind.clone().into()),
+                category: declared.and_then(|d| d.category.clone()).map(Into::into),
                 source: Some(NodeInputSource {
                     node_name: connection.source.clone(),
                     output_field_name: out.to_string(),
@@ -337,7 +337,7 @@ impl Walker<'_> {
                 values.insert((node.name.clone(), name.to_string()), value.clone());
                 NodeOutputField {
                     name: name.to_string(),
-                    kind: node.outputs.iter().find(|o| o.name == name).map(|o| o.kind.clone()),
+                    kind: node.outputs.iter().find(|o| o.name == name).map(|o| o.kind.clone().into()),
                     content: Some(Content { document: value }),
                     next: Vec::new(),
                 }

@@ -41,6 +41,11 @@ fn lenient_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp
     Ok(value.as_ref().and_then(Value::as_str).and_then(timefmt::parse_nanos).map(Timestamp))
 }
 
+/// A value of one of the model's enums (a field's data type or input category, a control
+/// node's type): the values the model names are static strings, not allocated; any other
+/// value the service sends is kept as it came.
+pub type Name = std::borrow::Cow<'static, str>;
+
 /// `FlowExecutionContent` / `FlowInputContent`: a union with the single member `document`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Content {
@@ -69,7 +74,7 @@ pub struct NodeInputSource {
 pub struct ExecutionChainItem {
     pub node_name: String,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Name,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<i32>,
 }
@@ -82,9 +87,9 @@ pub struct NodeInputField {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Content>,
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub category: Option<String>,
+    pub category: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<NodeInputSource>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -106,7 +111,7 @@ pub struct NodeOutputField {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Content>,
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub next: Vec<NodeOutputNext>,
 }
