@@ -407,31 +407,45 @@ fn the_state_of_a_long_iteration_stays_bounded() {
     assert!((late as f64) < 1.2 * early as f64, "the state grew from {early} to {late} bytes");
 }
 
+/// Half of a doc-batch stream folded into a state of scheme `old`, saved as JSON (without the
+/// scheme's name when `names_scheme` is false, as states before version 3 were), read back,
+/// and the rest of the stream folded from the last event already folded: the state read
+/// back, and the repeats found by it and by the same state read as holding prints of
+/// `misread_as`.
+fn repeats_across_an_upgrade(old: fingerprint::Scheme, names_scheme: bool, misread_as: fingerprint::Scheme) -> (ExecutionState, usize, usize) {
+    let (flow, node, types) = doc_batch_history(20, 3);
+    let status = ExecutionStatus::Running;
+    let view = running_view("arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/upgrade", &status, &types);
+    let policy = ContentPolicy::default();
+    let mut state = ExecutionState { fingerprints: old, ..ExecutionState::default() };
+    let half = node.len() / 2;
+    fold(&mut state, &view, NewEvents { node: &node[..half], flow: &flow, first: (0, 0) }, &policy);
+    let mut saved = serde_json::to_value(&state).unwrap();
+    let name = serde_json::to_value(old).unwrap();
+    if names_scheme {
+        assert_eq!(saved["fingerprints"], name);
+    } else {
+        assert_eq!(saved.as_object_mut().unwrap().remove("fingerprints"), Some(name));
+    }
+    let repeats = |state: &mut ExecutionState| {
+        let rest = fold(state, &view, NewEvents { node: &node[half - 1..], flow: &[], first: (half - 1, flow.len()) }, &policy);
+        rest.problems.iter().filter(|p| p.reason == "duplicate_event").count()
+    };
+    let read: ExecutionState = serde_json::from_value(saved.clone()).unwrap();
+    assert_eq!(read, state);
+    let mut misread: ExecutionState = serde_json::from_value(saved).unwrap();
+    misread.fingerprints = misread_as;
+    let (found, misfound) = (repeats(&mut read.clone()), repeats(&mut misread));
+    (read, found, misfound)
+}
+
 /// A state saved before version 3 names no fingerprint scheme: it is read as holding FNV-1a
 /// over the wire text and keeps making those, so an event the API sends again across the
 /// upgrade is still known. Read as holding structural prints, it would not be.
 #[test]
 fn a_state_saved_before_version_3_knows_repeats_by_its_own_fingerprints() {
-    let (flow, node, types) = doc_batch_history(20, 3);
-    let status = ExecutionStatus::Running;
-    let view = running_view("arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/upgrade", &status, &types);
-    let policy = ContentPolicy::default();
-    let mut old = ExecutionState { fingerprints: fingerprint::Scheme::WireText, ..ExecutionState::default() };
-    let half = node.len() / 2;
-    fold(&mut old, &view, NewEvents { node: &node[..half], flow: &flow, first: (0, 0) }, &policy);
-    let mut saved = serde_json::to_value(&old).unwrap();
-    assert_eq!(saved.as_object_mut().unwrap().remove("fingerprints"), Some(serde_json::json!("wire-text")));
-    let repeats = |state: &mut ExecutionState| {
-        // The rest of the stream, starting with the last event already folded.
-        let rest = fold(state, &view, NewEvents { node: &node[half - 1..], flow: &[], first: (half - 1, flow.len()) }, &policy);
-        rest.problems.iter().filter(|p| p.reason == "duplicate_event").count()
-    };
-    let mut read: ExecutionState = serde_json::from_value(saved.clone()).unwrap();
-    assert_eq!(read, old);
-    assert_eq!(repeats(&mut read), 1);
-    let mut misread: ExecutionState = serde_json::from_value(saved).unwrap();
-    misread.fingerprints = fingerprint::Scheme::Structural;
-    assert_eq!(repeats(&mut misread), 0);
+    let (read, found, misfound) = repeats_across_an_upgrade(fingerprint::Scheme::WireText, false, fingerprint::Scheme::Structural);
+    assert_eq!((found, misfound), (1, 0));
     // A new state makes the prints of version 5 (positional, an action known by its call),
     // and needs no action documents; one of version 3 (or older) needs them.
     assert_eq!(ExecutionState::default().fingerprints, fingerprint::Scheme::Positional);
@@ -447,26 +461,9 @@ fn a_state_saved_before_version_3_knows_repeats_by_its_own_fingerprints() {
 /// holding positional prints, it would not be. Its reads need no action documents either.
 #[test]
 fn a_state_of_version_4_knows_repeats_by_its_own_fingerprints() {
-    let (flow, node, types) = doc_batch_history(20, 3);
-    let status = ExecutionStatus::Running;
-    let view = running_view("arn:aws:bedrock:us-east-1:123456789012:flow/F/alias/A/execution/upgrade4", &status, &types);
-    let policy = ContentPolicy::default();
-    let mut old = ExecutionState { fingerprints: fingerprint::Scheme::Calls, ..ExecutionState::default() };
-    let half = node.len() / 2;
-    fold(&mut old, &view, NewEvents { node: &node[..half], flow: &flow, first: (0, 0) }, &policy);
-    let saved = serde_json::to_value(&old).unwrap();
-    assert_eq!(saved["fingerprints"], serde_json::json!("calls"));
-    let repeats = |state: &mut ExecutionState| {
-        let rest = fold(state, &view, NewEvents { node: &node[half - 1..], flow: &[], first: (half - 1, flow.len()) }, &policy);
-        rest.problems.iter().filter(|p| p.reason == "duplicate_event").count()
-    };
-    let mut read: ExecutionState = serde_json::from_value(saved.clone()).unwrap();
-    assert_eq!(read, old);
+    let (read, found, misfound) = repeats_across_an_upgrade(fingerprint::Scheme::Calls, true, fingerprint::Scheme::Positional);
+    assert_eq!((found, misfound), (1, 0));
     assert!(!read.needs_action_documents());
-    assert_eq!(repeats(&mut read), 1);
-    let mut misread: ExecutionState = serde_json::from_value(saved).unwrap();
-    misread.fingerprints = fingerprint::Scheme::Positional;
-    assert_eq!(repeats(&mut misread), 0);
 }
 
 /// A doc-batch execution over `documents` documents as the emulator generates it (seeded): its
