@@ -527,39 +527,13 @@ fn response_usage(d: Document) -> Option<Value> {
     }
 }
 
-/// A field's data type as a `Name`: the model's values are not allocated.
-fn data_type(t: bar::types::FlowNodeIoDataType) -> Name {
-    use bar::types::FlowNodeIoDataType as T;
-    Name::Borrowed(match t {
-        T::Array => "Array",
-        T::Boolean => "Boolean",
-        T::Number => "Number",
-        T::Object => "Object",
-        T::String => "String",
-        other => return Name::Owned(other.as_str().to_string()),
-    })
-}
-
-/// An input field's category as a `Name`: the model's values are not allocated.
-fn input_category(c: bar::types::FlowNodeInputCategory) -> Name {
-    use bar::types::FlowNodeInputCategory as C;
-    Name::Borrowed(match c {
-        C::ExitLoop => "ExitLoop",
-        C::LoopCondition => "LoopCondition",
-        C::ReturnValueToLoopStart => "ReturnValueToLoopStart",
-        other => return Name::Owned(other.as_str().to_string()),
-    })
-}
-
-/// An execution chain item's control node type as a `Name`: the model's values are not
-/// allocated.
-fn control_node_type(t: bar::types::FlowControlNodeType) -> Name {
-    use bar::types::FlowControlNodeType as T;
-    Name::Borrowed(match t {
-        T::Iterator => "Iterator",
-        T::Loop => "Loop",
-        other => return Name::Owned(other.as_str().to_string()),
-    })
+/// One of the model's enum values as a `Name`: borrowed from `known`, the values the SDK
+/// knows (its enum's `values()`), not allocated; a value it does not know is kept as sent.
+fn name(value: &str, known: &'static [&'static str]) -> Name {
+    match known.iter().find(|k| **k == value) {
+        Some(k) => Name::Borrowed(k),
+        None => Name::Owned(value.to_string()),
+    }
 }
 
 /// `items` mapped into a vector of their number. Collecting them instead would map them in
@@ -592,8 +566,8 @@ pub fn event_from_sdk(event: bar::types::FlowExecutionEvent, documents: ActionDo
             timestamp: ts(&e.timestamp),
             node_name: e.node_name,
             fields: mapped(e.fields, |f| NodeInputField {
-                kind: f.r#type.map(data_type),
-                category: f.category.map(input_category),
+                kind: f.r#type.map(|t| name(t.as_str(), bar::types::FlowNodeIoDataType::values())),
+                category: f.category.map(|c| name(c.as_str(), bar::types::FlowNodeInputCategory::values())),
                 name: f.name,
                 content: node_content(f.content),
                 source: f.source.map(|s| NodeInputSource { node_name: s.node_name, output_field_name: s.output_field_name, expression: s.expression }),
@@ -601,7 +575,11 @@ pub fn event_from_sdk(event: bar::types::FlowExecutionEvent, documents: ActionDo
                     .execution_chain
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|c| ExecutionChainItem { kind: control_node_type(c.r#type), node_name: c.node_name, index: c.index })
+                    .map(|c| ExecutionChainItem {
+                        kind: name(c.r#type.as_str(), bar::types::FlowControlNodeType::values()),
+                        node_name: c.node_name,
+                        index: c.index,
+                    })
                     .collect(),
             }),
         }),
@@ -609,7 +587,7 @@ pub fn event_from_sdk(event: bar::types::FlowExecutionEvent, documents: ActionDo
             timestamp: ts(&e.timestamp),
             node_name: e.node_name,
             fields: mapped(e.fields, |f| NodeOutputField {
-                kind: f.r#type.map(data_type),
+                kind: f.r#type.map(|t| name(t.as_str(), bar::types::FlowNodeIoDataType::values())),
                 name: f.name,
                 content: node_content(f.content),
                 next: f.next.unwrap_or_default().into_iter().map(|n| NodeOutputNext { node_name: n.node_name, input_field_name: n.input_field_name }).collect(),
@@ -729,26 +707,23 @@ mod tests {
         assert_eq!(once.problems.iter().filter(|p| p.reason == "duplicate_event").count(), 1);
     }
 
-    /// The model's enum values are named as the SDK names them, and a value the SDK does not
-    /// know is kept as the service sent it.
+    /// Every value of the model's enums the SDK knows is named without an allocation, and a
+    /// value the SDK does not know is kept as the service sent it.
     #[test]
-    fn enum_values_are_named_as_the_sdk_names_them() {
+    fn enum_values_the_sdk_knows_are_not_allocated() {
         use bar::types::{FlowControlNodeType, FlowNodeInputCategory, FlowNodeIoDataType};
-        for v in FlowNodeIoDataType::values() {
-            assert_eq!(data_type(FlowNodeIoDataType::from(*v)), *v);
-            assert!(matches!(data_type(FlowNodeIoDataType::from(*v)), Name::Borrowed(_)), "{v} is not allocated");
+        for known in [FlowNodeIoDataType::values(), FlowNodeInputCategory::values(), FlowControlNodeType::values()] {
+            assert!(!known.is_empty());
+            for v in known {
+                let named = name(v, known);
+                assert_eq!(named, *v);
+                assert!(matches!(named, Name::Borrowed(_)), "{v} is allocated");
+            }
         }
-        for v in FlowNodeInputCategory::values() {
-            assert_eq!(input_category(FlowNodeInputCategory::from(*v)), *v);
-            assert!(matches!(input_category(FlowNodeInputCategory::from(*v)), Name::Borrowed(_)), "{v} is not allocated");
-        }
-        for v in FlowControlNodeType::values() {
-            assert_eq!(control_node_type(FlowControlNodeType::from(*v)), *v);
-            assert!(matches!(control_node_type(FlowControlNodeType::from(*v)), Name::Borrowed(_)), "{v} is not allocated");
-        }
-        assert_eq!(data_type(FlowNodeIoDataType::from("Tensor")), "Tensor");
-        assert_eq!(input_category(FlowNodeInputCategory::from("Retry")), "Retry");
-        assert_eq!(control_node_type(FlowControlNodeType::from("Parallel")), "Parallel");
+        let unknown = FlowNodeIoDataType::from("Tensor");
+        let named = name(unknown.as_str(), FlowNodeIoDataType::values());
+        assert!(matches!(&named, Name::Owned(s) if s == "Tensor"), "{named:?}");
+        assert_eq!(name("Iterator", FlowControlNodeType::values()), "Iterator");
     }
 
     #[test]

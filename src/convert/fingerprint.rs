@@ -80,10 +80,11 @@ fn action_call(e: &NodeActionEvent) -> u64 {
 fn positional(event: &Event) -> u64 {
     use crate::model::*;
     let mut w = Walk(0x243f_6a88_85a3_08d3);
-    let (index, node_name, timestamp) = match event {
+    // Every kind but the flow failure names its node: the failure feeds an empty name.
+    let (index, node_name, timestamp): (u64, &str, _) = match event {
         Event::FlowInput(e) => (0, &e.node_name, e.timestamp),
         Event::FlowOutput(e) => (1, &e.node_name, e.timestamp),
-        Event::FlowFailure(e) => (2, &String::new(), e.timestamp),
+        Event::FlowFailure(e) => (2, "", e.timestamp),
         Event::NodeInput(e) => (3, &e.node_name, e.timestamp),
         Event::NodeOutput(e) => (4, &e.node_name, e.timestamp),
         Event::NodeFailure(e) => (5, &e.node_name, e.timestamp),
