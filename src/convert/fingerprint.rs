@@ -9,7 +9,8 @@
 //! known by its call (node, time, request id, service, operation) and not by its documents:
 //! the source leaves those out when content is not captured (see `source::ActionDocuments`),
 //! so a repeat is known whatever the capture mode. Each step is a bijection of the hash for
-//! a fixed tag and word, so two events that differ in one part never collide.
+//! a fixed tag and word, so two events that differ in one word, and only there, never
+//! collide.
 //!
 //! The schemes before it stay, to read the windows older states saved: `Calls` (version 4)
 //! is `Structural` but for action events, which it knows by their call as `Positional` does;
@@ -17,7 +18,7 @@
 //! human-readable sees it (timestamps as nanoseconds), to a word-at-a-time multiplicative
 //! hash: every scalar with a tag, strings and struct field names with their length, sequences
 //! and maps with an end mark; `WireText` (versions 1 and 2) is FNV-1a over the event's compact
-//! wire JSON. `Positional` makes the same distinctions as `Calls` at about half its cost
+//! wire JSON. `Positional` tells apart what `Calls` tells apart in about half its time
 //! (BENCHMARKS.md): it feeds no field names and no serializer stands between it and the event.
 
 use serde::ser::{self, Serialize};
@@ -191,8 +192,8 @@ impl Walk {
     /// One step: a bijection of the hash for a fixed tag and word, and of the word for a fixed
     /// hash and tag; two tags give two hashes for one word.
     #[inline(always)]
-    fn step(&mut self, t: u8, word: u64) {
-        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t as u64;
+    fn step(&mut self, t: impl Into<u64>, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t.into();
     }
 
     /// The first step carries the tag and the length with the first eight bytes.
@@ -209,15 +210,15 @@ impl Walk {
         });
         let Some(first) = first else {
             // Eight bytes or fewer: the padded word is the first.
-            self.0 = (self.0.rotate_left(23) ^ last.unwrap_or(0)).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ head;
+            self.step(head, last.unwrap_or(0));
             return;
         };
-        self.0 = (self.0.rotate_left(23) ^ first).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ head;
+        self.step(head, first);
         for chunk in chunks {
-            self.step(0, u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+            self.step(0u8, u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
         }
         if let Some(last) = last {
-            self.step(0, last);
+            self.step(0u8, last);
         }
     }
 
