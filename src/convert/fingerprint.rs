@@ -80,7 +80,7 @@ fn action_call(e: &NodeActionEvent) -> u64 {
 /// apart whole, so a part added to the wire model does not build until it is fed here.
 fn positional(event: &Event) -> u64 {
     use crate::model::*;
-    let mut w = Walk(0x243f_6a88_85a3_08d3);
+    let mut w = Walk(Feed(0x243f_6a88_85a3_08d3));
     // Every kind but the flow failure names its node: the failure feeds an empty name.
     let (index, node_name, timestamp): (u64, &str, _) = match event {
         Event::FlowInput(e) => (0, &e.node_name, e.timestamp),
@@ -185,40 +185,39 @@ fn positional(event: &Event) -> u64 {
     w.finish()
 }
 
-/// The positional walk's hash.
-struct Walk(u64);
+/// `bytes` eight at a time as little-endian words, the last one padded with zeros.
+#[inline(always)]
+fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    let chunks = bytes.chunks_exact(8);
+    let rest = chunks.remainder();
+    let last = (!rest.is_empty()).then(|| {
+        let mut word = [0u8; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        u64::from_le_bytes(word)
+    });
+    chunks.map(|chunk| u64::from_le_bytes(chunk.try_into().unwrap_or_default())).chain(last)
+}
+
+/// The positional walk's hash: `Feed`'s step, with the tag folded in after it.
+struct Walk(Feed);
 
 impl Walk {
     /// One step: a bijection of the hash for a fixed tag and word, and of the word for a fixed
     /// hash and tag; two tags give two hashes for one word.
     #[inline(always)]
     fn step(&mut self, t: impl Into<u64>, word: u64) {
-        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t.into();
+        self.0.word(word);
+        self.0 .0 ^= t.into();
     }
 
-    /// The first step carries the tag and the length with the first eight bytes.
+    /// The first step carries the tag and the length with the first eight bytes (an empty
+    /// string: with a zero word).
     #[inline(always)]
     fn text(&mut self, t: u8, bytes: &[u8]) {
-        let head = ((bytes.len() as u64) << 8) | t as u64;
-        let mut chunks = bytes.chunks_exact(8);
-        let first = chunks.next().map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
-        let rest = chunks.remainder();
-        let last = (!rest.is_empty()).then(|| {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            u64::from_le_bytes(last)
-        });
-        let Some(first) = first else {
-            // Eight bytes or fewer: the padded word is the first.
-            self.step(head, last.unwrap_or(0));
-            return;
-        };
-        self.step(head, first);
-        for chunk in chunks {
-            self.step(0u8, u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
-        }
-        if let Some(last) = last {
-            self.step(0u8, last);
+        let mut words = words(bytes);
+        self.step(((bytes.len() as u64) << 8) | t as u64, words.next().unwrap_or(0));
+        for word in words {
+            self.step(0u8, word);
         }
     }
 
@@ -285,7 +284,7 @@ impl Walk {
     }
 
     fn finish(&self) -> u64 {
-        Feed(self.0).finish()
+        self.0.finish()
     }
 }
 
@@ -641,8 +640,8 @@ mod tests {
         assert!(Scheme::Structural.needs_action_documents() && Scheme::WireText.needs_action_documents());
     }
 
-    /// Every difference an event can have changes the structural fingerprint, including ones
-    /// whose text would be ambiguous without tags and lengths.
+    /// Every difference an event can have changes the structural and the positional
+    /// fingerprints, including ones whose text would be ambiguous without tags and lengths.
     #[test]
     fn structural_fingerprints_tell_every_field_apart() {
         let variants = [
