@@ -119,14 +119,25 @@ fn landing_page(board: &StatusBoard) -> String {
             if board.store_down() { "; the shared state store cannot be reached: no work until it returns" } else { "" }
         )
     };
+    // Reading paused stops everything else on the page from moving: said first.
+    let paused_section = board
+        .reading_paused()
+        .map(|(bytes, max)| {
+            format!(
+                "<p><strong>Reading is paused:</strong> the outbox is full ({bytes} bytes of spans, bound {max}): the OTLP endpoint does not take spans. \
+Nothing is lost; reading resumes by itself once it does.</p>\n"
+            )
+        })
+        .unwrap_or_default();
     let parked_section = parked_section + &leases_section;
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>bedrock-flow-exporter</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>\n\
 <body><h1>bedrock-flow-exporter {}</h1>\n<p><a href=\"/metrics\">Metrics</a> · <a href=\"/-/healthy\">Health</a> · <a href=\"/-/ready\">Readiness</a> ({})</p>\n\
-<table><tr><th>Flow</th><th>Id</th><th>Last successful poll</th><th>Running now</th><th>Finished in the last hour</th><th>Last error</th></tr>\n{}</table>\n{}</body></html>\n",
+{}<table><tr><th>Flow</th><th>Id</th><th>Last successful poll</th><th>Running now</th><th>Finished in the last hour</th><th>Last error</th></tr>\n{}</table>\n{}</body></html>\n",
         env!("CARGO_PKG_VERSION"),
         if board.ready() { "ready" } else { "not ready" },
+        paused_section,
         rows,
         parked_section
     )

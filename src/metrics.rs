@@ -131,6 +131,8 @@ pub struct Metrics {
     pub span_export_refused: Family<Labels, Counter>,
     pub executions_parked: Gauge,
     pub outbox_bytes: Gauge,
+    pub outbox_max_bytes: Gauge,
+    pub reading_paused: Gauge,
     pub lease_held: Family<Labels, Gauge>,
     pub flow_configured: Family<Labels, Gauge>,
     pub replicas: Gauge,
@@ -261,6 +263,8 @@ impl Metrics {
             span_export_refused: Family::default(),
             executions_parked: Gauge::default(),
             outbox_bytes: Gauge::default(),
+            outbox_max_bytes: Gauge::default(),
+            reading_paused: Gauge::default(),
             lease_held: Family::default(),
             flow_configured: Family::default(),
             replicas: Gauge::default(),
@@ -335,6 +339,16 @@ impl Metrics {
             "bedrock_flow_exporter_outbox_bytes",
             "Bytes of spans waiting in the durable outbox for the OTLP endpoint; reading pauses at traces.outbox_max_bytes.",
             m.outbox_bytes.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_outbox_max_bytes",
+            "The outbox's bound (traces.outbox_max_bytes): reading pauses when outbox_bytes reaches it.",
+            m.outbox_max_bytes.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_reading_paused",
+            "1 while reading events is paused because the outbox is full (the OTLP endpoint does not take spans), else 0.",
+            m.reading_paused.clone(),
         );
         registry.register(
             "bedrock_flow_exporter_lease_held",

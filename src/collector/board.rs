@@ -18,6 +18,8 @@ struct BoardInner {
     shutting_down: bool,
     /// The shared state store cannot be reached: no work, not ready.
     store_down: bool,
+    /// Reading paused: the outbox is full (its bytes, its bound).
+    reading_paused: Option<(u64, u64)>,
     /// Replicas: which member holds each flow (lease key -> member), and who this one is.
     holders: Vec<(String, String)>,
     member: String,
@@ -68,6 +70,15 @@ impl StatusBoard {
 
     pub fn store_down(&self) -> bool {
         self.lock().store_down
+    }
+
+    /// Reading paused because the outbox is full (its bytes and bound), or `None`.
+    pub fn set_reading_paused(&self, paused: Option<(u64, u64)>) {
+        self.lock().reading_paused = paused;
+    }
+
+    pub fn reading_paused(&self) -> Option<(u64, u64)> {
+        self.lock().reading_paused
     }
 
     pub fn set_holders(&self, member: &str, mut holders: Vec<(String, String)>) {

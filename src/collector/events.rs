@@ -239,14 +239,16 @@ impl InternalEvent for ExecutionParked<'_> {
     }
 }
 
-/// The outbox changed: what waits in it now.
+/// The outbox changed: what waits in it now, and its bound.
 pub struct OutboxChanged {
     pub bytes: u64,
+    pub max_bytes: u64,
 }
 
 impl InternalEvent for OutboxChanged {
     fn emit(self, to: &Instruments) {
         to.metrics.outbox_bytes.set(self.bytes as i64);
+        to.metrics.outbox_max_bytes.set(self.max_bytes as i64);
     }
 }
 
@@ -350,7 +352,9 @@ pub struct ReadingPaused {
 }
 
 impl InternalEvent for ReadingPaused {
-    fn emit(self, _: &Instruments) {
+    fn emit(self, to: &Instruments) {
+        to.metrics.reading_paused.set(i64::from(self.paused));
+        to.board.set_reading_paused(self.paused.then_some((self.bytes, self.max_bytes)));
         if self.paused {
             tracing::warn!(
                 outbox_bytes = self.bytes,

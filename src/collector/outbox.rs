@@ -304,7 +304,7 @@ impl Collector {
 
     /// The gauges of the outbox, and the pause of reading when it is full (or its end).
     pub(super) fn outbox_changed(&mut self) {
-        self.events.emit(OutboxChanged { bytes: self.outbox.bytes() });
+        self.events.emit(OutboxChanged { bytes: self.outbox.bytes(), max_bytes: self.outbox.max_bytes });
         let full = self.outbox.is_full();
         if full != self.outbox.paused {
             self.outbox.paused = full;

@@ -222,6 +222,10 @@ async fn an_outage_during_a_drain_reads_nothing_twice_and_loses_nothing() {
     assert!(at_bound < event_pages(&facts), "the pause came before the end of the backlog");
     assert!(h.log().contains("the outbox is full"), "the pause is said");
     let text = metrics();
+    assert_eq!(support::sample(&text, "bedrock_flow_exporter_reading_paused", &[]), Some(1.0), "the pause is a gauge");
+    assert_eq!(support::sample(&text, "bedrock_flow_exporter_outbox_max_bytes", &[]), Some(1048576.0), "beside the bound");
+    let page = support::http_get(exporter, "/", None).1;
+    assert!(page.contains("Reading is paused"), "and on the status page: {page}");
     assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]), 0.0, "nothing is counted before it is accepted");
     assert!(h.otlp.receiver.roots().is_empty());
     h.otlp.receiver.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -231,6 +235,8 @@ async fn an_outage_during_a_drain_reads_nothing_twice_and_loses_nothing() {
     assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]), 150.0, "each execution counted once");
     assert_eq!(calls(), event_pages(&facts), "every page of events read exactly once, outage or not");
     assert!(h.log().contains("reading resumes"));
+    assert_eq!(support::sample(&text, "bedrock_flow_exporter_reading_paused", &[]), Some(0.0), "the gauge says it resumed");
+    assert!(!support::http_get(exporter, "/", None).1.contains("Reading is paused"));
     let (expected, got) = crate::collector::model_and_received(&facts, &h.otlp.receiver);
     assert_eq!(got, expected, "every span of the model, with its id and parent");
     drop(child);
