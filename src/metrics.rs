@@ -543,7 +543,20 @@ fn system_value(name: libc::c_int) -> Option<f64> {
     (value > 0).then_some(value as f64)
 }
 
-/// This process's CPU time, memory and descriptors from /proc (Linux); `None` elsewhere.
+/// User and system CPU time of this process (every thread, ended ones included) in seconds, to
+/// the microsecond: /proc counts it in clock ticks (10 ms), too coarse for a short run's cost.
+pub fn cpu_seconds_used() -> Option<f64> {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+/// This process's CPU time (`getrusage`), memory and descriptors from /proc (Linux); `None`
+/// elsewhere.
 pub fn process_stats() -> Option<ProcessStats> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let after = stat.rsplit_once(')')?.1;
@@ -564,7 +577,7 @@ pub fn process_stats() -> Option<ProcessStats> {
         .and_then(|l| l.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l.split_whitespace().nth(3)?.parse().ok()))
         .unwrap_or(0.0);
     Some(ProcessStats {
-        cpu_seconds: (utime + stime) / ticks,
+        cpu_seconds: cpu_seconds_used().unwrap_or((utime + stime) / ticks),
         rss_bytes: rss_pages * page_size,
         vsize_bytes: vsize,
         start_time: boot + starttime / ticks,
@@ -618,15 +631,9 @@ mod tests {
     fn process_stats_agree_with_the_kernel_accounting() {
         // Burn CPU (not wall time: the machine may be busy) so that the comparison is not
         // between two zeros.
-        let rusage_cpu = || {
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
-            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-            seconds(usage.ru_utime) + seconds(usage.ru_stime)
-        };
         let mut x = 0u64;
         let started = std::time::Instant::now();
-        while rusage_cpu() < 0.3 && started.elapsed() < std::time::Duration::from_secs(10) {
+        while cpu_seconds_used().unwrap() < 0.3 && started.elapsed() < std::time::Duration::from_secs(10) {
             for _ in 0..100_000 {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             }
@@ -638,9 +645,12 @@ mod tests {
         let rss = vm_rss_kib * 1024.0;
         // The stat counters lag VmRSS a little; a wrong page size is off by a factor of 4 or 16.
         assert!(stats.rss_bytes > rss * 0.5 && stats.rss_bytes < rss * 2.0, "rss {} vs VmRSS {rss}", stats.rss_bytes);
-        let rusage_cpu = rusage_cpu();
-        // A wrong clock-tick rate is off by a factor (100 vs 250 or 1000).
-        assert!(stats.cpu_seconds >= 0.2 && (stats.cpu_seconds - rusage_cpu).abs() < 0.1, "cpu {} vs getrusage {rusage_cpu}", stats.cpu_seconds);
+        // getrusage against the kernel's other account of it, /proc's clock ticks: a wrong unit
+        // (microseconds read as milliseconds) is off by a factor.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<f64> = stat.rsplit_once(')').unwrap().1.split_whitespace().skip(11).take(2).map(|f| f.parse().unwrap()).collect();
+        let ticks_cpu = (fields[0] + fields[1]) / system_value(libc::_SC_CLK_TCK).unwrap();
+        assert!(stats.cpu_seconds >= 0.2 && (stats.cpu_seconds - ticks_cpu).abs() < 0.1, "cpu {} vs /proc's {ticks_cpu}", stats.cpu_seconds);
         let boot_relative = stats.start_time - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         assert!(boot_relative <= 0.0 && boot_relative > -3600.0, "started within the hour: {boot_relative}");
     }
