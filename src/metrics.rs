@@ -647,9 +647,7 @@ mod tests {
         assert!(stats.rss_bytes > rss * 0.5 && stats.rss_bytes < rss * 2.0, "rss {} vs VmRSS {rss}", stats.rss_bytes);
         // getrusage against the kernel's other account of it, /proc's clock ticks: a wrong unit
         // (microseconds read as milliseconds) is off by a factor.
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let fields: Vec<f64> = stat.rsplit_once(')').unwrap().1.split_whitespace().skip(11).take(2).map(|f| f.parse().unwrap()).collect();
-        let ticks_cpu = (fields[0] + fields[1]) / system_value(libc::_SC_CLK_TCK).unwrap();
+        let ticks_cpu = bedrock_flow_test_support::cpu_seconds(std::process::id());
         assert!(stats.cpu_seconds >= 0.2 && (stats.cpu_seconds - ticks_cpu).abs() < 0.1, "cpu {} vs /proc's {ticks_cpu}", stats.cpu_seconds);
         let boot_relative = stats.start_time - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         assert!(boot_relative <= 0.0 && boot_relative > -3600.0, "started within the hour: {boot_relative}");
