@@ -131,12 +131,10 @@ fn measure_with(binary: &Path, args: &[&str], envs: &[(&str, String)], stop_afte
     }
 }
 
-/// This process's CPU seconds so far, user and system, all its threads.
+/// This process's CPU seconds so far, user and system, all its threads (the product's own
+/// reading, `getrusage`).
 fn own_cpu_secs() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
+    bedrock_flow_exporter::metrics::cpu_seconds_used().unwrap_or(0.0)
 }
 
 fn config(dir: &Path, emulator: &str, otlp: &str, flows: &[(&str, &str)], interval: u64, extra: &str) -> String {
@@ -376,8 +374,7 @@ async fn growing_floor_child(endpoint: String, out: String) {
             (calls, events) = (calls + c, events + n);
         }
         // With its CPU after the poll, to the microsecond (see the collector's).
-        let cpu = bedrock_flow_exporter::metrics::cpu_seconds_used().unwrap_or(0.0);
-        let _ = std::fs::write(&out, format!("{calls} {events} {cpu}"));
+        let _ = std::fs::write(&out, format!("{calls} {events} {}", own_cpu_secs()));
     }
 }
 

@@ -643,7 +643,7 @@ mod tests {
     /// Every difference an event can have changes the structural and the positional
     /// fingerprints, including ones whose text would be ambiguous without tags and lengths.
     #[test]
-    fn structural_fingerprints_tell_every_field_apart() {
+    fn fingerprints_tell_every_field_apart() {
         let variants = [
             base(),
             json!({"nodeName": "Summarize", "timestamp": "2026-01-02T03:04:05.123456788Z",
