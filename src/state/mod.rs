@@ -35,6 +35,12 @@ pub enum StateError {
     Sql(#[from] rusqlite::Error),
     #[error("state store: {0}")]
     Corrupt(String),
+    #[error(
+        "state store {path} is in use by {holder}: one process per SQLite file. Stop that process, give this one another `state.path`, or run replicas on a shared PostgreSQL store (`state.url`)"
+    )]
+    InUse { path: String, holder: String },
+    #[error("state store lock file {path}: {source}")]
+    Lock { path: String, source: std::io::Error },
     #[error("cannot create the directory of {path}: {source}")]
     Directory { path: String, source: std::io::Error },
     #[error("state store: the blocking task failed: {0}")]

@@ -1,8 +1,14 @@
 //! The embedded store: SQLite, one process. Writes are transactions, so a crash leaves either
 //! the old or the new state. Every statement runs on tokio's blocking pool, never on the async
-//! workers; the connection is one, behind a mutex.
+//! workers; the connection is one, behind a mutex. One process per file: the store holds an
+//! exclusive `flock` on `<path>.lock` while it lives (the kernel lets it go when the process
+//! ends, SIGKILL included), so a second process on the same file stops at its start instead of
+//! reading, exporting and counting the same executions beside the first.
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +21,9 @@ use crate::model::ExecutionStatus;
 
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
+    /// The open lock file whose `flock` makes this process the file's only user; declared
+    /// after the connection, so that the connection closes before the lock goes.
+    owner: Arc<File>,
 }
 
 fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
@@ -27,6 +36,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StateError::Directory { path: display.clone(), source })?;
         }
+        let owner = take_ownership(path)?;
         let connection = Connection::open(path).map_err(|source| StateError::Open { path: display.clone(), source })?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
@@ -90,7 +100,7 @@ impl SqliteStore {
                  COMMIT;",
             )?;
         }
-        Ok(SqliteStore { connection: Arc::new(Mutex::new(connection)) })
+        Ok(SqliteStore { connection: Arc::new(Mutex::new(connection)), owner: Arc::new(owner) })
     }
 
     fn load_blocking(&self) -> Result<Vec<Saved>, StateError> {
@@ -313,9 +323,43 @@ impl SqliteStore {
 
     /// Runs `f` with this store on tokio's blocking pool (SQLite blocks; the async workers never).
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&SqliteStore) -> Result<T, StateError> + Send + 'static) -> Result<T, StateError> {
-        let this = SqliteStore { connection: self.connection.clone() };
+        let this = SqliteStore { connection: self.connection.clone(), owner: self.owner.clone() };
         tokio::task::spawn_blocking(move || f(&this)).await.map_err(|e| StateError::Task(e.to_string()))?
     }
+}
+
+/// Takes the exclusive `flock` of `<path>.lock` (created if missing) without waiting, and
+/// writes this process's id into the file for the message a second process gives. A lock file
+/// beside the database, not the database itself: SQLite's own locks on it are `fcntl` locks,
+/// which some file systems (NFS) implement together with `flock`.
+fn take_ownership(path: &Path) -> Result<File, StateError> {
+    let display = path.display().to_string();
+    let lock_path = lock_path(path);
+    let io = |source| StateError::Lock { path: lock_path.display().to_string(), source };
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(io)?;
+    // SAFETY: flock takes a descriptor this function owns (open for the call) and a flag.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(io(error));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let holder = if holder.is_empty() { "another process".to_string() } else { format!("process {holder}") };
+        return Err(StateError::InUse { path: display, holder });
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(file)
+}
+
+/// The lock file of a store at `path`: `state.sqlite` -> `state.sqlite.lock`.
+pub fn lock_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    name.into()
 }
 
 #[async_trait]
@@ -400,6 +444,26 @@ mod tests {
         assert_eq!(store.load().await.unwrap(), vec![Saved { execution: tracked("a"), state: Some("{}".into()), events: Vec::new() }]);
         let outbox = store.outbox().await.unwrap();
         assert_eq!(store.parcels(&[outbox[0].id]).await.unwrap(), vec![(outbox[0].id, b"spans".to_vec())]);
+    }
+
+    /// One process per file: a second open is refused, naming the file and the holder, and
+    /// touches nothing; once the first store is gone the file opens again.
+    #[tokio::test]
+    async fn a_second_user_of_one_file_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        let first = SqliteStore::open(&path).unwrap();
+        first.checkpoint(&[Checkpoint { execution: tracked("a"), state: "{}".into(), done: false, events: Default::default() }], &[]).await.unwrap();
+        let refused = SqliteStore::open(&path).err().expect("the file is the first store's");
+        let holder = format!("process {}", std::process::id());
+        assert!(matches!(&refused, StateError::InUse { path: p, holder: h } if p == &path.display().to_string() && h == &holder), "{refused:?}");
+        let message = refused.to_string();
+        assert!(message.contains("state.sqlite is in use by process") && message.contains("`state.url`"), "{message}");
+        assert_eq!(std::fs::read_to_string(lock_path(&path)).unwrap(), format!("{}\n", std::process::id()));
+        assert_eq!(first.load().await.unwrap().len(), 1, "the refused open changed nothing");
+        drop(first);
+        let again = SqliteStore::open(&path).unwrap();
+        assert_eq!(again.load().await.unwrap().len(), 1);
     }
 
     /// A store written by version 1 (events stored, no fold state) opens: its unfinished

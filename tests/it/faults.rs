@@ -274,3 +274,29 @@ async fn an_outage_while_executions_grow_costs_only_their_polls() {
     drop(child);
     h.stop().await;
 }
+
+/// A second process on the service's SQLite file (a backfill started by hand with the
+/// service's config, a copy of the unit) stops at its start with exit 1, naming the file and
+/// the process that holds it, before it reads or counts anything; the service goes on. Once
+/// the service is killed (SIGKILL: the kernel lets its lock go) the file opens again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_one_state_file_stops_at_its_start_and_the_first_goes_on() {
+    let h = Harness::start(support::history_scenario(20), &ONE_FLOW).await;
+    let (service, exporter) = h.serve();
+    let counted = || support::sum_samples(&support::http_get(exporter, "/metrics", None).1, "bedrock_flow_executions_total", &[]);
+    assert!(support::eventually(Duration::from_secs(30), || counted() == 20.0).await, "the service counts the backlog: {}", counted());
+    let second = run_binary(once_args(&h, 5)).await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&second.stdout), String::from_utf8_lossy(&second.stderr));
+    assert_eq!(second.status.code(), Some(1), "{stdout}\n{stderr}");
+    let state = h.dir.path().join("state.sqlite").display().to_string();
+    assert!(stderr.contains(&format!("state store {state} is in use by process {}", service.0.id())), "names the file and its holder: {stderr}");
+    assert!(!stdout.contains("run --once:"), "it did no pass: {stdout}");
+    let log = h.log();
+    assert!(support::eventually(Duration::from_secs(5), || support::http_get(exporter, "/-/ready", None).0 == 200).await, "the service is still ready: {log}");
+    assert_eq!(counted(), 20.0, "and counted each execution once");
+    drop(service); // SIGKILL, waited for
+    let third = run_binary(once_args(&h, 30)).await;
+    assert_eq!(third.status.code(), Some(0), "the lock went with the killed process: {}", String::from_utf8_lossy(&third.stderr));
+    assert!(String::from_utf8_lossy(&third.stdout).contains("run --once: 0 executions exported"), "{}", String::from_utf8_lossy(&third.stdout));
+    h.stop().await;
+}
