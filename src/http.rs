@@ -129,6 +129,22 @@ Nothing is lost; reading resumes by itself once it does.</p>\n"
             )
         })
         .unwrap_or_default();
+    // A failed store operation in the last hour: the work it holds back waits for a later cycle.
+    let now = crate::timefmt::now_nanos();
+    let store_section = board
+        .store_failure()
+        .filter(|f| now - f.at < 3_600 * 1_000_000_000)
+        .map(|f| {
+            format!(
+                "<p><strong>The state store failed</strong> {}s ago: cannot {}: <code>{}</code>. The work it holds back is tried again each cycle \
+(<code>bedrock_flow_exporter_state_store_errors_total</code> counts every failure).</p>\n",
+                (now - f.at) / 1_000_000_000,
+                escape(&f.doing),
+                escape(&f.error)
+            )
+        })
+        .unwrap_or_default();
+    let paused_section = paused_section + &store_section;
     let parked_section = parked_section + &leases_section;
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>bedrock-flow-exporter</title>\

@@ -85,6 +85,8 @@ pub const READ_OPERATIONS: [&str; 4] = ["ListFlowExecutions", "ListFlowExecution
 pub const ERROR_KINDS: [&str; 7] = ["throttled", "access_denied", "not_found", "validation", "server", "timeout", "other"];
 pub const EVENT_TYPES: [&str; 10] =
     ["flow_input", "flow_output", "flow_failure", "node_input", "node_output", "node_failure", "condition_result", "node_action", "node_dependency", "unknown"];
+/// What a failed state store operation was doing (`state_store_errors_total{operation}`).
+pub const STORE_OPERATIONS: [&str; 6] = ["checkpoint", "outbox", "listing", "snapshot", "prune", "coordinate"];
 pub const INVALID_REASONS: [&str; 10] = [
     "unknown_event_kind",
     "unknown_status",
@@ -137,6 +139,7 @@ pub struct Metrics {
     pub flow_configured: Family<Labels, Gauge>,
     pub replicas: Gauge,
     pub state_store_up: Gauge,
+    pub state_store_errors: Family<Labels, Counter>,
     pub checkpoint_rejected: Counter,
     pub checkpoint_bytes: Counter,
     pub spans_cut: Counter,
@@ -269,6 +272,7 @@ impl Metrics {
             flow_configured: Family::default(),
             replicas: Gauge::default(),
             state_store_up: Gauge::default(),
+            state_store_errors: Family::default(),
             checkpoint_rejected: Counter::default(),
             checkpoint_bytes: Counter::default(),
             spans_cut: Counter::default(),
@@ -367,6 +371,11 @@ impl Metrics {
             m.state_store_up.clone(),
         );
         registry.register(
+            "bedrock_flow_exporter_state_store_errors",
+            "State store operations that failed, by what they were doing (checkpoint, outbox, listing, snapshot, prune, coordinate); the work waits for a later cycle.",
+            m.state_store_errors.clone(),
+        );
+        registry.register(
             "bedrock_flow_exporter_checkpoint_rejected",
             "Replicas: checkpoints refused because this replica's lease of the flow was lost or taken over.",
             m.checkpoint_rejected.clone(),
@@ -401,6 +410,9 @@ impl Metrics {
         let events_received_by_type = EVENT_TYPES.iter().map(|t| m.events_received.get_or_create(&vec![("event_type", t.to_string())]).clone()).collect();
         for reason in REFUSAL_REASONS {
             let _ = m.span_export_refused.get_or_create(&vec![("reason", reason.to_string())]);
+        }
+        for operation in STORE_OPERATIONS {
+            let _ = m.state_store_errors.get_or_create(&vec![("operation", operation.to_string())]);
         }
         for r in INVALID_REASONS {
             let _ = m.invalid_events.get_or_create(&vec![("reason", r.to_string())]);

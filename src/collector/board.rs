@@ -18,6 +18,8 @@ struct BoardInner {
     shutting_down: bool,
     /// The shared state store cannot be reached: no work, not ready.
     store_down: bool,
+    /// The last failed state store operation: what it was doing, the error, when.
+    store_failure: Option<StoreFailure>,
     /// Reading paused: the outbox is full (its bytes, its bound).
     reading_paused: Option<(u64, u64)>,
     /// Replicas: which member holds each flow (lease key -> member), and who this one is.
@@ -25,6 +27,14 @@ struct BoardInner {
     member: String,
     flows: Vec<FlowStatus>,
     parked: Vec<ParkedExecution>,
+}
+
+/// A state store operation that failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreFailure {
+    pub doing: String,
+    pub error: String,
+    pub at: i64,
 }
 
 /// An execution whose spans the OTLP endpoint refused for good.
@@ -70,6 +80,15 @@ impl StatusBoard {
 
     pub fn store_down(&self) -> bool {
         self.lock().store_down
+    }
+
+    pub fn set_store_failure(&self, doing: &str, error: &str) {
+        self.lock().store_failure = Some(StoreFailure { doing: doing.into(), error: error.into(), at: now_nanos() });
+    }
+
+    /// The last failed state store operation, if any.
+    pub fn store_failure(&self) -> Option<StoreFailure> {
+        self.lock().store_failure.clone()
     }
 
     /// Reading paused because the outbox is full (its bytes and bound), or `None`.

@@ -71,7 +71,7 @@ impl Collector {
                 let finished = match known {
                     Ok(finished) => Some(finished),
                     Err(e) => {
-                        self.events.emit(StoreFailed { doing: "look up finished executions (new ones are admitted later)", error: &e });
+                        self.events.emit(StoreFailed { operation: "listing", doing: "look up finished executions (new ones are admitted later)", error: &e });
                         None
                     }
                 };
@@ -131,7 +131,7 @@ impl Collector {
         }
         if !changed.is_empty() {
             if let Err(e) = self.store.save_all(changed).await {
-                self.events.emit(StoreFailed { doing: "save the listing", error: &e });
+                self.events.emit(StoreFailed { operation: "listing", doing: "save the listing (it is saved again with the next one)", error: &e });
             }
         }
         Ok(())
@@ -151,13 +151,25 @@ impl Collector {
                 continue;
             }
             let flow_id = self.flows[f].id.clone();
-            let marks = self.store.flow_marks(&flow_id).await.unwrap_or_default();
+            let marks = match self.store.flow_marks(&flow_id).await {
+                Ok(marks) => marks,
+                Err(e) => {
+                    self.events.emit(StoreFailed { operation: "listing", doing: "read the flow's poll marks (the flow is listed in full)", error: &e });
+                    Default::default()
+                }
+            };
             let (last_poll, last_full) = (marks.last_poll, marks.last_full_scan);
             let full = scan == Scan::Full || last_full.is_none_or(|t| now - t >= self.poll.full_scan_secs as i64 * SECOND);
             let scan_now = if full { Scan::Full } else { Scan::Incremental };
             match self.discover(f, now, last_poll, scan_now, admission).await {
                 Ok(()) => {
-                    let _ = self.store.set_flow_marks(&flow_id, now, full.then_some(now)).await;
+                    if let Err(e) = self.store.set_flow_marks(&flow_id, now, full.then_some(now)).await {
+                        self.events.emit(StoreFailed {
+                            operation: "listing",
+                            doing: "save the flow's poll marks (the next listing looks further back)",
+                            error: &e,
+                        });
+                    }
                     self.events.emit(ListingSucceeded { flow_id: &flow_id, at: now });
                 }
                 Err(e) => {

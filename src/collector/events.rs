@@ -312,7 +312,7 @@ impl InternalEvent for LeftReplicas<'_> {
     }
 }
 
-/// The state store can (or cannot) be reached.
+/// The state store can (or cannot) be reached. Down, it counts as a failed `coordinate`.
 pub struct StoreReachable<'a> {
     pub up: bool,
     pub error: Option<&'a dyn std::fmt::Display>,
@@ -321,6 +321,9 @@ pub struct StoreReachable<'a> {
 impl InternalEvent for StoreReachable<'_> {
     fn emit(self, to: &Instruments) {
         let was_down = to.board.store_down();
+        if !self.up {
+            to.metrics.state_store_errors.get_or_create(&vec![("operation", "coordinate".to_string())]).inc();
+        }
         if !self.up && !was_down {
             tracing::error!(error = %self.error.map(|e| e.to_string()).unwrap_or_default(), "the state store cannot be reached: work stops until it returns");
         }
@@ -519,15 +522,20 @@ impl InternalEvent for ExecutionFinished<'_> {
     }
 }
 
-/// The state store failed at something; the work waits for a later cycle.
+/// The state store failed at something; the work waits for a later cycle. Counted by
+/// `operation` (one of `metrics::STORE_OPERATIONS`) and shown on `/` with what it was doing.
 pub struct StoreFailed<'a> {
+    pub operation: &'static str,
     pub doing: &'static str,
     pub error: &'a dyn std::fmt::Display,
 }
 
 impl InternalEvent for StoreFailed<'_> {
-    fn emit(self, _: &Instruments) {
-        tracing::error!(error = %self.error, "state store: cannot {}; retried on a later cycle", self.doing);
+    fn emit(self, to: &Instruments) {
+        let error = self.error.to_string();
+        tracing::error!(error = %error, "state store: cannot {}; retried on a later cycle", self.doing);
+        to.metrics.state_store_errors.get_or_create(&vec![("operation", self.operation.to_string())]).inc();
+        to.board.set_store_failure(self.doing, &error);
     }
 }
 

@@ -129,8 +129,9 @@ impl Collector {
             }
             Err(e) => self.events.emit(StoreReachable { up: false, error: Some(&e) }),
         }
-        if let Ok(parcels) = self.store.outbox().await {
-            self.outbox.merge(parcels.into_iter().filter(|p| flow_ids.iter().any(|f| super::outbox::flow_of(&p.arn) == f)));
+        match self.store.outbox().await {
+            Ok(parcels) => self.outbox.merge(parcels.into_iter().filter(|p| flow_ids.iter().any(|f| super::outbox::flow_of(&p.arn) == f))),
+            Err(e) => self.events.emit(StoreReachable { up: false, error: Some(&e) }),
         }
         self.events.emit(TrackedCounted(self.tracked.len()));
     }

@@ -300,7 +300,9 @@ impl Collector {
     /// Forgets finished executions older than twice the lookback window.
     pub async fn prune(&mut self) {
         let before = now_nanos() - 2 * self.poll.lookback_secs as i64 * SECOND;
-        let _ = self.store.prune(before).await;
+        if let Err(e) = self.store.prune(before).await {
+            self.events.emit(events::StoreFailed { operation: "prune", doing: "forget finished executions older than twice the lookback", error: &e });
+        }
     }
 
     /// The service loop: a cycle every `interval_secs` until `stop`.

@@ -225,7 +225,7 @@ impl Collector {
             let bodies = match self.store.parcels(&group).await {
                 Ok(bodies) => bodies,
                 Err(e) => {
-                    self.events.emit(StoreFailed { doing: "read the outbox", error: &e });
+                    self.events.emit(StoreFailed { operation: "outbox", doing: "read the outbox", error: &e });
                     break;
                 }
             };
@@ -245,7 +245,13 @@ impl Collector {
                     // Kept (never guessed at or dropped); it is offered again after the park time.
                     Err(e) => {
                         tracing::error!(parcel = id, error = %e, "an outbox parcel cannot be read; it stays in the store");
-                        let _ = self.store.postpone(&[id], now + PARK_RETRY.as_nanos() as i64).await;
+                        if let Err(e) = self.store.postpone(&[id], now + PARK_RETRY.as_nanos() as i64).await {
+                            self.events.emit(StoreFailed {
+                                operation: "outbox",
+                                doing: "postpone an unreadable parcel (it is read again next cycle)",
+                                error: &e,
+                            });
+                        }
                         if let Some(p) = self.outbox.entries.get_mut(&id) {
                             p.not_before = now + PARK_RETRY.as_nanos() as i64;
                         }
@@ -269,10 +275,17 @@ impl Collector {
                     }
                     Delivery::Refused { reason, message } => {
                         let at = now + PARK_RETRY.as_nanos() as i64;
-                        if self.store.postpone(&[id], at).await.is_ok() {
-                            if let Some(p) = self.outbox.entries.get_mut(&id) {
-                                p.not_before = at;
+                        match self.store.postpone(&[id], at).await {
+                            Ok(()) => {
+                                if let Some(p) = self.outbox.entries.get_mut(&id) {
+                                    p.not_before = at;
+                                }
                             }
+                            Err(e) => self.events.emit(StoreFailed {
+                                operation: "outbox",
+                                doing: "postpone refused spans (they are offered again next cycle)",
+                                error: &e,
+                            }),
                         }
                         self.park(&owner.flow_id, &owner.arn, reason, message);
                     }
@@ -288,7 +301,9 @@ impl Collector {
                         self.observe_accepted(&accepted, &tallies);
                     }
                     // Sent again later (the same ids): never counted before it leaves the store.
-                    Err(e) => self.events.emit(StoreFailed { doing: "remove delivered spans from the outbox (they are sent again)", error: &e }),
+                    Err(e) => {
+                        self.events.emit(StoreFailed { operation: "outbox", doing: "remove delivered spans from the outbox (they are sent again)", error: &e })
+                    }
                 }
             }
             if let Some(e) = retry_error {

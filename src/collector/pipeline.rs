@@ -197,7 +197,13 @@ impl Collector {
         if let Some(d) = self.snapshots.get(&cache_key) {
             return Ok(d.clone());
         }
-        let stored = self.store.snapshot(&t.flow_id, &key).await.ok().flatten();
+        let stored = match self.store.snapshot(&t.flow_id, &key).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                self.events.emit(StoreFailed { operation: "snapshot", doing: "read the saved flow definition (it is read from the API)", error: &e });
+                None
+            }
+        };
         let text = match stored {
             Some(text) => text,
             None => {
@@ -206,7 +212,13 @@ impl Collector {
                 };
                 match self.flows[f].source.get_snapshot(&t.flow_id, &t.alias, &t.arn).await {
                     Ok((_, definition)) => {
-                        let _ = self.store.put_snapshot(&t.flow_id, &key, &definition).await;
+                        if let Err(e) = self.store.put_snapshot(&t.flow_id, &key, &definition).await {
+                            self.events.emit(StoreFailed {
+                                operation: "snapshot",
+                                doing: "save the flow definition (it is read from the API again after a restart)",
+                                error: &e,
+                            });
+                        }
                         definition
                     }
                     // Without access to the definition, spans still go out with type "unknown".
@@ -400,7 +412,7 @@ impl Collector {
             Err(e) => {
                 // Nothing advanced: the same events are read and folded again next cycle (and
                 // the spans already accepted are sent again, with the same ids).
-                self.events.emit(StoreFailed { doing: "write the checkpoint (the events are read again)", error: &e });
+                self.events.emit(StoreFailed { operation: "checkpoint", doing: "write the checkpoint (the events are read again)", error: &e });
                 return;
             }
         };

@@ -300,3 +300,42 @@ async fn a_second_process_on_one_state_file_stops_at_its_start_and_the_first_goe
     assert!(String::from_utf8_lossy(&third.stdout).contains("run --once: 0 executions exported"), "{}", String::from_utf8_lossy(&third.stdout));
     h.stop().await;
 }
+
+/// The SQLite file locked for writing by another program (a backup, an operator's `sqlite3`
+/// left in a transaction) for longer than the busy timeout: every failed write is counted by
+/// what it was doing and said on `/`, nothing is counted or acknowledged meanwhile, and once the
+/// lock goes the backlog arrives whole, each execution counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_store_that_refuses_writes_is_counted_and_shown_and_nothing_is_lost() {
+    let h = Harness::start(support::history_scenario(20), &ONE_FLOW).await;
+    let path = h.dir.path().join("state.sqlite");
+    drop(bedrock_flow_exporter::state::SqliteStore::open(&path).unwrap()); // the schema, as a first start leaves it
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (service, exporter) = h.serve();
+    let metrics = || support::http_get(exporter, "/metrics", None).1;
+    let errors = |operation: &str| support::sample(&metrics(), "bedrock_flow_exporter_state_store_errors_total", &[("operation", operation)]).unwrap_or(-1.0);
+    assert_eq!(errors("prune"), 0.0, "each operation's series is there from the start");
+    assert!(support::eventually(Duration::from_secs(40), || errors("checkpoint") >= 1.0).await, "the refused checkpoint is counted: {}", h.log());
+    assert!(errors("listing") >= 1.0, "and the refused save of the listing");
+    let text = metrics();
+    assert_eq!(support::sum_samples(&text, "bedrock_flow_executions_total", &[]), 0.0, "nothing is counted before its checkpoint");
+    assert_eq!(support::sample(&text, "bedrock_flow_exporter_state_store_up", &[]), Some(1.0), "one process's file is there, only locked");
+    let page = support::http_get(exporter, "/", None).1;
+    assert!(page.contains("The state store failed") && page.contains("database is locked"), "said on the status page: {page}");
+    assert!(h.log().contains("state store: cannot write the checkpoint"), "and in the log");
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+    let counted = || support::sum_samples(&metrics(), "bedrock_flow_executions_total", &[]);
+    assert!(support::eventually(Duration::from_secs(40), || counted() == 20.0).await, "the backlog is counted once the lock goes: {}", counted());
+    let failed = errors("checkpoint");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(errors("checkpoint"), failed, "no failure after the lock went");
+    assert_eq!(counted(), 20.0, "each execution counted once");
+    let facts: Vec<_> = h.emulator.executions(now_nanos()).into_iter().filter(|f| f.flow_id == "SUPPORTTRI").collect();
+    assert_eq!(facts.len(), 20);
+    let (expected, got) = crate::collector::model_and_received(&facts, &h.otlp.receiver);
+    assert_eq!(got, expected, "every span of the model, with its id and parent");
+    drop(service);
+    h.stop().await;
+}
