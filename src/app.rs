@@ -182,6 +182,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
                 eprintln!("  {line}");
             }
         }
+        // Failed checkpoints hold executions back without the store saying so elsewhere.
+        if let Some(f) = board.store_failure() {
+            eprintln!("{} state store operation(s) failed during the run; the last: cannot {}: {}", f.count, f.doing, f.error);
+        }
         if outcome.complete() {
             EXIT_OK
         } else {

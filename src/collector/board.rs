@@ -18,7 +18,8 @@ struct BoardInner {
     shutting_down: bool,
     /// The shared state store cannot be reached: no work, not ready.
     store_down: bool,
-    /// The last failed state store operation: what it was doing, the error, when.
+    /// The last failed state store operation (what it was doing, the error, when) and how
+    /// many failed since the start.
     store_failure: Option<StoreFailure>,
     /// Reading paused: the outbox is full (its bytes, its bound).
     reading_paused: Option<(u64, u64)>,
@@ -29,12 +30,13 @@ struct BoardInner {
     parked: Vec<ParkedExecution>,
 }
 
-/// A state store operation that failed.
+/// The last state store operation that failed, and the count of failures since the start.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoreFailure {
     pub doing: String,
     pub error: String,
     pub at: i64,
+    pub count: u64,
 }
 
 /// An execution whose spans the OTLP endpoint refused for good.
@@ -83,7 +85,9 @@ impl StatusBoard {
     }
 
     pub fn set_store_failure(&self, doing: &str, error: &str) {
-        self.lock().store_failure = Some(StoreFailure { doing: doing.into(), error: error.into(), at: now_nanos() });
+        let mut b = self.lock();
+        let count = b.store_failure.as_ref().map_or(0, |f| f.count) + 1;
+        b.store_failure = Some(StoreFailure { doing: doing.into(), error: error.into(), at: now_nanos(), count });
     }
 
     /// The last failed state store operation, if any.

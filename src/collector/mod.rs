@@ -291,7 +291,11 @@ impl Collector {
                 break;
             }
             let held: Vec<(String, Work)> = chunk.iter().filter(|(arn, _)| self.tracked.contains_key(arn)).cloned().collect();
-            self.process_chunk(&held).await;
+            // A store that refused a checkpoint would refuse the next: reading on would cost
+            // API calls (and sends) that are made again next cycle anyway.
+            if !self.process_chunk(&held).await {
+                break;
+            }
         }
         self.events.emit(TrackedCounted(self.tracked.len()));
         self.update_running_gauges();

@@ -249,9 +249,11 @@ impl Collector {
         Ok(types)
     }
 
-    pub(super) async fn process_chunk(&mut self, chunk: &[(String, Work)]) {
+    /// Reads, folds and checkpoints one chunk of executions. False when the store refused
+    /// the checkpoint: the cycle reads no further (what it read would be read again anyway).
+    pub(super) async fn process_chunk(&mut self, chunk: &[(String, Work)]) -> bool {
         if self.outbox.is_full() {
-            return;
+            return true;
         }
         let now = now_nanos();
         // Snapshots first, one call per (flow, version), before the concurrent reads.
@@ -328,9 +330,7 @@ impl Collector {
             folded.push(Self::finish_read(f));
         }
         drop(reads);
-        if !folded.is_empty() {
-            self.checkpoint(folded).await;
-        }
+        folded.is_empty() || self.checkpoint(folded).await
     }
 
     /// The end of a read folded page by page: an execution finished with it has its final
@@ -354,7 +354,8 @@ impl Collector {
 
     /// Delivers the spans of the folded executions, then writes every checkpoint in one
     /// transaction, with what the endpoint did not accept put in the outbox. Then counts.
-    async fn checkpoint(&mut self, folded: Vec<Folded>) {
+    /// False when the store failed to write it (a lease lost is not the store's failure).
+    async fn checkpoint(&mut self, folded: Vec<Folded>) -> bool {
         // The spans' bytes and tallies stay where their folds made them (out of the cache by
         // now: copying them into one list would cost a pass); the chunk's lists borrow them,
         // in order. `lens` holds one length a span: execution i's spans are
@@ -407,13 +408,17 @@ impl Collector {
             }
             Err(e @ crate::state::StateError::LeaseLost(_)) => {
                 self.fenced_off(&e);
-                return;
+                return true;
             }
             Err(e) => {
                 // Nothing advanced: the same events are read and folded again next cycle (and
                 // the spans already accepted are sent again, with the same ids).
-                self.events.emit(StoreFailed { operation: "checkpoint", doing: "write the checkpoint (the events are read again)", error: &e });
-                return;
+                self.events.emit(StoreFailed {
+                    operation: "checkpoint",
+                    doing: "write the checkpoint (its events are read again next cycle, and this cycle reads no further)",
+                    error: &e,
+                });
+                return false;
             }
         };
         let mut accepted = Vec::new();
@@ -458,6 +463,7 @@ impl Collector {
         }
         self.outbox_changed();
         self.observe_accepted(&accepted, &tallies);
+        true
     }
 }
 

@@ -302,16 +302,33 @@ async fn a_second_process_on_one_state_file_stops_at_its_start_and_the_first_goe
 }
 
 /// The SQLite file locked for writing by another program (a backup, an operator's `sqlite3`
-/// left in a transaction) for longer than the busy timeout: every failed write is counted by
-/// what it was doing and said on `/`, nothing is counted or acknowledged meanwhile, and once the
-/// lock goes the backlog arrives whole, each execution counted once.
+/// left in a transaction) for longer than the busy timeout: `run --once` exits 75 saying so,
+/// having read no further than the chunk whose checkpoint was refused;
+/// the service counts every failed write by what it was doing and says it on `/`, nothing is
+/// counted or acknowledged meanwhile, and once the lock goes the backlog arrives whole, each
+/// execution counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_store_that_refuses_writes_is_counted_and_shown_and_nothing_is_lost() {
-    let h = Harness::start(support::history_scenario(20), &ONE_FLOW).await;
+    let h = Harness::start(support::history_scenario(100), &ONE_FLOW).await;
     let path = h.dir.path().join("state.sqlite");
     drop(bedrock_flow_exporter::state::SqliteStore::open(&path).unwrap()); // the schema, as a first start leaves it
     let holder = rusqlite::Connection::open(&path).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // `run --once` meanwhile: 75, and the failures said beside the executions they held back.
+    let once = run_binary(once_args(&h, 8)).await;
+    let stderr = String::from_utf8_lossy(&once.stderr);
+    assert_eq!(once.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("100 execution(s) not finished within --wait-secs 8"), "{stderr}");
+    assert!(stderr.contains("state store operation(s) failed during the run; the last: cannot") && stderr.contains("database is locked"), "{stderr}");
+    // The refused checkpoint of the first chunk (16 executions at concurrency 8) ended the
+    // cycle's reading: no more than those executions' pages were read, far from the backlog's.
+    let facts: Vec<_> = h.emulator.executions(now_nanos()).into_iter().filter(|f| f.flow_id == "SUPPORTTRI").collect();
+    assert_eq!(facts.len(), 100);
+    let mut pages: Vec<u64> = facts.iter().map(|f| event_pages(std::slice::from_ref(f))).collect();
+    pages.sort_unstable_by(|a, b| b.cmp(a));
+    let one_chunk: u64 = pages[..16].iter().sum();
+    let read = support::requests(&h.emulator.stats(), "ListFlowExecutionEvents");
+    assert!(read > 0 && read <= one_chunk, "{read} event calls: more than one chunk's pages ({one_chunk}; the backlog has {})", event_pages(&facts));
     let (service, exporter) = h.serve();
     let metrics = || support::http_get(exporter, "/metrics", None).1;
     let errors = |operation: &str| support::sample(&metrics(), "bedrock_flow_exporter_state_store_errors_total", &[("operation", operation)]).unwrap_or(-1.0);
@@ -327,13 +344,11 @@ async fn a_state_store_that_refuses_writes_is_counted_and_shown_and_nothing_is_l
     holder.execute_batch("ROLLBACK").unwrap();
     drop(holder);
     let counted = || support::sum_samples(&metrics(), "bedrock_flow_executions_total", &[]);
-    assert!(support::eventually(Duration::from_secs(40), || counted() == 20.0).await, "the backlog is counted once the lock goes: {}", counted());
+    assert!(support::eventually(Duration::from_secs(40), || counted() == 100.0).await, "the backlog is counted once the lock goes: {}", counted());
     let failed = errors("checkpoint");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(errors("checkpoint"), failed, "no failure after the lock went");
-    assert_eq!(counted(), 20.0, "each execution counted once");
-    let facts: Vec<_> = h.emulator.executions(now_nanos()).into_iter().filter(|f| f.flow_id == "SUPPORTTRI").collect();
-    assert_eq!(facts.len(), 20);
+    assert_eq!(counted(), 100.0, "each execution counted once");
     let (expected, got) = crate::collector::model_and_received(&facts, &h.otlp.receiver);
     assert_eq!(got, expected, "every span of the model, with its id and parent");
     drop(service);
