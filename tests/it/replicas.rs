@@ -279,6 +279,9 @@ async fn losing_the_database_stops_work_and_it_resumes_by_itself() {
     let up = || support::sample(&support::http_get(r.address, "/metrics", None).1, "bedrock_flow_exporter_state_store_up", &[]);
     assert!(support::eventually(Duration::from_secs(20), || up() == Some(0.0)).await, "the metric says the store is down");
     assert_eq!(support::http_get(r.address, "/-/ready", None).0, 503, "not ready without the store");
+    let failed =
+        support::sample(&support::http_get(r.address, "/metrics", None).1, "bedrock_flow_exporter_state_store_errors_total", &[("operation", "coordinate")]);
+    assert!(failed.is_some_and(|n| n >= 1.0), "each failed coordination is counted: {failed:?}");
     assert!(support::http_get(r.address, "/", None).1.contains("cannot be reached"), "the status page says why");
     let roots_while_down = h.otlp.receiver.roots().len();
     tokio::time::sleep(Duration::from_secs(3)).await;
