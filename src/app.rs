@@ -94,6 +94,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
             .map_err(|e| AppError::Usage(format!("config key `traces.endpoint`: {e}")))?,
     );
     let budgets = Budgets::default();
+    // One SDK client per target, shared by its flows: one connection pool, one credentials
+    // cache (one STS session for a role), one load of the config chain and the CA roots.
+    let mut sources: std::collections::HashMap<AwsTarget, FlowSource> = std::collections::HashMap::new();
     let mut flows = Vec::new();
     for flow in &config.flows {
         let target = AwsTarget {
@@ -103,7 +106,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<u8, AppError> {
             endpoint_url: flow.endpoint_url.clone().or_else(|| config.aws.endpoint_url.clone()),
         };
         let budget = budgets.get(&target.budget_key(), config.aws.max_requests_per_second);
-        let source = FlowSource::new(&target, budget.clone(), options.static_credentials.as_ref(), metrics.clone()).await;
+        let source = match sources.get(&target) {
+            Some(source) => source.clone(),
+            None => {
+                let source = FlowSource::new(&target, budget.clone(), options.static_credentials.as_ref(), metrics.clone()).await;
+                sources.insert(target.clone(), source.clone());
+                source
+            }
+        };
         let id = bare_flow_id(&flow.id).unwrap_or_else(|| flow.id.clone());
         let account = flow.id.split(':').nth(4).or_else(|| target.role_arn.as_deref().and_then(|r| r.split(':').nth(4))).unwrap_or("").to_string();
         let lease_key = format!("{}/{account}/{id}", target.region.as_deref().unwrap_or(""));

@@ -618,3 +618,21 @@ async fn the_collector_does_the_same_work_on_the_memory_store() {
     otlp.stop();
     emulator.stop().await;
 }
+
+/// The flows of one target (region, profile, role, endpoint) share one SDK client: one pool
+/// of connections to the API. Three flows read one request at a time (`concurrency = 1`) come
+/// on fewer connections than there are flows; a client per flow opened one each at least.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flows_of_one_target_share_one_client_and_its_connections() {
+    let flows = [("SUPPORTTRI", "support-triage"), ("DOCBATCH01", "doc-batch"), ("REFINELOOP", "refine-loop")];
+    let mut h = support::Harness::start(support::history_scenario(3), &flows).await;
+    h.config.concurrency = 1;
+    let output = run_binary(vec!["run".into(), "--once".into(), "--config".into(), h.config_path()]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("run --once: 9 executions exported"), "{}", String::from_utf8_lossy(&output.stdout));
+    let stats = h.emulator.stats();
+    let connections = stats["connections"].as_u64().unwrap();
+    assert!(stats["total_requests"].as_u64().unwrap() >= 30, "many requests: {stats}");
+    assert!((1..flows.len() as u64).contains(&connections), "{connections} connections for {} flows of one target", flows.len());
+    h.stop().await;
+}

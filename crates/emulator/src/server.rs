@@ -353,6 +353,9 @@ async fn handle(world: Arc<Mutex<World>>, rng: Arc<Mutex<Rng>>, request: Request
     if path == "/_emulator/healthy" {
         return httpserve::respond(200, "text/plain", "ok\n");
     }
+    if let Some(httpserve::Peer(peer)) = request.extensions().get::<httpserve::Peer>() {
+        lock(&world).stats.connections.insert(*peer);
+    }
     // Who signed the request: the access key id and region of the SigV4 credential scope.
     if let Some(scope) = request
         .headers()

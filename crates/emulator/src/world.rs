@@ -100,6 +100,8 @@ pub struct Stats {
     /// Arrival times of the requests of the last second, and the most seen in any one second.
     pub recent: std::collections::VecDeque<std::time::Instant>,
     pub busiest_second: u64,
+    /// The client ends of the connections API requests came on (one per TCP connection).
+    pub connections: std::collections::HashSet<std::net::SocketAddr>,
 }
 
 pub struct World {
@@ -336,6 +338,7 @@ impl World {
             "signers": self.stats.signers,
             "total_requests": self.stats.requests.values().sum::<u64>(),
             "busiest_second": self.stats.busiest_second,
+            "connections": self.stats.connections.len(),
             "flows": self.flows_json(),
             "executions": self.executions.len(),
         })

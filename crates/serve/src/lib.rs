@@ -15,6 +15,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub type HttpResponse = Response<Full<Bytes>>;
+
+/// The client's address of the connection a request came on, in the request's extensions
+/// (the emulator counts its clients' connections by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Peer(pub std::net::SocketAddr);
 pub type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = HttpResponse> + Send>> + Send + Sync>;
 
 /// Serves `handler` on `listener` until `stop` turns true, then waits up to `grace` for open
@@ -24,8 +29,8 @@ pub async fn serve(listener: TcpListener, handler: Handler, mut stop: watch::Rec
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // A connection that failed before it was accepted concerns that client
                         // only; anything else (EMFILE, ENFILE, ENOMEM) does not go away by
@@ -42,7 +47,8 @@ pub async fn serve(listener: TcpListener, handler: Handler, mut stop: watch::Rec
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |request| {
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(Peer(peer));
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(request).await) }
                 });
