@@ -16,6 +16,41 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use crate::config::{Compression, Protocol, TracesConfig};
 use crate::span::{AttrValue, SpanRecord};
 
+/// What an endpoint that accepted a request said it dropped of it (OTLP's partial success:
+/// a count and a message, not which spans). OTLP forbids retrying such a request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartialSuccess {
+    pub rejected_spans: u64,
+    pub message: String,
+}
+
+impl PartialSuccess {
+    /// From the response's `partial_success`, when it says anything: spans rejected, or a
+    /// warning in its message alone.
+    fn of(response: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse) -> Option<PartialSuccess> {
+        let p = response.partial_success.as_ref()?;
+        (p.rejected_spans > 0 || !p.error_message.is_empty())
+            .then(|| PartialSuccess { rejected_spans: p.rejected_spans.max(0) as u64, message: crate::convert::truncate(&p.error_message, 512) })
+    }
+
+    /// From an OTLP/HTTP response body: protobuf, or JSON when the endpoint answers in it.
+    fn of_http(body: &[u8], json: bool) -> Option<PartialSuccess> {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+        if body.is_empty() {
+            return None;
+        }
+        if json {
+            let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+            let p = value.get("partialSuccess")?;
+            // proto3 JSON writes int64 as a string; some write a number.
+            let rejected = p.get("rejectedSpans").and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))).unwrap_or(0);
+            let message = p.get("errorMessage").and_then(|v| v.as_str()).unwrap_or("");
+            return (rejected > 0 || !message.is_empty()).then(|| PartialSuccess { rejected_spans: rejected, message: crate::convert::truncate(message, 512) });
+        }
+        PartialSuccess::of(&<ExportTraceServiceResponse as prost::Message>::decode(body).ok()?)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot build the OTLP exporter for {endpoint}: {message}")]
@@ -325,9 +360,10 @@ impl Exporter {
     /// `lens`, its `span_len`) as one OTLP request; the caller keeps it within the batch
     /// bounds. The spans' bytes are copied once, into the buffer the transport sends. A
     /// failure worth retrying is retried once after `RETRY_DELAY` when the timeout leaves room.
-    pub async fn export(&self, spans: &[bytes::Bytes], lens: &[usize]) -> Result<(), ExportError> {
+    /// Accepted, it returns what the endpoint said it dropped of the request, if anything.
+    pub async fn export(&self, spans: &[bytes::Bytes], lens: &[usize]) -> Result<Option<PartialSuccess>, ExportError> {
         let Some(transport) = &self.transport else {
-            return Ok(());
+            return Ok(None);
         };
         let body = encode::Parts::new(&self.envelope, spans, lens);
         let started = std::time::Instant::now();
@@ -342,14 +378,14 @@ impl Exporter {
 }
 
 /// One request, its failure classified.
-async fn send(transport: &Transport, body: encode::Parts) -> Result<(), ExportError> {
+async fn send(transport: &Transport, body: encode::Parts) -> Result<Option<PartialSuccess>, ExportError> {
     match transport {
         Transport::Grpc { client, metadata } => {
             let mut client = client.clone();
             let mut request = tonic::Request::new(body);
             *request.metadata_mut() = metadata.clone();
             let result = match client.ready().await {
-                Ok(()) => client.unary(request, http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH), RawCodec).await.map(|_| ()),
+                Ok(()) => client.unary(request, http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH), RawCodec).await.map(tonic::Response::into_inner),
                 Err(e) => Err(tonic::Status::unavailable(format!("the channel is not ready: {}", error_chain(&e)))),
             };
             result.map_err(|status| {
@@ -382,9 +418,10 @@ async fn send(transport: &Transport, body: encode::Parts) -> Result<(), ExportEr
             };
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
-                    // Read the body so that the connection is kept for the next request.
-                    let _ = response.bytes().await;
-                    Ok(())
+                    // Read the body (the connection is kept for the next request) for a partial
+                    // success.
+                    let json = response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.contains("json"));
+                    Ok(response.bytes().await.ok().and_then(|body| PartialSuccess::of_http(&body, json)))
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -397,8 +434,8 @@ async fn send(transport: &Transport, body: encode::Parts) -> Result<(), ExportEr
 }
 
 /// The gRPC codec of `TraceService/Export` for a request already encoded (in its parts, which
-/// the encoder copies into tonic's buffer); the response (an optional partial success, which
-/// OTLP says not to retry) is read and left.
+/// the encoder copies into tonic's buffer); the response is read for a partial success (which
+/// OTLP says not to retry).
 struct RawCodec;
 
 struct RawEncoder;
@@ -407,7 +444,7 @@ struct RawDecoder;
 
 impl tonic::codec::Codec for RawCodec {
     type Encode = encode::Parts;
-    type Decode = ();
+    type Decode = Option<PartialSuccess>;
     type Encoder = RawEncoder;
     type Decoder = RawDecoder;
 
@@ -432,13 +469,21 @@ impl tonic::codec::Encoder for RawEncoder {
 }
 
 impl tonic::codec::Decoder for RawDecoder {
-    type Item = ();
+    type Item = Option<PartialSuccess>;
     type Error = tonic::Status;
 
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Option<PartialSuccess>>, tonic::Status> {
         use bytes::Buf as _;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+        // Usually empty (no partial success): nothing to decode. A response that is not one
+        // does not make the accepted request a failure.
+        let partial = if src.has_remaining() {
+            <ExportTraceServiceResponse as prost::Message>::decode(&mut *src).ok().and_then(|r| PartialSuccess::of(&r))
+        } else {
+            None
+        };
         src.advance(src.remaining());
-        Ok(Some(()))
+        Ok(Some(partial))
     }
 }
 
@@ -753,6 +798,30 @@ mod tests {
         assert!(reasons.iter().all(|r| crate::metrics::REFUSAL_REASONS.contains(r)), "bounded label values: {reasons:?}");
         assert!(matches!(failure(None, "timed out".into()), ExportError::Retryable(m) if m == "timed out"));
         assert!(matches!(failure(Some("too_large"), "m".into()), ExportError::Permanent { reason: "too_large", .. }));
+    }
+
+    #[test]
+    fn partial_success_is_read_from_protobuf_and_from_json() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+        use prost::Message as _;
+        let response = |rejected_spans, error_message: &str| {
+            ExportTraceServiceResponse { partial_success: Some(ExportTracePartialSuccess { rejected_spans, error_message: error_message.into() }) }
+                .encode_to_vec()
+        };
+        let dropped = Some(PartialSuccess { rejected_spans: 3, message: "over the limit".into() });
+        assert_eq!(PartialSuccess::of_http(&response(3, "over the limit"), false), dropped);
+        // A message alone is a warning, said too; an empty partial success says nothing.
+        assert_eq!(PartialSuccess::of_http(&response(0, "slow down"), false), Some(PartialSuccess { rejected_spans: 0, message: "slow down".into() }));
+        assert_eq!(PartialSuccess::of_http(&response(0, ""), false), None);
+        assert_eq!(PartialSuccess::of_http(&ExportTraceServiceResponse { partial_success: None }.encode_to_vec(), false), None);
+        assert_eq!(PartialSuccess::of_http(b"", false), None);
+        // proto3 JSON: int64 as a string, or as a number.
+        assert_eq!(PartialSuccess::of_http(br#"{"partialSuccess":{"rejectedSpans":"3","errorMessage":"over the limit"}}"#, true), dropped);
+        assert_eq!(PartialSuccess::of_http(br#"{"partialSuccess":{"rejectedSpans":3,"errorMessage":"over the limit"}}"#, true), dropped);
+        assert_eq!(PartialSuccess::of_http(br#"{}"#, true), None);
+        // Not a response at all: the request was accepted, nothing more is known.
+        assert_eq!(PartialSuccess::of_http(b"\xff\xff not protobuf", false), None);
+        assert_eq!(PartialSuccess::of_http(b"<html>ok</html>", true), None);
     }
 
     #[test]

@@ -144,7 +144,19 @@ Nothing is lost; reading resumes by itself once it does.</p>\n"
             )
         })
         .unwrap_or_default();
-    let paused_section = paused_section + &store_section;
+    let rejection_section = board
+        .rejection()
+        .filter(|(_, _, at)| now - at < 3_600 * 1_000_000_000)
+        .map(|(total, message, at)| {
+            format!(
+                "<p><strong>The OTLP endpoint dropped spans</strong> it accepted: {total} since the start, the last {}s ago: <code>{}</code> \
+(OTLP partial success; not sent again, counted in <code>bedrock_flow_exporter_spans_rejected_total</code>).</p>\n",
+                (now - at) / 1_000_000_000,
+                escape(&message)
+            )
+        })
+        .unwrap_or_default();
+    let paused_section = paused_section + &store_section + &rejection_section;
     let parked_section = parked_section + &leases_section;
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>bedrock-flow-exporter</title>\

@@ -143,6 +143,7 @@ pub struct Metrics {
     pub checkpoint_rejected: Counter,
     pub checkpoint_bytes: Counter,
     pub spans_cut: Counter,
+    pub spans_rejected: Counter,
     pub event_lag: BatchHistogram,
     pub node_labels: bool,
     /// The label sets of the per-flow series, by flow id: what a replica removes when it loses
@@ -276,6 +277,7 @@ impl Metrics {
             checkpoint_rejected: Counter::default(),
             checkpoint_bytes: Counter::default(),
             spans_cut: Counter::default(),
+            spans_rejected: Counter::default(),
             event_lag: BatchHistogram::new(LAG_BUCKETS),
             node_labels,
             flow_series: Default::default(),
@@ -389,6 +391,11 @@ impl Metrics {
             "bedrock_flow_exporter_spans_cut",
             "Spans larger than traces.max_batch_bytes, cut down to fit (captured content first).",
             m.spans_cut.clone(),
+        );
+        registry.register(
+            "bedrock_flow_exporter_spans_rejected",
+            "Spans the OTLP endpoint said it dropped of requests it accepted (OTLP partial success); not sent again.",
+            m.spans_rejected.clone(),
         );
         registry.register("bedrock_flow_exporter_event_lag_seconds", "Processing time minus event time.", m.event_lag.clone());
         registry.register_collector(Box::new(ProcessCollector));

@@ -21,6 +21,9 @@ struct BoardInner {
     /// The last failed state store operation (what it was doing, the error, when) and how
     /// many failed since the start.
     store_failure: Option<StoreFailure>,
+    /// Spans the endpoint dropped of accepted requests (OTLP partial success): the total, the
+    /// last message, when.
+    rejection: Option<(u64, String, i64)>,
     /// Reading paused: the outbox is full (its bytes, its bound).
     reading_paused: Option<(u64, u64)>,
     /// Replicas: which member holds each flow (lease key -> member), and who this one is.
@@ -93,6 +96,17 @@ impl StatusBoard {
     /// The last failed state store operation, if any.
     pub fn store_failure(&self) -> Option<StoreFailure> {
         self.lock().store_failure.clone()
+    }
+
+    pub fn set_rejection(&self, rejected: u64, message: &str) {
+        let mut b = self.lock();
+        let total = b.rejection.as_ref().map_or(0, |r| r.0) + rejected;
+        b.rejection = Some((total, message.to_string(), now_nanos()));
+    }
+
+    /// Spans the endpoint dropped of accepted requests: (the total, the last message, when).
+    pub fn rejection(&self) -> Option<(u64, String, i64)> {
+        self.lock().rejection.clone()
     }
 
     /// Reading paused because the outbox is full (its bytes and bound), or `None`.

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::events::{ExecutionParked, ExecutionUnparked, ExportBackedOff, ExportRequestFailed, Instruments, SpanCut};
+use super::events::{ExecutionParked, ExecutionUnparked, ExportBackedOff, ExportRequestFailed, Instruments, SpanCut, SpansRejected};
 use super::Collector;
 use crate::export::ExportError;
 use crate::span::{SpanRecord, SpanTally};
@@ -159,11 +159,17 @@ impl Collector {
             let lens = &lens[first..bounds[group.end]];
             let mut failure = None;
             for batch in crate::export::pack(lens, max_spans, max_bytes, overhead) {
-                if let Err(e) = self.exporter.export(&spans[first + batch.start..first + batch.end], &lens[batch.clone()]).await {
-                    self.events.emit(ExportRequestFailed);
-                    self.export_failures_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    failure = Some(e);
-                    break;
+                match self.exporter.export(&spans[first + batch.start..first + batch.end], &lens[batch.clone()]).await {
+                    Ok(None) => {}
+                    // Accepted, less what the endpoint says it dropped: not sent again (OTLP
+                    // forbids it), counted and said.
+                    Ok(Some(partial)) => self.events.emit(SpansRejected { partial: &partial, sent: batch.len() }),
+                    Err(e) => {
+                        self.events.emit(ExportRequestFailed);
+                        self.export_failures_here.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        failure = Some(e);
+                        break;
+                    }
                 }
             }
             match failure {

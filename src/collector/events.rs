@@ -23,11 +23,13 @@ pub struct Instruments {
     on_finished: Option<FinishedHook>,
     /// Problems already logged, by reason (each kind is logged once).
     logged_problems: Mutex<HashSet<&'static str>>,
+    /// When a partial success was last logged, and the spans dropped since.
+    rejections_logged: Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 impl Instruments {
     pub fn new(metrics: Arc<Metrics>, board: Arc<StatusBoard>, on_finished: Option<FinishedHook>) -> Instruments {
-        Instruments { metrics, board, on_finished, logged_problems: Mutex::new(HashSet::new()) }
+        Instruments { metrics, board, on_finished, logged_problems: Mutex::new(HashSet::new()), rejections_logged: Mutex::new((None, 0)) }
     }
 
     pub fn emit(&self, event: impl InternalEvent) {
@@ -192,6 +194,34 @@ impl InternalEvent for SpanCut<'_> {
     fn emit(self, to: &Instruments) {
         to.metrics.spans_cut.inc();
         tracing::warn!(span = %self.span.name, trace_id = %hex(&self.span.trace_id), max_bytes = self.max_bytes, "span larger than traces.max_batch_bytes; its content was cut to fit");
+    }
+}
+
+/// The endpoint accepted a request but said it dropped some of its spans (OTLP partial
+/// success), or warned. Counted in `spans_rejected_total`;
+/// logged at most once a minute, with the spans dropped since, and shown on `/`.
+pub struct SpansRejected<'a> {
+    pub partial: &'a crate::export::PartialSuccess,
+    /// The spans of the request.
+    pub sent: usize,
+}
+
+impl InternalEvent for SpansRejected<'_> {
+    fn emit(self, to: &Instruments) {
+        let rejected = self.partial.rejected_spans;
+        to.metrics.spans_rejected.inc_by(rejected);
+        to.board.set_rejection(rejected, &self.partial.message);
+        let mut last = to.rejections_logged.lock().unwrap_or_else(|p| p.into_inner());
+        last.1 += rejected;
+        if last.0.is_none_or(|at: std::time::Instant| at.elapsed() >= std::time::Duration::from_secs(60)) {
+            tracing::warn!(
+                rejected_spans = last.1,
+                spans_in_request = self.sent,
+                message = %self.partial.message,
+                "the OTLP endpoint accepted spans but dropped some (partial success; not sent again, as OTLP requires); logged at most once a minute"
+            );
+            *last = (Some(std::time::Instant::now()), 0);
+        }
     }
 }
 

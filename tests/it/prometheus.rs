@@ -220,7 +220,7 @@ async fn real_prometheus_scrapes_and_every_dashboard_query_returns_data() {
     // The alert rules load.
     let (_, rules) = support::http_get(prometheus, "/api/v1/rules", None);
     let rules: Value = serde_json::from_str(&rules).unwrap();
-    assert_eq!(rules["data"]["groups"][0]["rules"].as_array().unwrap().len(), 10);
+    assert_eq!(rules["data"]["groups"][0]["rules"].as_array().unwrap().len(), 11);
 
     // The landing page and the health endpoints.
     let (status, page) = support::http_get(exporter, "/", None);
@@ -236,7 +236,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
     let check = std::process::Command::new("promtool").args(["check", "rules", "bedrock-flows-alerts.yml"]).current_dir(&dir).output().expect("promtool");
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
-    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 10 rules found"));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 11 rules found"));
     let test = std::process::Command::new("promtool").args(["test", "rules", "bedrock-flows-alerts.test.yml"]).current_dir(&dir).output().unwrap();
     assert!(test.status.success(), "promtool test rules: {}{}", String::from_utf8_lossy(&test.stdout), String::from_utf8_lossy(&test.stderr));
     // Every alert has a unit test that shows it firing.
@@ -252,6 +252,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         "BedrockFlowExporterOutboxFilling",
         "BedrockFlowExporterStateStoreDown",
         "BedrockFlowExporterStateStoreFailing",
+        "BedrockFlowExporterSpansLost",
     ] {
         assert!(tests.contains(&format!("alertname: {alert}")), "{alert} has a test");
     }

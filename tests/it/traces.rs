@@ -299,3 +299,42 @@ async fn ready_after_the_first_poll_not_after_the_backlog() {
     assert!(support::eventually(Duration::from_secs(30), || h.otlp.receiver.roots().len() == 40).await);
     h.stop().await;
 }
+
+/// A backend that accepts each request but drops a span of it (OTLP's partial success, as
+/// one over its limits answers), over gRPC and over HTTP: the spans it dropped are counted in
+/// `spans_rejected_total` and said on `/` and in the log, the requests are not sent again (OTLP
+/// forbids it), and the executions are counted as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_an_endpoint_drops_of_an_accepted_request_are_counted_and_not_sent_again() {
+    for protocol in ["grpc", "http/protobuf"] {
+        let mut h = Harness::start(finished_scenario(4), &FLOWS).await;
+        if protocol != "grpc" {
+            h.config.protocol = "http/protobuf";
+            h.config.otlp = format!("http://{}", h.otlp.http);
+        }
+        h.otlp.receiver.drop_last_span.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (child, exporter) = h.serve();
+        let metrics = || support::http_get(exporter, "/metrics", None).1;
+        let counted = || support::sum_samples(&metrics(), "bedrock_flow_executions_total", &[]);
+        assert!(support::eventually(Duration::from_secs(30), || counted() == 12.0).await, "{protocol}: every execution counted: {}", counted());
+        let requests = h.otlp.receiver.requests.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(h.otlp.receiver.requests.load(std::sync::atomic::Ordering::SeqCst), requests, "{protocol}: nothing sent again");
+        let dropped = h.otlp.receiver.dropped.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(dropped >= 1 && dropped == requests, "{protocol}: one span dropped a request: {dropped} of {requests} requests");
+        let text = metrics();
+        assert_eq!(support::sample(&text, "bedrock_flow_exporter_spans_rejected_total", &[]), Some(dropped as f64), "{protocol}: each dropped span counted");
+        assert_eq!(support::sample(&text, "bedrock_flow_exporter_span_export_errors_total", &[]), Some(0.0), "{protocol}: no request failed");
+        let page = support::http_get(exporter, "/", None).1;
+        assert!(
+            page.contains("The OTLP endpoint dropped spans") && page.contains("dropped 1 span(s) for the test"),
+            "{protocol}: said on the status page: {page}"
+        );
+        assert!(h.log().contains("partial success"), "{protocol}: and in the log");
+        let received = h.otlp.receiver.spans().len();
+        let exported = support::sample(&text, "bedrock_flow_exporter_spans_exported_total", &[]).unwrap();
+        assert_eq!(received + dropped, exported as usize, "{protocol}: what arrived and what was dropped make what was sent");
+        drop(child);
+        h.stop().await;
+    }
+}

@@ -43,4 +43,4 @@ def test_the_kubernetes_manifests_validate(tmp_path):
 def test_the_prometheus_example_checks():
     run = subprocess.run(["promtool", "check", "config", str(DEPLOY / "prometheus.yml")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "10 rules found" in run.stdout
+    assert "11 rules found" in run.stdout

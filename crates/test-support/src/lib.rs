@@ -78,12 +78,19 @@ pub struct Receiver {
     pub request_bytes: Arc<Mutex<Vec<usize>>>,
     /// The client certificate (DER) each request came with over TLS, or None.
     pub client_certificates: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
+    /// While set, every request is accepted less its last span, which is dropped and said so
+    /// in the response's partial success (as a backend over its limits does).
+    pub drop_last_span: Arc<AtomicBool>,
+    /// The spans dropped that way.
+    pub dropped: Arc<AtomicUsize>,
 }
 
 /// What the receiver answers to one request.
 #[derive(PartialEq)]
 enum Answer {
     Accepted,
+    /// Accepted less this many spans: OK / 200 with a partial success.
+    Partial(i64),
     /// Retryable: UNAVAILABLE / 503.
     Refused,
     /// For good: INVALID_ARGUMENT / 400.
@@ -108,6 +115,14 @@ impl Receiver {
         let rejected = self.reject_traces.lock().unwrap().clone();
         if request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).any(|s| rejected.contains(&hex(&s.trace_id))) {
             return Answer::Rejected;
+        }
+        let mut request = request;
+        let mut dropped = 0;
+        if self.drop_last_span.load(Ordering::SeqCst) {
+            if let Some(spans) = request.resource_spans.last_mut().and_then(|r| r.scope_spans.last_mut()).map(|s| &mut s.spans) {
+                dropped = i64::from(spans.pop().is_some());
+                self.dropped.fetch_add(dropped as usize, Ordering::SeqCst);
+            }
         }
         let mut out = self.spans.lock().unwrap();
         for rs in request.resource_spans {
@@ -137,7 +152,11 @@ impl Receiver {
                 }
             }
         }
-        Answer::Accepted
+        if dropped > 0 {
+            Answer::Partial(dropped)
+        } else {
+            Answer::Accepted
+        }
     }
 
     pub fn spans(&self) -> Vec<Received> {
@@ -165,9 +184,20 @@ impl TraceService for Receiver {
         self.held().await;
         match self.accept(request.into_inner()) {
             Answer::Accepted => Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None })),
+            Answer::Partial(n) => Ok(tonic::Response::new(partial(n))),
             Answer::Refused => Err(tonic::Status::unavailable("receiver refuses for the test")),
             Answer::Rejected => Err(tonic::Status::invalid_argument("receiver rejects this trace for the test")),
         }
+    }
+}
+
+/// A response saying `n` spans were dropped.
+fn partial(n: i64) -> ExportTraceServiceResponse {
+    ExportTraceServiceResponse {
+        partial_success: Some(opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+            rejected_spans: n,
+            error_message: format!("dropped {n} span(s) for the test"),
+        }),
     }
 }
 
@@ -206,6 +236,7 @@ fn http_handler(receiver: Receiver, peer: Option<Option<Vec<u8>>>) -> bedrock_fl
                 Ok(Answer::Accepted) => {
                     bedrock_flow_serve::respond(200, "application/x-protobuf", ExportTraceServiceResponse { partial_success: None }.encode_to_vec())
                 }
+                Ok(Answer::Partial(n)) => bedrock_flow_serve::respond(200, "application/x-protobuf", partial(n).encode_to_vec()),
                 Ok(Answer::Refused) => bedrock_flow_serve::respond(503, "text/plain", "refusing"),
                 Ok(Answer::Rejected) => bedrock_flow_serve::respond(400, "text/plain", "rejected for the test"),
                 Err(_) => bedrock_flow_serve::respond(400, "text/plain", "bad protobuf"),
