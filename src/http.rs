@@ -50,6 +50,13 @@ fn handle(metrics: &Metrics, board: &StatusBoard, request: Request<Incoming>) ->
     }
 }
 
+const HOUR_NANOS: i64 = 3_600_000_000_000;
+
+/// Whole seconds since `at`, if that was within the last hour (what `/` still mentions).
+fn secs_within_the_hour(now: i64, at: i64) -> Option<i64> {
+    (now - at < HOUR_NANOS).then_some((now - at) / 1_000_000_000)
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -60,7 +67,7 @@ fn landing_page(board: &StatusBoard) -> String {
     for flow in board.flows() {
         let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
         for (end, status) in &flow.recent {
-            if *end >= now - 3_600_000_000_000 {
+            if *end >= now - HOUR_NANOS {
                 *by_status.entry(status).or_default() += 1;
             }
         }
@@ -130,33 +137,33 @@ Nothing is lost; reading resumes by itself once it does.</p>\n"
         })
         .unwrap_or_default();
     // A failed store operation in the last hour: the work it holds back waits for a later cycle.
-    let now = crate::timefmt::now_nanos();
     let store_section = board
         .store_failure()
-        .filter(|f| now - f.at < 3_600 * 1_000_000_000)
-        .map(|f| {
+        .and_then(|f| Some((secs_within_the_hour(now, f.at)?, f)))
+        .map(|(ago, f)| {
             format!(
                 "<p><strong>The state store failed</strong> {}s ago: cannot {}: <code>{}</code>. The work it holds back is tried again each cycle \
 (<code>bedrock_flow_exporter_state_store_errors_total</code> counts every failure).</p>\n",
-                (now - f.at) / 1_000_000_000,
+                ago,
                 escape(&f.doing),
                 escape(&f.error)
             )
         })
         .unwrap_or_default();
-    let rejection_section = board
-        .rejection()
-        .filter(|(_, _, at)| now - at < 3_600 * 1_000_000_000)
-        .map(|(total, message, at)| {
+    let dropped_section = board
+        .dropped_spans()
+        .and_then(|d| Some((secs_within_the_hour(now, d.at)?, d)))
+        .map(|(ago, d)| {
             format!(
-                "<p><strong>The OTLP endpoint dropped spans</strong> it accepted: {total} since the start, the last {}s ago: <code>{}</code> \
+                "<p><strong>The OTLP endpoint dropped spans</strong> it accepted: {} since the start, the last {}s ago: <code>{}</code> \
 (OTLP partial success; not sent again, counted in <code>bedrock_flow_exporter_spans_rejected_total</code>).</p>\n",
-                (now - at) / 1_000_000_000,
-                escape(&message)
+                d.total,
+                ago,
+                escape(&d.message)
             )
         })
         .unwrap_or_default();
-    let paused_section = paused_section + &store_section + &rejection_section;
+    let paused_section = paused_section + &store_section + &dropped_section;
     let parked_section = parked_section + &leases_section;
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>bedrock-flow-exporter</title>\

@@ -21,9 +21,8 @@ struct BoardInner {
     /// The last failed state store operation (what it was doing, the error, when) and how
     /// many failed since the start.
     store_failure: Option<StoreFailure>,
-    /// Spans the endpoint dropped of accepted requests (OTLP partial success): the total, the
-    /// last message, when.
-    rejection: Option<(u64, String, i64)>,
+    /// Spans the endpoint dropped of accepted requests (OTLP partial success).
+    dropped_spans: Option<DroppedSpans>,
     /// Reading paused: the outbox is full (its bytes, its bound).
     reading_paused: Option<(u64, u64)>,
     /// Replicas: which member holds each flow (lease key -> member), and who this one is.
@@ -40,6 +39,15 @@ pub struct StoreFailure {
     pub error: String,
     pub at: i64,
     pub count: u64,
+}
+
+/// Spans the OTLP endpoint dropped of requests it accepted: the total since the start, its
+/// last message and when it came.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DroppedSpans {
+    pub total: u64,
+    pub message: String,
+    pub at: i64,
 }
 
 /// An execution whose spans the OTLP endpoint refused for good.
@@ -98,15 +106,15 @@ impl StatusBoard {
         self.lock().store_failure.clone()
     }
 
-    pub fn set_rejection(&self, rejected: u64, message: &str) {
+    pub fn add_dropped_spans(&self, dropped: u64, message: &str) {
         let mut b = self.lock();
-        let total = b.rejection.as_ref().map_or(0, |r| r.0) + rejected;
-        b.rejection = Some((total, message.to_string(), now_nanos()));
+        let total = b.dropped_spans.as_ref().map_or(0, |d| d.total) + dropped;
+        b.dropped_spans = Some(DroppedSpans { total, message: message.to_string(), at: now_nanos() });
     }
 
-    /// Spans the endpoint dropped of accepted requests: (the total, the last message, when).
-    pub fn rejection(&self) -> Option<(u64, String, i64)> {
-        self.lock().rejection.clone()
+    /// Spans the endpoint dropped of accepted requests, if any.
+    pub fn dropped_spans(&self) -> Option<DroppedSpans> {
+        self.lock().dropped_spans.clone()
     }
 
     /// Reading paused because the outbox is full (its bytes and bound), or `None`.

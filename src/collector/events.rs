@@ -210,7 +210,7 @@ impl InternalEvent for SpansRejected<'_> {
     fn emit(self, to: &Instruments) {
         let rejected = self.partial.rejected_spans;
         to.metrics.spans_rejected.inc_by(rejected);
-        to.board.set_rejection(rejected, &self.partial.message);
+        to.board.add_dropped_spans(rejected, &self.partial.message);
         let mut last = to.rejections_logged.lock().unwrap_or_else(|p| p.into_inner());
         last.1 += rejected;
         if last.0.is_none_or(|at: std::time::Instant| at.elapsed() >= std::time::Duration::from_secs(60)) {
