@@ -39,12 +39,17 @@ impl Collector {
         self.events.emit(StoreReachable { up: true, error: None });
         self.held = leases.held.clone();
         let now_working: HashSet<String> = self.flows.iter().filter(|f| self.held.contains_key(&f.lease_key)).map(|f| f.id.clone()).collect();
-        let taken: Vec<String> = now_working.difference(&self.working).cloned().collect();
+        let mut now_working = now_working;
+        let mut taken: Vec<String> = now_working.difference(&self.working).cloned().collect();
         let lost: Vec<String> = self.working.difference(&now_working).cloned().collect();
         self.drop_flows(&lost);
         if self.loaded_once {
-            if !taken.is_empty() {
-                self.load_flows(&taken).await;
+            if !taken.is_empty() && !self.load_flows(&taken).await {
+                // Half a load is no state to work from: what came of it goes, and the flows
+                // stay out of the work (their leases held) until a cycle loads them whole.
+                self.drop_flows(&taken);
+                now_working.retain(|f| !taken.contains(f));
+                taken.clear();
             }
         } else {
             // At start everything was loaded: keep only the flows held.
@@ -119,21 +124,34 @@ impl Collector {
         self.events.emit(TrackedCounted(self.tracked.len()));
     }
 
-    /// Loads the shared checkpoints (and outbox) of flows just taken.
-    async fn load_flows(&mut self, flow_ids: &[String]) {
-        match self.store.load_flows(flow_ids).await {
+    /// Loads the shared checkpoints (and outbox) of flows just taken; false when the store
+    /// failed at either (counted as a failed `coordinate`).
+    async fn load_flows(&mut self, flow_ids: &[String]) -> bool {
+        let loaded = match self.store.load_flows(flow_ids).await {
             Ok(saved) => {
                 for s in saved {
                     self.adopt(s);
                 }
+                true
             }
-            Err(e) => self.events.emit(StoreReachable { up: false, error: Some(&e) }),
-        }
-        match self.store.outbox().await {
-            Ok(parcels) => self.outbox.merge(parcels.into_iter().filter(|p| flow_ids.iter().any(|f| super::outbox::flow_of(&p.arn) == f))),
-            Err(e) => self.events.emit(StoreReachable { up: false, error: Some(&e) }),
-        }
+            Err(e) => {
+                self.events.emit(StoreReachable { up: false, error: Some(&e) });
+                false
+            }
+        };
+        let merged = loaded
+            && match self.store.outbox().await {
+                Ok(parcels) => {
+                    self.outbox.merge(parcels.into_iter().filter(|p| flow_ids.iter().any(|f| super::outbox::flow_of(&p.arn) == f)));
+                    true
+                }
+                Err(e) => {
+                    self.events.emit(StoreReachable { up: false, error: Some(&e) });
+                    false
+                }
+            };
         self.events.emit(TrackedCounted(self.tracked.len()));
+        merged
     }
 
     /// Gives back every lease and leaves the members (shutdown, the end of `run --once`), so

@@ -636,3 +636,136 @@ async fn the_flows_of_one_target_share_one_client_and_its_connections() {
     assert!((1..flows.len() as u64).contains(&connections), "{connections} connections for {} flows of one target", flows.len());
     h.stop().await;
 }
+
+/// A shared store whose load of a flow just taken fails once: the replica leaves the flow out
+/// of its work (no reading without its checkpoints), takes it again at the next cycle, loads it
+/// whole, and resumes each execution from its checkpointed cursor: every span arrives, each
+/// execution is counted once, and the events read before are not read again from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_whose_load_fails_is_taken_again_and_resumed_from_its_checkpoints() {
+    use bedrock_flow_exporter::collector::{Collector, Flow, StatusBoard};
+    use bedrock_flow_exporter::config::Config;
+    use bedrock_flow_exporter::export::Exporter;
+    use bedrock_flow_exporter::metrics::Metrics;
+    use bedrock_flow_exporter::source::{AwsTarget, FlowSource, RequestBudget, StaticCredentials};
+    use bedrock_flow_exporter::state::{self as state, MemoryStore, StateError};
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A `MemoryStore` that says it is shared, holds no flow at its first coordination and
+    /// every flow after, and fails its first `load_flows`.
+    struct Flaky {
+        inner: Arc<MemoryStore>,
+        coordinations: AtomicUsize,
+        loads: AtomicUsize,
+    }
+    #[async_trait::async_trait]
+    impl state::StateStore for Flaky {
+        async fn load(&self) -> Result<Vec<state::Saved>, StateError> {
+            self.inner.load().await
+        }
+        async fn load_flows(&self, flow_ids: &[String]) -> Result<Vec<state::Saved>, StateError> {
+            if self.loads.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(StateError::Remote("the load fails for the test".into()));
+            }
+            self.inner.load_flows(flow_ids).await
+        }
+        async fn checkpoint(&self, checkpoints: &[state::Checkpoint], parcels: &[state::Parcel]) -> Result<Vec<i64>, StateError> {
+            self.inner.checkpoint(checkpoints, parcels).await
+        }
+        async fn save_all(&self, executions: Vec<bedrock_flow_exporter::collector::lifecycle::Tracked>) -> Result<(), StateError> {
+            self.inner.save_all(executions).await
+        }
+        async fn outbox(&self) -> Result<Vec<state::ParcelInfo>, StateError> {
+            self.inner.outbox().await
+        }
+        async fn parcels(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<u8>)>, StateError> {
+            self.inner.parcels(ids).await
+        }
+        async fn delivered(&self, ids: &[i64]) -> Result<(), StateError> {
+            self.inner.delivered(ids).await
+        }
+        async fn postpone(&self, ids: &[i64], not_before: i64) -> Result<(), StateError> {
+            self.inner.postpone(ids, not_before).await
+        }
+        async fn snapshot(&self, flow_id: &str, key: &str) -> Result<Option<String>, StateError> {
+            self.inner.snapshot(flow_id, key).await
+        }
+        async fn put_snapshot(&self, flow_id: &str, key: &str, definition: &str) -> Result<(), StateError> {
+            self.inner.put_snapshot(flow_id, key, definition).await
+        }
+        async fn flow_marks(&self, flow_id: &str) -> Result<state::FlowMarks, StateError> {
+            self.inner.flow_marks(flow_id).await
+        }
+        async fn set_flow_marks(&self, flow_id: &str, last_poll: i64, last_full_scan: Option<i64>) -> Result<(), StateError> {
+            self.inner.set_flow_marks(flow_id, last_poll, last_full_scan).await
+        }
+        async fn finished_among(&self, arns: &[&str]) -> Result<HashSet<String>, StateError> {
+            self.inner.finished_among(arns).await
+        }
+        async fn prune(&self, before: i64) -> Result<usize, StateError> {
+            self.inner.prune(before).await
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+        async fn coordinate(&self, flows: &[String], _: i64, _: state::Share) -> Result<state::Leases, StateError> {
+            let first = self.coordinations.fetch_add(1, Ordering::SeqCst) == 0;
+            let held = if first { Default::default() } else { flows.iter().map(|f| (f.clone(), 1)).collect() };
+            Ok(state::Leases { held, members: 1, holders: Default::default() })
+        }
+    }
+
+    let emulator = support::emulator(Scenario::growing(100, 100, 12)).await;
+    let otlp = OtlpServer::start().await;
+    let mut config = Config::default();
+    config.traces.endpoint = format!("http://{}", otlp.grpc);
+    config.poll.interval_secs = 1;
+    config.poll.settle_secs = 1;
+    let credentials = StaticCredentials { access_key_id: "AKIDTEST".into(), secret_access_key: "secret".into() };
+    let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(emulator.endpoint()), ..AwsTarget::default() };
+    let collector_on = |store: Arc<dyn state::StateStore>| {
+        let (config, target, credentials) = (config.clone(), target.clone(), credentials.clone());
+        async move {
+            let metrics = Arc::new(Metrics::new(true));
+            let source = FlowSource::new(&target, Arc::new(RequestBudget::per_second(1000.0)), Some(&credentials), metrics.clone()).await;
+            let flow = Flow {
+                id: "DOCBATCH01".into(),
+                name: "doc-batch".into(),
+                aliases: Vec::new(),
+                source,
+                lease_key: "us-east-1//DOCBATCH01".into(),
+                budget: Arc::new(RequestBudget::per_second(1000.0)),
+            };
+            let board = Arc::new(StatusBoard::new(&[("DOCBATCH01".into(), "doc-batch".into())]));
+            let exporter = Arc::new(Exporter::new(&config.traces, Some("us-east-1"), None).unwrap());
+            Collector::new(vec![flow], store, exporter, metrics, board, &config, None).await.unwrap()
+        }
+    };
+    let calls = || support::requests(&emulator.stats(), "ListFlowExecutionEvents");
+    // A first process reads about two thirds of the two running executions and stops.
+    let memory = Arc::new(MemoryStore::default());
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut first = collector_on(memory.clone()).await;
+    let outcome = first.run_once(Duration::from_secs(8), stop.clone()).await;
+    assert_eq!(outcome.unfinished.len(), 2, "{outcome:?}");
+    drop(first);
+    let read_before = calls();
+    // A replica on the same store takes the flow at its second coordination; the load fails.
+    let flaky = Arc::new(Flaky { inner: memory, coordinations: AtomicUsize::new(0), loads: AtomicUsize::new(0) });
+    let mut second = collector_on(flaky.clone()).await;
+    let outcome = second.run_once(Duration::from_secs(60), stop).await;
+    assert!(outcome.complete(), "{outcome:?}");
+    assert_eq!(flaky.loads.load(Ordering::SeqCst), 2, "the failed load is made again at the next cycle");
+    assert!(second.summary().starts_with("2 executions exported"), "{}", second.summary());
+    let facts: Vec<_> = emulator.executions(now_nanos()).into_iter().filter(|f| f.flow_id == "DOCBATCH01").collect();
+    assert_eq!(facts.len(), 2);
+    let (expected, got) = model_and_received(&facts, &otlp.receiver);
+    assert_eq!(got, expected, "every span of the model, with its id and parent");
+    let pages: u64 = facts.iter().map(|f| (f.node_events.len().div_ceil(10) + f.flow_events.len().div_ceil(10)) as u64).sum();
+    let read_after = calls() - read_before;
+    assert!(read_after < pages, "resumed from the checkpointed cursors: {read_after} event calls after the takeover, {pages} pages in all");
+    otlp.stop();
+    emulator.stop().await;
+}
