@@ -574,13 +574,39 @@ async fn executions_whose_events_answer_404_are_finished_with_what_was_read() {
     h.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_collector_does_the_same_work_on_the_memory_store() {
+/// A collector in this process (no config file, no binary) on one flow of the emulator, on
+/// `store`.
+async fn collector_in_process(
+    emulator: &bedrock_flow_emulator::EmulatorHandle,
+    config: &bedrock_flow_exporter::config::Config,
+    (id, name): (&str, &str),
+    store: std::sync::Arc<dyn bedrock_flow_exporter::state::StateStore>,
+) -> bedrock_flow_exporter::collector::Collector {
     use bedrock_flow_exporter::collector::{Collector, Flow, StatusBoard};
-    use bedrock_flow_exporter::config::Config;
     use bedrock_flow_exporter::export::Exporter;
     use bedrock_flow_exporter::metrics::Metrics;
     use bedrock_flow_exporter::source::{AwsTarget, FlowSource, RequestBudget, StaticCredentials};
+    use std::sync::Arc;
+    let metrics = Arc::new(Metrics::new(true));
+    let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(emulator.endpoint()), ..AwsTarget::default() };
+    let credentials = StaticCredentials { access_key_id: "AKIDTEST".into(), secret_access_key: "secret".into() };
+    let source = FlowSource::new(&target, Arc::new(RequestBudget::per_second(1000.0)), Some(&credentials), metrics.clone()).await;
+    let flow = Flow {
+        id: id.into(),
+        name: name.into(),
+        aliases: Vec::new(),
+        source,
+        lease_key: format!("us-east-1//{id}"),
+        budget: Arc::new(RequestBudget::per_second(1000.0)),
+    };
+    let board = Arc::new(StatusBoard::new(&[(id.into(), name.into())]));
+    let exporter = Arc::new(Exporter::new(&config.traces, Some("us-east-1"), None).unwrap());
+    Collector::new(vec![flow], store, exporter, metrics, board, config, None).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_does_the_same_work_on_the_memory_store() {
+    use bedrock_flow_exporter::config::Config;
     use bedrock_flow_exporter::state::{MemoryStore, StateStore};
     use std::sync::Arc;
 
@@ -589,22 +615,8 @@ async fn the_collector_does_the_same_work_on_the_memory_store() {
     let mut config = Config::default();
     config.traces.endpoint = format!("http://{}", otlp.grpc);
     config.poll.interval_secs = 1;
-    let metrics = Arc::new(Metrics::new(true));
-    let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(emulator.endpoint()), ..AwsTarget::default() };
-    let credentials = StaticCredentials { access_key_id: "AKIDTEST".into(), secret_access_key: "secret".into() };
-    let source = FlowSource::new(&target, Arc::new(RequestBudget::per_second(1000.0)), Some(&credentials), metrics.clone()).await;
-    let flows = vec![Flow {
-        id: "BACKLOG001".into(),
-        name: "backlog".into(),
-        aliases: Vec::new(),
-        source,
-        lease_key: "us-east-1//BACKLOG001".into(),
-        budget: Arc::new(RequestBudget::per_second(1000.0)),
-    }];
-    let board = Arc::new(StatusBoard::new(&[("BACKLOG001".into(), "backlog".into())]));
     let store = Arc::new(MemoryStore::default());
-    let exporter = Arc::new(Exporter::new(&config.traces, Some("us-east-1"), None).unwrap());
-    let mut collector = Collector::new(flows, store.clone(), exporter, metrics, board, &config, None).await.unwrap();
+    let mut collector = collector_in_process(&emulator, &config, ("BACKLOG001", "backlog"), store.clone()).await;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let outcome = collector.run_once(Duration::from_secs(60), stop).await;
     assert!(outcome.complete(), "{outcome:?}");
@@ -643,11 +655,7 @@ async fn the_flows_of_one_target_share_one_client_and_its_connections() {
 /// execution is counted once, and the events read before are not read again from the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_whose_load_fails_is_taken_again_and_resumed_from_its_checkpoints() {
-    use bedrock_flow_exporter::collector::{Collector, Flow, StatusBoard};
     use bedrock_flow_exporter::config::Config;
-    use bedrock_flow_exporter::export::Exporter;
-    use bedrock_flow_exporter::metrics::Metrics;
-    use bedrock_flow_exporter::source::{AwsTarget, FlowSource, RequestBudget, StaticCredentials};
     use bedrock_flow_exporter::state::{self as state, MemoryStore, StateError};
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -723,26 +731,7 @@ async fn a_flow_whose_load_fails_is_taken_again_and_resumed_from_its_checkpoints
     config.traces.endpoint = format!("http://{}", otlp.grpc);
     config.poll.interval_secs = 1;
     config.poll.settle_secs = 1;
-    let credentials = StaticCredentials { access_key_id: "AKIDTEST".into(), secret_access_key: "secret".into() };
-    let target = AwsTarget { region: Some("us-east-1".into()), endpoint_url: Some(emulator.endpoint()), ..AwsTarget::default() };
-    let collector_on = |store: Arc<dyn state::StateStore>| {
-        let (config, target, credentials) = (config.clone(), target.clone(), credentials.clone());
-        async move {
-            let metrics = Arc::new(Metrics::new(true));
-            let source = FlowSource::new(&target, Arc::new(RequestBudget::per_second(1000.0)), Some(&credentials), metrics.clone()).await;
-            let flow = Flow {
-                id: "DOCBATCH01".into(),
-                name: "doc-batch".into(),
-                aliases: Vec::new(),
-                source,
-                lease_key: "us-east-1//DOCBATCH01".into(),
-                budget: Arc::new(RequestBudget::per_second(1000.0)),
-            };
-            let board = Arc::new(StatusBoard::new(&[("DOCBATCH01".into(), "doc-batch".into())]));
-            let exporter = Arc::new(Exporter::new(&config.traces, Some("us-east-1"), None).unwrap());
-            Collector::new(vec![flow], store, exporter, metrics, board, &config, None).await.unwrap()
-        }
-    };
+    let collector_on = |store: Arc<dyn state::StateStore>| collector_in_process(&emulator, &config, ("DOCBATCH01", "doc-batch"), store);
     let calls = || support::requests(&emulator.stats(), "ListFlowExecutionEvents");
     // A first process reads about two thirds of the two running executions and stops.
     let memory = Arc::new(MemoryStore::default());
