@@ -38,8 +38,7 @@ impl Collector {
         };
         self.events.emit(StoreReachable { up: true, error: None });
         self.held = leases.held.clone();
-        let now_working: HashSet<String> = self.flows.iter().filter(|f| self.held.contains_key(&f.lease_key)).map(|f| f.id.clone()).collect();
-        let mut now_working = now_working;
+        let mut now_working: HashSet<String> = self.flows.iter().filter(|f| self.held.contains_key(&f.lease_key)).map(|f| f.id.clone()).collect();
         let mut taken: Vec<String> = now_working.difference(&self.working).cloned().collect();
         let lost: Vec<String> = self.working.difference(&now_working).cloned().collect();
         self.drop_flows(&lost);
