@@ -353,20 +353,24 @@ async fn handle(world: Arc<Mutex<World>>, rng: Arc<Mutex<Rng>>, request: Request
     if path == "/_emulator/healthy" {
         return httpserve::respond(200, "text/plain", "ok\n");
     }
-    if let Some(httpserve::Peer(peer)) = request.extensions().get::<httpserve::Peer>() {
-        lock(&world).stats.connections.insert(*peer);
-    }
-    // Who signed the request: the access key id and region of the SigV4 credential scope.
-    if let Some(scope) = request
+    // Which connection the request came on, and who signed it: the access key id and region
+    // of the SigV4 credential scope. One look at the world for both.
+    let peer = request.extensions().get::<httpserve::Peer>().map(|p| p.0);
+    let signer = request
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|a| a.split("Credential=").nth(1))
         .map(|c| c.split([',', ' ']).next().unwrap_or("").split('/').collect::<Vec<_>>())
-    {
-        if scope.len() >= 3 {
-            let mut w = lock(&world);
-            *w.stats.signers.entry(format!("{}/{}", scope[0], scope[2])).or_default() += 1;
+        .filter(|scope| scope.len() >= 3)
+        .map(|scope| format!("{}/{}", scope[0], scope[2]));
+    if peer.is_some() || signer.is_some() {
+        let mut w = lock(&world);
+        if let Some(peer) = peer {
+            w.stats.connections.insert(peer);
+        }
+        if let Some(signer) = signer {
+            *w.stats.signers.entry(signer).or_default() += 1;
         }
     }
     if method == Method::POST && path == "/" {

@@ -105,7 +105,7 @@ impl Receiver {
         }
     }
 
-    fn accept(&self, request: ExportTraceServiceRequest) -> Answer {
+    fn accept(&self, mut request: ExportTraceServiceRequest) -> Answer {
         self.requests.fetch_add(1, Ordering::SeqCst);
         self.request_bytes.lock().unwrap().push(request.encoded_len());
         if self.refuse.load(Ordering::SeqCst) {
@@ -116,7 +116,6 @@ impl Receiver {
         if request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).any(|s| rejected.contains(&hex(&s.trace_id))) {
             return Answer::Rejected;
         }
-        let mut request = request;
         let mut dropped = 0;
         if self.drop_last_span.load(Ordering::SeqCst) {
             if let Some(spans) = request.resource_spans.last_mut().and_then(|r| r.scope_spans.last_mut()).map(|s| &mut s.spans) {
